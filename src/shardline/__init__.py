@@ -1,0 +1,1 @@
+"""shardline: hang-proof sharded requests to OpenAI-compatible APIs, on trio."""

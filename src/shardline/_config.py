@@ -1,0 +1,197 @@
+"""Configuration value objects: endpoint, deadlines, pipeline.
+
+Every config object is a frozen attrs class with keyword-only arguments and
+validators whose messages name the parameter and the bound. ``None`` means
+"disabled". Build from the environment with the ``from_env()`` classmethods.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ._exceptions import ConfigError
+
+__all__ = [
+    "DEFAULT_ATTEMPT_TIMEOUT",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_STALL_TIMEOUT",
+    "DEFAULT_TTFT_TIMEOUT",
+    "Deadlines",
+    "Endpoint",
+]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_TTFT_TIMEOUT = 60.0
+DEFAULT_STALL_TIMEOUT = 30.0
+DEFAULT_ATTEMPT_TIMEOUT = 600.0
+
+
+def positive_or_none(name: str) -> Any:
+    """An attrs validator: ``None`` or a number > 0, with a message naming ``name``."""
+
+    def check(_inst: object, _attr: object, value: float | None) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name} must be a number of seconds or None, got {value!r}")
+        if not value > 0:
+            raise ConfigError(f"{name} must be > 0, got {value!r}")
+
+    return check
+
+
+def at_least(name: str, bound: int | float) -> Any:
+    """An attrs validator: a number >= ``bound``, with a message naming ``name``."""
+
+    def check(_inst: object, _attr: object, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        if value < bound:
+            raise ConfigError(f"{name} must be >= {bound}, got {value!r}")
+
+    return check
+
+
+def env_float(name: str, environ: Mapping[str, str]) -> float | None:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name} must be a number, got {raw!r}") from None
+
+
+def env_int(name: str, environ: Mapping[str, str]) -> int | None:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(
+            f"environment variable {name} must be an integer, got {raw!r}"
+        ) from None
+
+
+@attrs.frozen(kw_only=True)
+class Deadlines:
+    """How long each phase of one attempt may take; ``None`` disables a deadline.
+
+    Unlike a socket read timeout, these know what progress is: only a content
+    event (a non-empty text delta, a finish reason) resets the stall clock.
+    SSE comments, keep-alive bytes, empty deltas and role-only chunks do not.
+
+    Args:
+        connect: Seconds to get a connection (from the shard's pool, or a new one).
+        ttft: Seconds from sending the request to the first content event.
+        stall: Seconds allowed between two content events.
+        attempt: Wall-clock seconds for the whole exchange.
+
+    The caller's own cancel scope bounds an item across all its retries;
+    these bound one attempt.
+    """
+
+    connect: float | None = attrs.field(
+        default=DEFAULT_CONNECT_TIMEOUT, validator=positive_or_none("connect")
+    )
+    ttft: float | None = attrs.field(
+        default=DEFAULT_TTFT_TIMEOUT, validator=positive_or_none("ttft")
+    )
+    stall: float | None = attrs.field(
+        default=DEFAULT_STALL_TIMEOUT, validator=positive_or_none("stall")
+    )
+    attempt: float | None = attrs.field(
+        default=DEFAULT_ATTEMPT_TIMEOUT, validator=positive_or_none("attempt")
+    )
+
+
+def _redacted_repr(value: str | None) -> str:
+    return "None" if value is None else "'***'"
+
+
+@attrs.frozen(kw_only=True)
+class Endpoint:
+    """Where requests go and how they authenticate.
+
+    Args:
+        base_url: The API root, for example ``http://127.0.0.1:8000/v1``.
+        api_key: Sent as ``Authorization: Bearer …`` (or ``api-key`` for Azure).
+            Never shown in reprs, events, logs or errors.
+        model: The default model for requests that name none.
+        headers: Extra headers sent with every request.
+        azure_api_version: When set, use Azure OpenAI conventions: an
+            ``api-key`` header and an ``api-version`` query parameter.
+        http2: Use HTTP/2 (needs the ``shardline[http2]`` extra).
+        stream: Stream responses (the default): TTFT and stall deadlines need it.
+    """
+
+    base_url: str = attrs.field(default=DEFAULT_BASE_URL)
+    api_key: str | None = attrs.field(default=None, repr=_redacted_repr)
+    model: str | None = None
+    headers: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    azure_api_version: str | None = None
+    http2: bool = False
+    stream: bool = True
+
+    @base_url.validator
+    def _check_base_url(self, _attr: object, value: str) -> None:
+        if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+            raise ConfigError(f"base_url must start with http:// or https://, got {value!r}")
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Endpoint:
+        """Build from ``OPENAI_BASE_URL``, ``OPENAI_API_KEY`` and ``OPENAI_MODEL``.
+
+        Keyword overrides that are not ``None`` win over the environment.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if env.get("OPENAI_BASE_URL"):
+            values["base_url"] = env["OPENAI_BASE_URL"]
+        if env.get("OPENAI_API_KEY"):
+            values["api_key"] = env["OPENAI_API_KEY"]
+        if env.get("OPENAI_MODEL"):
+            values["model"] = env["OPENAI_MODEL"]
+        if env.get("OPENAI_API_VERSION"):
+            values["azure_api_version"] = env["OPENAI_API_VERSION"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers to send: extra headers plus authentication."""
+        out = dict(self.headers)
+        if self.api_key:
+            if self.azure_api_version is not None:
+                out["api-key"] = self.api_key
+            else:
+                out["Authorization"] = f"Bearer {self.api_key}"
+        return out
+
+    def url_for(self, path: str) -> str:
+        return self.base_url.rstrip("/") + "/" + path.lstrip("/")
+
+    def params(self) -> dict[str, str]:
+        if self.azure_api_version is not None:
+            return {"api-version": self.azure_api_version}
+        return {}
+
+    def safe_dict(self) -> dict[str, Any]:
+        """A JSON-able description without secrets (for the run-start event)."""
+        return {
+            "base_url": self.base_url,
+            "model": self.model,
+            "api_key_set": self.api_key is not None,
+            "header_names": sorted(self.headers),
+            "azure_api_version": self.azure_api_version,
+            "http2": self.http2,
+            "stream": self.stream,
+        }
