@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeAlias
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeAlias
 
 import attrs
 
@@ -32,6 +32,12 @@ _RESERVED = frozenset({"id", "messages", "prompt", "stream"})
 
 def _frozen_params(value: Mapping[str, Any]) -> Mapping[str, Any]:
     return dict(value)
+
+
+def _message_list(value: Iterable[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+    # A typed converter: with a bare ``converter=list`` mypy's attrs plugin infers
+    # ``messages: _T`` and rejects every call site under --strict.
+    return list(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -83,7 +89,7 @@ class ChatRequest:
             ``response_format`` …), passed through unchanged.
     """
 
-    messages: Sequence[Mapping[str, Any]] = attrs.field(converter=list)
+    messages: Sequence[Mapping[str, Any]] = attrs.field(converter=_message_list)
     model: str | None = None
     id: ItemId | None = None
     params: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_params)
@@ -98,9 +104,7 @@ class ChatRequest:
             if isinstance(content, str):
                 parts.append(content)
             elif isinstance(content, list):
-                parts.extend(
-                    str(p.get("text", "")) for p in content if isinstance(p, Mapping)
-                )
+                parts.extend(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
         return "\n".join(parts)
 
     def max_tokens(self) -> int | None:
@@ -179,9 +183,7 @@ def request_from_json(
     if not isinstance(obj, dict):
         raise bad(f"expected a JSON object, got {type(obj).__name__}")
     item_id = obj.get("id")
-    if item_id is not None and (
-        isinstance(item_id, bool) or not isinstance(item_id, str | int)
-    ):
+    if item_id is not None and (isinstance(item_id, bool) or not isinstance(item_id, str | int)):
         raise bad(f"field 'id' must be a string or an integer, got {type(item_id).__name__}")
     model = obj.get("model")
     if model is not None and not isinstance(model, str):
