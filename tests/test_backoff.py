@@ -83,9 +83,7 @@ def test_base_delay_is_non_decreasing(backoff: Backoff, attempt: int) -> None:
 
 
 @given(backoffs(), st.integers(min_value=1, max_value=12), rngs)
-def test_total_sleep_within_closed_form_bound(
-    backoff: Backoff, n: int, rng: random.Random
-) -> None:
+def test_total_sleep_within_closed_form_bound(backoff: Backoff, n: int, rng: random.Random) -> None:
     """N backoff sleeps, measured on the mock clock, total between the two closed forms."""
     delays = [backoff.delay(k, rng) for k in range(1, n + 1)]
     slept = run_virtual(lambda: sleep_measured(delays))
@@ -320,7 +318,7 @@ def test_policy_validation_messages(kwargs: dict[str, object], message: str) -> 
 
 def test_retry_on_rejects_unknown_cause() -> None:
     """An unknown cause name is a ConfigError naming retry_on."""
-    with pytest.raises(ConfigError, match="^retry_on must be a set of causes"):
+    with pytest.raises(ConfigError, match=r"^retry_on must be a set of causes"):
         RetryPolicy(retry_on=frozenset({"teapot"}))
 
 
