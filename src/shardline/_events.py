@@ -4,21 +4,51 @@ Every record is a frozen attrs class with a ``kind`` and ``t``, the seconds
 since the run started on trio's clock. ``RunStarted.started_at`` anchors ``t``
 to UTC wall time, so the report can bucket tokens by UTC minute. The JSONL
 form of each record is ``{"v": SCHEMA_VERSION, "kind": ..., **fields}``.
+
+The schema, one JSON object per line::
+
+    {"v":1,"kind":"run_start","t":0.0,"run_id":"r1","started_at":1764403200.0,...}
+    {"v":1,"kind":"item_admitted","t":0.001,"item_id":"q1","shard":3}
+    {"v":1,"kind":"attempt_start","t":0.002,"item_id":"q1","shard":3,"attempt":1}
+
+Keys come in a fixed order (``v``, ``kind``, then the record's fields in the
+order they are declared here), separators are compact, text is UTF-8 (not
+ASCII-escaped) and every line ends with ``\n``. Every field is always
+written, ``null`` included, so a line is self-describing. Floats are written
+with Python's shortest round-tripping ``repr``, so decoding gives back the
+exact same float; integer and string item ids keep their JSON type. Readers
+ignore keys they do not know (new fields with defaults may appear within a
+version); a change that breaks readers bumps ``v``.
+
+:func:`encode_event` / :func:`decode_event` convert one record to and from a
+line; :class:`EventFileReader` reads a whole file lazily while hashing it,
+so its digest equals ``sha256sum`` of the file.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import hashlib
+import json
+import math
+import types
+import typing
+from collections.abc import Callable, Iterator
+from os import PathLike
+from typing import IO, Any, ClassVar
 
 import attrs
 
+from ._exceptions import ShardlineError
 from ._models import ItemId
 
 __all__ = [
+    "EVENT_TYPES",
     "SCHEMA_VERSION",
     "AttemptEnded",
     "AttemptStarted",
     "Event",
+    "EventDecodeError",
+    "EventFileReader",
     "FirstToken",
     "ItemAdmitted",
     "ItemEnded",
@@ -26,6 +56,10 @@ __all__ = [
     "RunEnded",
     "RunStarted",
     "ShardStateChanged",
+    "decode_event",
+    "encode_event",
+    "event_from_json",
+    "event_to_json",
 ]
 
 SCHEMA_VERSION = 1
@@ -125,6 +159,7 @@ class ItemEnded:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     ttft_s: float | None = None
+    usage_estimated: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -158,3 +193,324 @@ Event = (
     | ShardStateChanged
     | RunEnded
 )
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (
+        RunStarted,
+        ItemAdmitted,
+        AttemptStarted,
+        FirstToken,
+        AttemptEnded,
+        RetryScheduled,
+        ItemEnded,
+        ShardStateChanged,
+        RunEnded,
+    )
+}
+"""Every record class, by its ``kind``."""
+
+
+class EventDecodeError(ShardlineError, ValueError):
+    """A line of an events file is not a valid event record.
+
+    The message names the file and the 1-based line when they are known,
+    for example ``"events.jsonl:12: unknown event kind 'attempt_begin'"``.
+
+    Args:
+        reason: What is wrong with the line.
+        source: The file the line came from, if any.
+        line: The 1-based line number, if any.
+    """
+
+    def __init__(self, reason: str, *, source: str | None = None, line: int | None = None):
+        self.reason = reason
+        self.source = source
+        self.line = line
+        where = ""
+        if source is not None and line is not None:
+            where = f"{source}:{line}: "
+        elif source is not None:
+            where = f"{source}: "
+        elif line is not None:
+            where = f"line {line}: "
+        super().__init__(f"{where}{reason}")
+
+
+# --- encoding -------------------------------------------------------------------------
+
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {
+    cls: tuple(f.name for f in attrs.fields(cls)) for cls in EVENT_TYPES.values()
+}
+
+
+def event_to_json(event: Event) -> dict[str, Any]:
+    """The JSON object of one event: ``{"v": 1, "kind": ..., **fields}`` in a fixed order.
+
+    Example::
+
+        >>> event_to_json(RunEnded(t=12.5, reason="completed"))
+        {'v': 1, 'kind': 'run_end', 't': 12.5, 'reason': 'completed'}
+    """
+    out: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": event.kind}
+    for name in _FIELD_NAMES[type(event)]:
+        out[name] = getattr(event, name)
+    return out
+
+
+def encode_event(event: Event) -> bytes:
+    """One JSONL line for ``event``: compact UTF-8 JSON terminated by ``\\n``.
+
+    Raises:
+        ValueError: if a float field is NaN or infinite (not valid JSON), naming the kind.
+    """
+    try:
+        text = json.dumps(
+            event_to_json(event), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        )
+    except ValueError as exc:
+        raise ValueError(f"cannot encode {event.kind} event: {exc}") from exc
+    return (text + "\n").encode("utf-8")
+
+
+# --- decoding -------------------------------------------------------------------------
+
+_Coerce = Callable[[Any], Any]
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _coercer(tp: Any) -> tuple[_Coerce, str]:
+    """A function that checks (and for floats, widens) one decoded JSON value."""
+    if tp is Any:
+        return (lambda v: v), "any value"
+    if tp is type(None):
+
+        def none(v: Any) -> Any:
+            if v is not None:
+                raise _Mismatch
+            return None
+
+        return none, "null"
+    if tp is float:
+
+        def to_float(v: Any) -> Any:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise _Mismatch
+            f = float(v)
+            if not math.isfinite(f):
+                raise _Mismatch
+            return f
+
+        return to_float, "a number"
+    if tp is int:
+
+        def to_int(v: Any) -> Any:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise _Mismatch
+            return v
+
+        return to_int, "an integer"
+    if tp is str or tp is bool:
+
+        def exact(v: Any) -> Any:
+            if type(v) is not tp:
+                raise _Mismatch
+            return v
+
+        return exact, ("a string" if tp is str else "true or false")
+    origin = typing.get_origin(tp)
+    if origin is dict:
+
+        def to_dict(v: Any) -> Any:
+            if not isinstance(v, dict):
+                raise _Mismatch
+            return v
+
+        return to_dict, "an object"
+    if origin is types.UnionType or origin is typing.Union:
+        parts = [_coercer(arg) for arg in typing.get_args(tp)]
+
+        def union(v: Any) -> Any:
+            for fn, _ in parts:
+                try:
+                    return fn(v)
+                except _Mismatch:
+                    continue
+            raise _Mismatch
+
+        return union, " or ".join(desc for _, desc in parts)
+    raise TypeError(f"no JSON decoder for field type {tp!r}")  # pragma: no cover
+
+
+@attrs.frozen
+class _FieldSpec:
+    name: str
+    coerce: _Coerce
+    expected: str
+    required: bool
+
+
+def _specs(cls: type[Any]) -> tuple[_FieldSpec, ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple(
+        _FieldSpec(
+            name=f.name,
+            coerce=_coercer(hints[f.name])[0],
+            expected=_coercer(hints[f.name])[1],
+            required=f.default is attrs.NOTHING,
+        )
+        for f in attrs.fields(cls)
+    )
+
+
+_SPECS: dict[str, tuple[type[Any], tuple[_FieldSpec, ...]]] = {
+    kind: (cls, _specs(cls)) for kind, cls in EVENT_TYPES.items()
+}
+
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int | float):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    return "object"
+
+
+def event_from_json(obj: Any) -> Event:
+    """Build an event from its JSON object; the inverse of :func:`event_to_json`.
+
+    Numbers in float fields come back as ``float``; item ids keep their type
+    (a JSON string stays ``str``, a JSON integer stays ``int``). Unknown keys
+    are ignored.
+
+    Raises:
+        EventDecodeError: naming the problem (``v``, ``kind``, or the field and the
+            type it must have). It carries no file or line; readers add them.
+    """
+    if not isinstance(obj, dict):
+        raise EventDecodeError(f"expected a JSON object, got {_json_type(obj)}")
+    if "v" not in obj:
+        raise EventDecodeError("missing schema version 'v'")
+    version = obj["v"]
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise EventDecodeError(
+            f"unsupported schema version {version!r} (this shardline reads v={SCHEMA_VERSION})"
+        )
+    kind = obj.get("kind")
+    entry = _SPECS.get(kind) if isinstance(kind, str) else None
+    if entry is None:
+        if "kind" not in obj:
+            raise EventDecodeError("missing event 'kind'")
+        raise EventDecodeError(f"unknown event kind {kind!r}")
+    cls, specs = entry
+    kwargs: dict[str, Any] = {}
+    for spec in specs:
+        if spec.name not in obj:
+            if spec.required:
+                raise EventDecodeError(f"{kind} event: missing field {spec.name!r}")
+            continue
+        value = obj[spec.name]
+        try:
+            kwargs[spec.name] = spec.coerce(value)
+        except _Mismatch:
+            raise EventDecodeError(
+                f"{kind} event: field {spec.name!r} must be {spec.expected}, "
+                f"got {_json_type(value)}"
+            ) from None
+    event: Event = cls(**kwargs)
+    return event
+
+
+def decode_event(
+    line: bytes | str, *, source: str | None = None, lineno: int | None = None
+) -> Event:
+    """Decode one JSONL line (with or without its ``\\n``) into an event.
+
+    Raises:
+        EventDecodeError: naming ``source`` and ``lineno`` when given.
+    """
+    try:
+        obj = json.loads(line.decode("utf-8") if isinstance(line, bytes) else line)
+    except UnicodeDecodeError as exc:
+        raise EventDecodeError(f"not UTF-8: {exc.reason}", source=source, line=lineno) from None
+    except ValueError as exc:
+        raise EventDecodeError(f"invalid JSON: {exc}", source=source, line=lineno) from None
+    try:
+        return event_from_json(obj)
+    except EventDecodeError as exc:
+        raise EventDecodeError(exc.reason, source=source, line=lineno) from None
+
+
+class EventFileReader:
+    """Read an events JSONL file lazily, hashing exactly the bytes it reads.
+
+    The file is read one line at a time, so memory does not grow with the file.
+    After a complete iteration :meth:`hexdigest` equals ``sha256sum`` of the
+    file. Blank lines are skipped (but hashed). Use it as a context manager, or
+    call :meth:`close`::
+
+        with EventFileReader("events.jsonl") as reader:
+            report = compute_report(reader, events_sha256=None)
+            digest = reader.hexdigest()
+
+    Args:
+        path: The events file.
+
+    Raises:
+        OSError: if the file cannot be opened (on construction).
+        EventDecodeError: during iteration, naming the file and the 1-based line.
+    """
+
+    def __init__(self, path: str | PathLike[str]):
+        self.path = path
+        self._source = str(path)
+        self._file: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._hash = hashlib.sha256()
+        self._lines = 0
+        self._done = False
+        self._started = False
+
+    @property
+    def lines(self) -> int:
+        """Lines read so far."""
+        return self._lines
+
+    def __iter__(self) -> Iterator[Event]:
+        if self._started:
+            raise RuntimeError("an EventFileReader can be iterated only once")
+        self._started = True
+        for raw in self._file:
+            self._hash.update(raw)
+            self._lines += 1
+            if not raw.strip():
+                continue
+            yield decode_event(raw, source=self._source, lineno=self._lines)
+        self._done = True
+
+    def hexdigest(self) -> str:
+        """The sha256 of the bytes read so far (the whole file once iteration finished)."""
+        return self._hash.hexdigest()
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole file has been read."""
+        return self._done
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> EventFileReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
