@@ -1,0 +1,422 @@
+"""Server-sent events: an incremental, bounded decoder and the OpenAI stream semantics.
+
+Two layers, both sans-I/O (they never read a socket, so they are tested by
+feeding bytes and reused by anything that has bytes):
+
+* :class:`SSEDecoder` turns bytes, in chunks of any size, into
+  :class:`SSEEvent` records, following the WHATWG ``text/event-stream``
+  rules: ``LF``, ``CRLF`` or lone ``CR`` line ends, ``:`` comments (the usual
+  keep-alives), ``event``/``data``/``id``/``retry`` fields, multi-line
+  ``data``. Memory is bounded: a line longer than ``max_line_bytes``, or one
+  event's data longer than ``max_event_bytes``, raises
+  :class:`~shardline.ProtocolError` instead of buffering forever.
+* :class:`StreamAccumulator` reads those events as an OpenAI-compatible
+  completion stream (chat ``delta`` chunks or legacy ``text`` chunks, the
+  final ``usage`` chunk, ``[DONE]``, in-band ``error`` objects) and tells the
+  caller which events were *progress*, which is what the stall deadline
+  needs: comments, empty deltas and role-only chunks are not.
+
+Why hand-written rather than httpx-sse: httpx-sse sits on
+``Response.aiter_lines()``, whose line buffer has no bound, so a server
+sending one endless line grows memory without limit; it is also measured
+slower here (see ``tests/benchmarks/bench_sse.py`` and the notes).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import attrs
+
+from ._exceptions import (
+    AttemptError,
+    ClientError,
+    ConfigError,
+    ProtocolError,
+    RateLimited,
+    ServerError,
+)
+from ._models import Usage
+
+__all__ = [
+    "DEFAULT_MAX_EVENT_BYTES",
+    "DEFAULT_MAX_LINE_BYTES",
+    "DONE",
+    "SSEDecoder",
+    "SSEEvent",
+    "StreamAccumulator",
+    "error_from_payload",
+    "usage_from_json",
+]
+
+#: Longest line accepted, in bytes, without its line end. One OpenAI chunk is
+#: a few hundred bytes; a 1 MiB line is a broken or hostile server.
+DEFAULT_MAX_LINE_BYTES = 1 << 20
+#: Largest data of one event (all its ``data:`` lines), in bytes.
+DEFAULT_MAX_EVENT_BYTES = 4 << 20
+
+#: The data of OpenAI's end-of-stream sentinel event.
+DONE = "[DONE]"
+
+_BOM = b"\xef\xbb\xbf"
+
+
+@attrs.frozen
+class SSEEvent:
+    """One dispatched server-sent event.
+
+    Attributes:
+        data: The ``data:`` lines joined with ``\\n``.
+        event: The ``event:`` field, ``"message"`` when absent.
+        id: The last event id seen on the stream, if any.
+        retry: The ``retry:`` reconnection time in milliseconds, if this event set one.
+    """
+
+    data: str
+    event: str = "message"
+    id: str | None = None
+    retry: int | None = None
+
+
+class SSEDecoder:
+    """Incremental ``text/event-stream`` decoder with bounded memory.
+
+    Feed it the bytes as they arrive, in chunks of any size; it returns the
+    events completed by each chunk. The same byte stream gives the same
+    events however it is split. It is *not* an HTTP client and never blocks::
+
+        decoder = SSEDecoder()
+        async for chunk in response.aiter_bytes():
+            for event in decoder.feed(chunk):
+                ...
+        for event in decoder.end():
+            ...
+
+    Args:
+        max_line_bytes: Longest line accepted (>= 1); a longer one raises
+            :class:`~shardline.ProtocolError` as soon as it is known to be
+            longer, so at most about this much is ever buffered.
+        max_event_bytes: Largest total data of one event (>= 1).
+
+    Attributes:
+        comments: Comment lines seen (``: ping`` keep-alives and the like).
+        events: Events dispatched so far.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_data",
+        "_data_len",
+        "_event",
+        "_head",
+        "_last_id",
+        "_retry",
+        "_skip_lf",
+        "comments",
+        "events",
+        "max_event_bytes",
+        "max_line_bytes",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
+        for name, value in (
+            ("max_line_bytes", max_line_bytes),
+            ("max_event_bytes", max_event_bytes),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value!r}")
+        self.max_line_bytes = max_line_bytes
+        self.max_event_bytes = max_event_bytes
+        self._buf = bytearray()
+        self._head: bytes | None = b""  # bytes before the BOM check; None once done
+        self._skip_lf = False
+        self._data: list[bytes] = []
+        self._data_len = 0
+        self._event: bytes | None = None
+        self._last_id: str | None = None
+        self._retry: int | None = None
+        self.comments = 0
+        self.events = 0
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of an unfinished line held in the buffer."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        """Decode one chunk; return the events it completed (often none, sometimes many).
+
+        Raises:
+            ProtocolError: a line or an event exceeds its bound, or data is not UTF-8.
+        """
+        if self._head is not None:
+            head = self._head + data
+            if len(head) < len(_BOM) and _BOM.startswith(head):
+                self._head = head
+                return []
+            self._head = None
+            data = head[len(_BOM) :] if head.startswith(_BOM) else head
+        if not data:
+            return []
+        if self._skip_lf:
+            self._skip_lf = False
+            if data[0] == 0x0A:
+                data = data[1:]
+        if b"\r" in data:
+            # A CR at the very end may be the first half of a CRLF split across chunks.
+            self._skip_lf = data[-1] == 0x0D
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if b"\n" not in data:
+            self._buf += data
+            if len(self._buf) > self.max_line_bytes:
+                self._line_too_long(len(self._buf))
+            return []
+        if self._buf:
+            self._buf += data
+            lines = bytes(self._buf).split(b"\n")
+        else:
+            lines = data.split(b"\n")
+        tail = lines.pop()
+        self._buf = bytearray(tail)
+        out: list[SSEEvent] = []
+        limit = self.max_line_bytes
+        for line in lines:
+            if len(line) > limit:
+                self._line_too_long(len(line))
+            self._line(line, out)
+        if len(tail) > limit:
+            self._line_too_long(len(tail))
+        return out
+
+    def end(self) -> list[SSEEvent]:
+        """Signal the end of the stream; return a last event, if one was complete.
+
+        An event whose lines all ended but whose closing blank line never came
+        is dispatched (servers that close right after ``data: [DONE]\\n`` are
+        common); an unfinished last line is discarded, as the standard says.
+        """
+        out: list[SSEEvent] = []
+        self._buf = bytearray()
+        self._dispatch(out)
+        return out
+
+    def _line_too_long(self, size: int) -> NoReturn:
+        raise ProtocolError(
+            f"SSE line longer than max_line_bytes ({self.max_line_bytes}): {size} bytes so far"
+        )
+
+    def _line(self, line: bytes, out: list[SSEEvent]) -> None:
+        if not line:
+            self._dispatch(out)
+            return
+        if line[0] == 0x3A:  # ':' comment, the usual keep-alive
+            self.comments += 1
+            return
+        field, colon, value = line.partition(b":")
+        if colon and value[:1] == b" ":
+            value = value[1:]
+        if field == b"data":
+            self._data_len += len(value) + 1
+            if self._data_len > self.max_event_bytes:
+                raise ProtocolError(
+                    f"SSE event larger than max_event_bytes ({self.max_event_bytes})"
+                )
+            self._data.append(value)
+        elif field == b"event":
+            self._event = value
+        elif field == b"id":
+            if b"\x00" not in value:
+                self._last_id = _utf8(value)
+        elif field == b"retry" and value.isdigit():
+            self._retry = int(value)
+        # Any other field is ignored, as the standard says.
+
+    def _dispatch(self, out: list[SSEEvent]) -> None:
+        data = self._data
+        event = self._event
+        retry = self._retry
+        self._event = None
+        self._retry = None
+        if not data:
+            self._data_len = 0
+            return
+        self._data = []
+        self._data_len = 0
+        text = _utf8(data[0] if len(data) == 1 else b"\n".join(data))
+        self.events += 1
+        out.append(
+            SSEEvent(
+                text,
+                "message" if not event else _utf8(event),
+                self._last_id,
+                retry,
+            )
+        )
+
+
+def _utf8(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"SSE stream is not valid UTF-8: {exc.reason}") from exc
+
+
+def error_from_payload(
+    payload: object, *, status_code: int | None = None, partial: bool = False
+) -> AttemptError:
+    """The typed error for an OpenAI-style ``{"error": {...}}`` object.
+
+    The code decides the class: ``429``/``rate_limit_exceeded`` is
+    :class:`RateLimited`, another 4xx code :class:`ClientError`, anything else
+    :class:`ServerError` (a stream that reports an error mid-way is the
+    server's failure). The message is the server's, shortened to 500 characters.
+    """
+    err: Any = payload.get("error", payload) if isinstance(payload, dict) else payload
+    message = ""
+    code: object = None
+    etype: object = None
+    if isinstance(err, dict):
+        message = str(err.get("message") or "")
+        code = err.get("code")
+        etype = err.get("type")
+    elif err is not None:
+        message = str(err)
+    label = ", ".join(f"{k}={v}" for k, v in (("type", etype), ("code", code)) if v is not None)
+    text = (message[:500] or "error event") + (f" ({label})" if label else "")
+    numeric: int | None = None
+    if isinstance(code, int) and not isinstance(code, bool):
+        numeric = code
+    elif isinstance(code, str) and code.isdigit():
+        numeric = int(code)
+    if numeric == 429 or code == "rate_limit_exceeded" or etype == "rate_limit_exceeded":
+        return RateLimited(f"in-band error: {text}", status_code=status_code, partial=partial)
+    if numeric is not None and 400 <= numeric < 500:
+        return ClientError(f"in-band error: {text}", status_code=status_code, partial=partial)
+    return ServerError(f"in-band error: {text}", status_code=status_code, partial=partial)
+
+
+#: Delta keys that carry generated output besides ``content``: a chunk with any
+#: of them non-empty is progress (reasoning models think aloud for a long time
+#: before the first ``content``; tool calls stream as ``tool_calls``).
+_OTHER_OUTPUT_KEYS = ("tool_calls", "function_call", "refusal", "reasoning_content", "reasoning")
+
+
+class StreamAccumulator:
+    """Reads an OpenAI-compatible completion stream, event by event.
+
+    It collects the text of choice 0, the finish reason, the server's usage
+    and whether ``[DONE]`` arrived, and answers the one question deadlines
+    need: *was this event progress?* Progress is a non-empty text (or tool
+    call / reasoning) delta, or a finish reason. Role-only chunks, empty
+    deltas, usage-only chunks and ``[DONE]`` are not.
+
+    It is not a decoder (feed it :class:`SSEEvent` records) and it does no I/O.
+
+    Args:
+        loads: The JSON decoder to use (``json.loads`` by default; chosen by
+            measurement, see the module docstring).
+
+    Raises (from :meth:`feed`):
+        ProtocolError: the data is not JSON, or not an object.
+        ServerError | RateLimited | ClientError: an in-band ``error`` object.
+    """
+
+    __slots__ = (
+        "_loads",
+        "_parts",
+        "done",
+        "finish_reason",
+        "progress_events",
+        "usage",
+    )
+
+    def __init__(self, *, loads: Callable[[str | bytes], Any] = json.loads) -> None:
+        self._loads = loads
+        self._parts: list[str] = []
+        self.done = False
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self.progress_events = 0
+
+    @property
+    def text(self) -> str:
+        """The content of choice 0 so far."""
+        return "".join(self._parts)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the stream ended properly: ``[DONE]`` or a finish reason arrived."""
+        return self.done or self.finish_reason is not None
+
+    def feed(self, event: SSEEvent) -> bool:
+        """Account for one event; return ``True`` when it was progress."""
+        data = event.data
+        if data == DONE:
+            self.done = True
+            return False
+        try:
+            chunk = self._loads(data)
+        except ValueError as exc:  # json.JSONDecodeError, orjson/msgspec errors
+            raise ProtocolError(
+                f"stream event is not JSON: {data[:80]!r}", partial=self.progress_events > 0
+            ) from exc
+        if not isinstance(chunk, dict):
+            raise ProtocolError(
+                f"stream event is not a JSON object: {data[:80]!r}",
+                partial=self.progress_events > 0,
+            )
+        if event.event == "error" or "error" in chunk or chunk.get("object") == "error":
+            raise error_from_payload(chunk, partial=self.progress_events > 0)
+        usage = chunk.get("usage")
+        if usage:
+            self.usage = usage_from_json(usage)
+        progress = False
+        choices = chunk.get("choices")
+        if choices:
+            for choice in choices:
+                if not isinstance(choice, dict):
+                    continue
+                first = choice.get("index", 0) == 0
+                delta = choice.get("delta")
+                if isinstance(delta, dict):
+                    content = delta.get("content")
+                    if not content and any(delta.get(k) for k in _OTHER_OUTPUT_KEYS):
+                        progress = True
+                else:
+                    content = choice.get("text")  # legacy /completions chunk
+                if content:
+                    progress = True
+                    if first and isinstance(content, str):
+                        self._parts.append(content)
+                reason = choice.get("finish_reason")
+                if reason:
+                    progress = True
+                    if first or self.finish_reason is None:
+                        self.finish_reason = str(reason)
+        if progress:
+            self.progress_events += 1
+        return progress
+
+
+def usage_from_json(obj: object) -> Usage | None:
+    """A :class:`Usage` from an OpenAI ``usage`` object, or ``None`` when unusable."""
+    if not isinstance(obj, dict):
+        return None
+    prompt = obj.get("prompt_tokens")
+    completion = obj.get("completion_tokens")
+    if not isinstance(prompt, int) or prompt < 0 or isinstance(prompt, bool):
+        return None
+    if completion is None:  # embeddings-style usage; not expected, tolerate
+        completion = max(0, int(obj.get("total_tokens", prompt)) - prompt)
+    if not isinstance(completion, int) or completion < 0 or isinstance(completion, bool):
+        return None
+    return Usage(prompt_tokens=prompt, completion_tokens=completion)
