@@ -1,9 +1,47 @@
 """Test helpers for shardline users: a fault-injecting OpenAI-compatible server.
 
 This package is deliberately public (like ``trio.testing``) and is not imported
-by ``shardline`` itself.
+by ``shardline`` itself. Start a server in-process with :func:`open_fake_server`
+(or ``nursery.start(serve_fake_server)``), from pytest with the ``fake_server``
+fixture, or as a process with ``shardline fake-server``.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._faults import EXPECTED_CAUSE as EXPECTED_CAUSE
+from ._faults import EXPECTED_CAUSE_NON_STREAMING as EXPECTED_CAUSE_NON_STREAMING
+from ._faults import FAULT_KINDS as FAULT_KINDS
+from ._faults import Fault as Fault
+from ._faults import FaultKind as FaultKind
+from ._faults import FaultPlan as FaultPlan
+from ._faults import FaultSpecError as FaultSpecError
+from ._faults import expected_cause as expected_cause
+from ._server import DEFAULT_MAX_TOKENS as DEFAULT_MAX_TOKENS
+from ._server import DEFAULT_MODEL as DEFAULT_MODEL
+from ._server import FakeServer as FakeServer
+from ._server import FakeServerStatistics as FakeServerStatistics
+from ._server import TimingModel as TimingModel
+from ._server import count_prompt_tokens as count_prompt_tokens
+from ._server import fake_text as fake_text
+from ._server import open_fake_server as open_fake_server
+from ._server import serve_fake_server as serve_fake_server
+
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "DEFAULT_MODEL",
+    "EXPECTED_CAUSE",
+    "EXPECTED_CAUSE_NON_STREAMING",
+    "FAULT_KINDS",
+    "FakeServer",
+    "FakeServerStatistics",
+    "Fault",
+    "FaultKind",
+    "FaultPlan",
+    "FaultSpecError",
+    "TimingModel",
+    "count_prompt_tokens",
+    "expected_cause",
+    "fake_text",
+    "open_fake_server",
+    "serve_fake_server",
+]
