@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, NoReturn
-
-import attrs
+from typing import Any, NamedTuple, NoReturn
 
 from ._exceptions import (
     AttemptError,
@@ -63,9 +61,11 @@ DONE = "[DONE]"
 _BOM = b"\xef\xbb\xbf"
 
 
-@attrs.frozen
-class SSEEvent:
-    """One dispatched server-sent event.
+class SSEEvent(NamedTuple):
+    """One dispatched server-sent event (an immutable record).
+
+    A named tuple rather than an attrs class: one is built per streamed token,
+    and construction is about three times cheaper (measured in the SSE benchmark).
 
     Attributes:
         data: The ``data:`` lines joined with ``\\n``.
@@ -88,7 +88,7 @@ class SSEDecoder:
     events however it is split. It is *not* an HTTP client and never blocks::
 
         decoder = SSEDecoder()
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.aiter_raw():
             for event in decoder.feed(chunk):
                 ...
         for event in decoder.end():
@@ -97,7 +97,7 @@ class SSEDecoder:
     Args:
         max_line_bytes: Longest line accepted (>= 1); a longer one raises
             :class:`~shardline.ProtocolError` as soon as it is known to be
-            longer, so at most about this much is ever buffered.
+            longer, so at most about this much (plus one read) is ever buffered.
         max_event_bytes: Largest total data of one event (>= 1).
 
     Attributes:
@@ -106,12 +106,13 @@ class SSEDecoder:
     """
 
     __slots__ = (
-        "_buf",
         "_data",
         "_data_len",
         "_event",
         "_head",
         "_last_id",
+        "_pending",
+        "_pending_len",
         "_retry",
         "_skip_lf",
         "comments",
@@ -136,7 +137,10 @@ class SSEDecoder:
                 raise ConfigError(f"{name} must be >= 1, got {value!r}")
         self.max_line_bytes = max_line_bytes
         self.max_event_bytes = max_event_bytes
-        self._buf = bytearray()
+        # Pieces of the unfinished last line; a list so a line dripped one byte
+        # at a time costs O(n), not O(n**2), to assemble.
+        self._pending: list[bytes] = []
+        self._pending_len = 0
         self._head: bytes | None = b""  # bytes before the BOM check; None once done
         self._skip_lf = False
         self._data: list[bytes] = []
@@ -150,7 +154,7 @@ class SSEDecoder:
     @property
     def pending_bytes(self) -> int:
         """Bytes of an unfinished line held in the buffer."""
-        return len(self._buf)
+        return self._pending_len
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         """Decode one chunk; return the events it completed (often none, sometimes many).
@@ -165,9 +169,7 @@ class SSEDecoder:
                 return []
             self._head = None
             data = head[len(_BOM) :] if head.startswith(_BOM) else head
-        if not data:
-            return []
-        if self._skip_lf:
+        if self._skip_lf and data:
             self._skip_lf = False
             if data[0] == 0x0A:
                 data = data[1:]
@@ -175,26 +177,43 @@ class SSEDecoder:
             # A CR at the very end may be the first half of a CRLF split across chunks.
             self._skip_lf = data[-1] == 0x0D
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        if b"\n" not in data:
-            self._buf += data
-            if len(self._buf) > self.max_line_bytes:
-                self._line_too_long(len(self._buf))
-            return []
-        if self._buf:
-            self._buf += data
-            lines = bytes(self._buf).split(b"\n")
-        else:
-            lines = data.split(b"\n")
-        tail = lines.pop()
-        self._buf = bytearray(tail)
-        out: list[SSEEvent] = []
         limit = self.max_line_bytes
+        if b"\n" not in data:
+            if data:
+                self._pending.append(data)
+                self._pending_len += len(data)
+                if self._pending_len > limit:
+                    self._line_too_long(self._pending_len)
+            return []
+        if self._pending:
+            self._pending.append(data)
+            data = b"".join(self._pending)
+        lines = data.split(b"\n")
+        tail = lines.pop()
+        if tail:
+            if len(tail) > limit:
+                self._line_too_long(len(tail))
+            self._pending = [tail]
+            self._pending_len = len(tail)
+        else:
+            self._pending = []
+            self._pending_len = 0
+        out: list[SSEEvent] = []
         for line in lines:
             if len(line) > limit:
                 self._line_too_long(len(line))
-            self._line(line, out)
-        if len(tail) > limit:
-            self._line_too_long(len(tail))
+            if not line:
+                if self._data:
+                    self._dispatch(out)
+                else:
+                    self._event = None
+                    self._retry = None
+            elif line[:6] == b"data: ":  # the hot path: one data line per event
+                self._add_data(line[6:])
+            elif line[0] == 0x3A:  # ':' comment, the usual keep-alive
+                self.comments += 1
+            else:
+                self._field(line)
         return out
 
     def end(self) -> list[SSEEvent]:
@@ -205,8 +224,10 @@ class SSEDecoder:
         common); an unfinished last line is discarded, as the standard says.
         """
         out: list[SSEEvent] = []
-        self._buf = bytearray()
-        self._dispatch(out)
+        self._pending = []
+        self._pending_len = 0
+        if self._data:
+            self._dispatch(out)
         return out
 
     def _line_too_long(self, size: int) -> NoReturn:
@@ -214,23 +235,18 @@ class SSEDecoder:
             f"SSE line longer than max_line_bytes ({self.max_line_bytes}): {size} bytes so far"
         )
 
-    def _line(self, line: bytes, out: list[SSEEvent]) -> None:
-        if not line:
-            self._dispatch(out)
-            return
-        if line[0] == 0x3A:  # ':' comment, the usual keep-alive
-            self.comments += 1
-            return
+    def _add_data(self, value: bytes) -> None:
+        self._data_len += len(value) + 1
+        if self._data_len > self.max_event_bytes:
+            raise ProtocolError(f"SSE event larger than max_event_bytes ({self.max_event_bytes})")
+        self._data.append(value)
+
+    def _field(self, line: bytes) -> None:
         field, colon, value = line.partition(b":")
         if colon and value[:1] == b" ":
             value = value[1:]
         if field == b"data":
-            self._data_len += len(value) + 1
-            if self._data_len > self.max_event_bytes:
-                raise ProtocolError(
-                    f"SSE event larger than max_event_bytes ({self.max_event_bytes})"
-                )
-            self._data.append(value)
+            self._add_data(value)
         elif field == b"event":
             self._event = value
         elif field == b"id":
@@ -243,24 +259,17 @@ class SSEDecoder:
     def _dispatch(self, out: list[SSEEvent]) -> None:
         data = self._data
         event = self._event
-        retry = self._retry
-        self._event = None
-        self._retry = None
-        if not data:
-            self._data_len = 0
-            return
         self._data = []
         self._data_len = 0
-        text = _utf8(data[0] if len(data) == 1 else b"\n".join(data))
+        self._event = None
+        try:
+            text = data[0].decode() if len(data) == 1 else b"\n".join(data).decode()
+            name = "message" if not event else event.decode()
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"SSE stream is not valid UTF-8: {exc.reason}") from exc
         self.events += 1
-        out.append(
-            SSEEvent(
-                text,
-                "message" if not event else _utf8(event),
-                self._last_id,
-                retry,
-            )
-        )
+        out.append(SSEEvent(text, name, self._last_id, self._retry))
+        self._retry = None
 
 
 def _utf8(raw: bytes) -> str:
@@ -339,7 +348,7 @@ class StreamAccumulator:
         "usage",
     )
 
-    def __init__(self, *, loads: Callable[[str | bytes], Any] = json.loads) -> None:
+    def __init__(self, *, loads: Callable[[str], Any] = json.loads) -> None:
         self._loads = loads
         self._parts: list[str] = []
         self.done = False
