@@ -287,3 +287,7 @@ async def httpx_stream(events: list[bytes], loads: Callable[[str], Any] | None) 
             for ev in decoder.feed(chunk):
                 acc.feed(ev)
         assert acc.complete
+
+
+if __name__ == "__main__":
+    main()
