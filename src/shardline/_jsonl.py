@@ -47,7 +47,7 @@ import os
 import tempfile
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import IO, Any
 
@@ -169,12 +169,15 @@ class InputEntry:
         request: The request, with ``id`` filled in; ``None`` when ``error`` is set.
         error: Why the line is unusable (invalid JSON, no ``messages``/``prompt``,
             duplicate id …); its message names the file and line.
+        skipped: True for a line whose id is in the skip set (only yielded
+            with ``yield_skipped=True``); it has neither request nor error.
     """
 
     line: int
     item_id: ItemId
     request: Request | None = None
     error: InputError | None = None
+    skipped: bool = False
 
 
 def _peek_id(obj: object) -> ItemId | None:
@@ -191,7 +194,8 @@ def read_input(
     skip: IdSet | None = None,
     seen: IdSet | None = None,
     on_skip: Callable[[ItemId], None] | None = None,
-) -> Iterator[InputEntry]:
+    yield_skipped: bool = False,
+) -> Generator[InputEntry, None, None]:
     """Yield the entries of a JSONL input file lazily, one line at a time.
 
     The file is opened when iteration starts and closed when the generator is
@@ -204,6 +208,8 @@ def read_input(
             skipped line still counts for duplicate detection.
         seen: The set used to detect duplicate ids (a fresh one by default).
         on_skip: Called with the id of each skipped line.
+        yield_skipped: Also yield skipped lines (``skipped=True``), so an async
+            caller can checkpoint while a long resumed prefix is passed over.
 
     Yields:
         An :class:`InputEntry` per non-blank line that is not skipped.
@@ -249,6 +255,8 @@ def read_input(
             if skip is not None and item_id in skip:
                 if on_skip is not None:
                     on_skip(item_id)
+                if yield_skipped:
+                    yield InputEntry(line=line_no, item_id=item_id, skipped=True)
                 continue
             if request.id is None:
                 request = attrs.evolve(request, id=item_id)

@@ -1,0 +1,286 @@
+"""Progress display for ``shardline run`` and ``shardline demo``.
+
+A run shows a :class:`ProgressSnapshot` every so often. Where it goes depends
+on where stderr goes:
+
+* a terminal: a live panel drawn with rich (done of total, ok and failed,
+  items per second and ETA, current and peak TPM, retries by cause, and one row
+  per shard with its in-flight, queued and cooling state), redrawn in place;
+* anything else (a log file, CI): one plain line every few seconds, so a log
+  shows the run moving without a screenful of control codes;
+* ``--no-progress``: nothing until the report.
+
+The snapshot is a plain value built by the caller from
+:meth:`Pipeline.statistics` and the live metrics sink, so the renderers are
+pure functions that tests can call directly.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping
+from typing import IO, Protocol
+
+import attrs
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+__all__ = [
+    "NullProgress",
+    "PlainProgress",
+    "ProgressDisplay",
+    "ProgressSnapshot",
+    "RichProgress",
+    "ShardRow",
+    "format_duration",
+    "open_progress",
+    "plain_line",
+    "rich_panel",
+]
+
+#: Seconds between two plain progress lines when stderr is not a terminal.
+PLAIN_INTERVAL = 5.0
+#: Seconds between two redraws of the live panel on a terminal.
+LIVE_INTERVAL = 0.5
+
+
+@attrs.frozen(kw_only=True)
+class ShardRow:
+    """One shard's line in the progress panel."""
+
+    shard: int
+    in_flight: int
+    queued: int
+    capacity: int
+    cooling: bool
+    done: int
+    retries: int
+
+
+@attrs.frozen(kw_only=True)
+class ProgressSnapshot:
+    """What the progress display shows at one moment.
+
+    Attributes:
+        elapsed_s: Seconds since this run started.
+        total: Items in the input (non-blank lines), or ``None`` if unknown.
+        skipped: Items skipped because a resumed output already has them ok.
+        done: Items this run finished (ok + failed + cancelled).
+        ok, failed, cancelled: How they finished.
+        in_flight, queued: HTTP attempts under way / items waiting in queues.
+        tpm_now: Tokens of successful items in the current UTC minute so far.
+        tpm_previous: Tokens in the previous UTC minute (a full minute's TPM).
+        tpm_peak: The best UTC minute so far (the report's peak TPM).
+        retries: Retries scheduled, by cause.
+        shards: One row per shard.
+        draining: True after Ctrl-C: no new items are admitted.
+    """
+
+    elapsed_s: float
+    total: int | None
+    skipped: int = 0
+    done: int = 0
+    ok: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    in_flight: int = 0
+    queued: int = 0
+    tpm_now: int = 0
+    tpm_previous: int = 0
+    tpm_peak: int = 0
+    retries: Mapping[str, int] = attrs.field(factory=dict)
+    shards: tuple[ShardRow, ...] = ()
+    draining: bool = False
+
+    @property
+    def remaining(self) -> int | None:
+        """Items still to finish in this run, when the total is known."""
+        if self.total is None:
+            return None
+        return max(0, self.total - self.skipped - self.done)
+
+    @property
+    def rate(self) -> float:
+        """Items finished per second in this run."""
+        return self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds to go at the current rate, or ``None`` when it cannot be told yet."""
+        remaining = self.remaining
+        if remaining is None or self.rate <= 0:
+            return None
+        return remaining / self.rate
+
+
+def format_duration(seconds: float | None) -> str:
+    """``75.2`` → ``"1m15s"``; ``None`` or not finite → ``"?"``."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+def _done_of_total(snap: ProgressSnapshot) -> str:
+    finished = snap.skipped + snap.done
+    if snap.total is None:
+        return f"{finished} done"
+    pct = 100.0 * finished / snap.total if snap.total else 100.0
+    return f"{finished}/{snap.total} done ({pct:.0f}%)"
+
+
+def _retries_text(retries: Mapping[str, int]) -> str:
+    if not retries:
+        return "none"
+    ordered = sorted(retries.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{cause} {count}" for cause, count in ordered)
+
+
+def plain_line(snap: ProgressSnapshot) -> str:
+    """One line for logs: everything the live panel shows, shards summed."""
+    parts = [
+        _done_of_total(snap),
+        f"ok {snap.ok}",
+        f"failed {snap.failed}",
+    ]
+    if snap.cancelled:
+        parts.append(f"cancelled {snap.cancelled}")
+    parts += [
+        f"in flight {snap.in_flight}",
+        f"queued {snap.queued}",
+        f"TPM {snap.tpm_now:,} this minute, {snap.tpm_previous:,} last, peak {snap.tpm_peak:,}",
+        f"retries {sum(snap.retries.values())}",
+        f"{snap.rate:.1f}/s",
+        f"ETA {format_duration(snap.eta_s)}",
+    ]
+    if snap.skipped:
+        parts.append(f"{snap.skipped} skipped (resume)")
+    line = "shardline: " + ", ".join(parts)
+    if snap.draining:
+        line += " [draining after Ctrl-C]"
+    return line
+
+
+def rich_panel(snap: ProgressSnapshot) -> RenderableType:
+    """The live panel for a terminal."""
+    head = Text()
+    head.append(_done_of_total(snap), style="bold")
+    head.append("   ok ")
+    head.append(str(snap.ok), style="green")
+    head.append("   failed ")
+    head.append(str(snap.failed), style="red" if snap.failed else "")
+    if snap.cancelled:
+        head.append(f"   cancelled {snap.cancelled}", style="yellow")
+    head.append(
+        f"   {snap.rate:.1f} items/s   elapsed {format_duration(snap.elapsed_s)}"
+        f"   ETA {format_duration(snap.eta_s)}"
+    )
+    if snap.skipped:
+        head.append(f"   ({snap.skipped} already done, skipped)", style="dim")
+    tokens = Text(
+        f"TPM this minute {snap.tpm_now:,}   last minute {snap.tpm_previous:,}   "
+        f"peak {snap.tpm_peak:,}   "
+        f"in flight {snap.in_flight}   queued {snap.queued}"
+    )
+    retries = Text("retries: " + _retries_text(snap.retries))
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold dim")
+    for name in ("shard", "in flight", "queued", "done", "retries", "state"):
+        table.add_column(name, justify="right" if name != "state" else "left")
+    for row in snap.shards:
+        table.add_row(
+            str(row.shard),
+            f"{row.in_flight}/{row.capacity}",
+            str(row.queued),
+            str(row.done),
+            str(row.retries),
+            Text("cooling", style="yellow") if row.cooling else Text("ok", style="dim"),
+        )
+    parts: list[RenderableType] = [head, tokens, retries]
+    if snap.shards:
+        parts.append(table)
+    if snap.draining:
+        parts.append(
+            Text(
+                "Ctrl-C: draining (no new items; in-flight may finish). "
+                "Press Ctrl-C again to stop now.",
+                style="yellow",
+            )
+        )
+    return Group(*parts)
+
+
+class ProgressDisplay(Protocol):
+    """Shows snapshots; ``interval`` says how often the caller should call :meth:`update`."""
+
+    interval: float
+
+    def update(self, snap: ProgressSnapshot) -> None: ...
+
+    def close(self, snap: ProgressSnapshot | None = None) -> None: ...
+
+
+class NullProgress:
+    """``--no-progress``: shows nothing."""
+
+    interval = 1.0
+
+    def update(self, snap: ProgressSnapshot) -> None:
+        pass
+
+    def close(self, snap: ProgressSnapshot | None = None) -> None:
+        pass
+
+
+class PlainProgress:
+    """One plain line per ``interval`` seconds (when stderr is not a terminal)."""
+
+    def __init__(self, stream: IO[str], *, interval: float = PLAIN_INTERVAL) -> None:
+        self.stream = stream
+        self.interval = interval
+
+    def update(self, snap: ProgressSnapshot) -> None:
+        print(plain_line(snap), file=self.stream, flush=True)
+
+    def close(self, snap: ProgressSnapshot | None = None) -> None:
+        if snap is not None:
+            self.update(snap)
+
+
+class RichProgress:
+    """A live panel redrawn in place on a terminal.
+
+    Rich's own refresh thread is not used (``auto_refresh=False``): the run's
+    trio task calls :meth:`update`, so nothing runs outside the nursery.
+    """
+
+    def __init__(self, console: Console, *, interval: float = LIVE_INTERVAL) -> None:
+        self.interval = interval
+        self._live = Live(console=console, auto_refresh=False, transient=False)
+        self._live.start()
+
+    def update(self, snap: ProgressSnapshot) -> None:
+        self._live.update(rich_panel(snap), refresh=True)
+
+    def close(self, snap: ProgressSnapshot | None = None) -> None:
+        if snap is not None:
+            self._live.update(rich_panel(snap), refresh=True)
+        self._live.stop()
+
+
+def open_progress(*, enabled: bool, stream: IO[str] | None = None) -> ProgressDisplay:
+    """The display that suits ``stream`` (stderr by default): rich, plain, or none."""
+    if not enabled:
+        return NullProgress()
+    stream = sys.stderr if stream is None else stream
+    if stream.isatty():
+        return RichProgress(Console(file=stream))
+    return PlainProgress(stream)

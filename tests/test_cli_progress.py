@@ -1,0 +1,121 @@
+"""The progress display of ``shardline run``: plain lines, the rich panel, ETA."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from shardline._progress import (
+    NullProgress,
+    PlainProgress,
+    ProgressSnapshot,
+    RichProgress,
+    ShardRow,
+    format_duration,
+    open_progress,
+    plain_line,
+    rich_panel,
+)
+
+
+def snap(**kw: object) -> ProgressSnapshot:
+    values: dict[str, object] = {
+        "elapsed_s": 10.0,
+        "total": 1000,
+        "done": 200,
+        "ok": 190,
+        "failed": 10,
+        "in_flight": 32,
+        "queued": 64,
+        "tpm_now": 12000,
+        "tpm_previous": 50000,
+        "tpm_peak": 61000,
+        "retries": {"rate_limited": 7, "server_error": 3},
+        "shards": (
+            ShardRow(
+                shard=0, in_flight=16, queued=30, capacity=16, cooling=True, done=100, retries=6
+            ),
+            ShardRow(
+                shard=1, in_flight=16, queued=34, capacity=16, cooling=False, done=100, retries=4
+            ),
+        ),
+    }
+    values.update(kw)
+    return ProgressSnapshot(**values)  # type: ignore[arg-type]
+
+
+def test_format_duration() -> None:
+    """Durations read as s, m and h; unknown is '?'."""
+    assert format_duration(None) == "?"
+    assert format_duration(float("inf")) == "?"
+    assert format_duration(4.4) == "4s"
+    assert format_duration(75.2) == "1m15s"
+    assert format_duration(3 * 3600 + 120) == "3h02m"
+
+
+def test_rate_and_eta() -> None:
+    """ETA is remaining items over this run's rate; skipped items count as done."""
+    s = snap(skipped=300)
+    assert s.rate == 20.0
+    assert s.remaining == 500
+    assert s.eta_s == 25.0
+    assert snap(total=None).eta_s is None
+    assert snap(done=0, ok=0, failed=0).eta_s is None
+
+
+def test_plain_line_has_every_number() -> None:
+    """The plain line shows done/total, ok, failed, in flight, queued, TPM, retries, ETA."""
+    line = plain_line(snap(skipped=300))
+    assert line.startswith("shardline: 500/1000 done (50%)")
+    for part in (
+        "ok 190",
+        "failed 10",
+        "in flight 32",
+        "queued 64",
+        "TPM 12,000 this minute, 50,000 last, peak 61,000",
+        "retries 10",
+        "ETA 25s",
+        "300 skipped (resume)",
+    ):
+        assert part in line
+    assert "draining" in plain_line(snap(draining=True))
+
+
+def test_rich_panel_renders_shards_and_retries() -> None:
+    """The live panel lists retries by cause and one row per shard with its state."""
+    console = Console(record=True, width=120, file=io.StringIO())
+    console.print(rich_panel(snap(draining=True)))
+    text = console.export_text()
+    assert "200/1000 done (20%)" in text
+    assert "rate_limited 7, server_error 3" in text
+    assert "cooling" in text
+    assert "16/16" in text
+    assert "peak 61,000" in text
+    assert "Ctrl-C again" in text
+
+
+def test_plain_progress_writes_lines() -> None:
+    """PlainProgress prints one line per update, and the final snapshot on close."""
+    buf = io.StringIO()
+    display = PlainProgress(buf, interval=5.0)
+    display.update(snap())
+    display.close(snap(done=1000, ok=1000, failed=0))
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[1].startswith("shardline: 1000/1000 done (100%)")
+
+
+def test_open_progress_picks_display() -> None:
+    """Disabled gives nothing; a non-terminal stream gets plain lines."""
+    assert isinstance(open_progress(enabled=False), NullProgress)
+    assert isinstance(open_progress(enabled=True, stream=io.StringIO()), PlainProgress)
+
+
+def test_rich_progress_draws_in_place() -> None:
+    """RichProgress draws the panel on its console and stops cleanly."""
+    buf = io.StringIO()
+    display = RichProgress(Console(file=buf, force_terminal=True, width=100))
+    display.update(snap())
+    display.close(snap(done=1000, ok=1000, failed=0))
+    assert "1000/1000 done" in buf.getvalue()
