@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import attrs
@@ -317,9 +318,7 @@ def test_jsonl_sink_fsyncs_on_interval_and_run_end(
 ) -> None:
     """fsync follows the events' run time, plus run_end and close."""
     synced: list[int] = []
-    import shardline._sinks as sinks_module
-
-    monkeypatch.setattr(sinks_module.os, "fsync", synced.append)
+    monkeypatch.setattr(os, "fsync", synced.append)
     sink = JsonlEventSink(tmp_path / "ev.jsonl", fsync_interval=0.5)
     for t in (0.0, 0.2, 0.4):
         sink.emit(ShardStateChanged(t=t, shard=0, state="cooling"))
