@@ -1,0 +1,632 @@
+"""One attempt: one HTTP exchange that ends in bounded time, with a named cause.
+
+:func:`send_attempt` sends one request through a shard's pooled
+:class:`httpx.AsyncClient` and returns an :class:`AttemptResult`, or raises
+the :class:`~shardline.AttemptError` subclass that names what went wrong.
+Whatever the server does (say nothing, drip keep-alives, reset, close
+early, send garbage), the attempt ends within its :class:`Deadlines`.
+
+How the deadlines are enforced, with two trio cancel scopes::
+
+    attempt scope   deadline = start + attempt             -> AttemptTimeout
+      progress scope  deadline = start + ttft              -> TTFTTimeout
+                      moved to now + stall at each content event
+                                                           -> StallTimeout
+        httpx: connect / pool timeouts (Deadlines.connect) -> ConnectTimeout / PoolTimeout
+
+The progress scope is *one* scope whose deadline moves, not a scope per read:
+only a content event (:meth:`StreamAccumulator.feed` says which) moves it, so
+SSE comments, keep-alive bytes, empty deltas and role-only chunks cannot keep
+a dead stream alive. That is the difference from a socket read timeout, which
+every dripped byte resets.
+
+Cancellation: the caller's own cancel scope wins. If it is cancelled, the
+:class:`trio.Cancelled` propagates untouched (never turned into an
+``AttemptError``), and httpx closes the half-read connection on the way out,
+so the pool stays usable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import attrs
+import httpx
+import trio
+
+from ._backoff import parse_retry_after
+from ._config import Deadlines, Endpoint
+from ._exceptions import (
+    AttemptError,
+    AttemptTimeout,
+    ClientError,
+    ConfigError,
+    ConnectError,
+    ConnectionLost,
+    ConnectTimeout,
+    PoolTimeout,
+    ProtocolError,
+    RateLimited,
+    ServerError,
+    StallTimeout,
+    Truncated,
+    TTFTTimeout,
+)
+from ._models import Request, Usage, estimate_tokens
+from ._sse import (
+    DEFAULT_MAX_LINE_BYTES,
+    SSEDecoder,
+    StreamAccumulator,
+    error_from_payload,
+    usage_from_json,
+)
+
+__all__ = [
+    "DEFAULT_KEEPALIVE_EXPIRY",
+    "ERROR_BODY_GRACE",
+    "MAX_ERROR_BODY_BYTES",
+    "MAX_RESPONSE_BYTES",
+    "TAIL_GRACE",
+    "AttemptResult",
+    "make_client",
+    "map_exceptions",
+    "send_attempt",
+]
+
+#: Seconds an idle pooled connection is kept (httpx's default is 5 s; LLM
+#: endpoints behind load balancers usually keep idle connections 60 s or more,
+#: and a batch run reuses them within milliseconds).
+DEFAULT_KEEPALIVE_EXPIRY = 30.0
+#: How much of an error response's body is read for its message.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+#: Seconds spent reading an error response's body before raising without it.
+ERROR_BODY_GRACE = 2.0
+#: Largest non-streamed response body accepted.
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+#: Once a stream is complete (finish reason or ``[DONE]`` seen), the seconds
+#: allowed for its remaining bytes (usage chunk, ``[DONE]``, end of body). If they
+#: do not come, the attempt still succeeds; only the connection is not reused.
+TAIL_GRACE = 1.0
+
+_USER_AGENT = "shardline (httpx; trio)"
+
+
+def make_client(
+    endpoint: Endpoint, *, max_connections: int, deadlines: Deadlines
+) -> httpx.AsyncClient:
+    """A pooled :class:`httpx.AsyncClient` for one shard.
+
+    The pool holds at most ``max_connections`` sockets, all of which may stay
+    alive between requests (``max_keepalive_connections`` is the same number),
+    so a shard whose in-flight cap equals ``max_connections`` never waits for
+    the pool and never opens a socket per request. Use it with
+    ``async with client:`` and close it when the shard ends.
+
+    Timeouts: ``connect`` and ``pool`` come from ``deadlines.connect``;
+    ``read`` is ``None`` on purpose. A read timeout restarts at every byte, so a
+    server that drips keep-alive comments never trips it (openai-python's
+    600 s read timeout lets such a stream live forever), and on a healthy
+    stream it only races :func:`send_attempt`'s stall deadline and reports the
+    wrong cause. ``write`` is ``None`` too: sending the request is covered by
+    the TTFT deadline, which runs from the moment the request is sent.
+
+    Args:
+        endpoint: Where to connect; ``endpoint.http2`` selects HTTP/2 (needs
+            the ``shardline[http2]`` extra).
+        max_connections: The shard's in-flight cap (>= 1).
+        deadlines: Supplies the connect/pool timeout.
+
+    Raises:
+        ConfigError: for a bad ``max_connections``, or HTTP/2 without ``h2``.
+    """
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+        raise ConfigError(f"max_connections must be an integer, got {max_connections!r}")
+    if max_connections < 1:
+        raise ConfigError(f"max_connections must be >= 1, got {max_connections!r}")
+    limits = httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=DEFAULT_KEEPALIVE_EXPIRY,
+    )
+    timeout = httpx.Timeout(
+        connect=deadlines.connect, read=None, write=None, pool=deadlines.connect
+    )
+    try:
+        return httpx.AsyncClient(
+            limits=limits,
+            timeout=timeout,
+            http2=endpoint.http2,
+            follow_redirects=False,
+            headers={"user-agent": _USER_AGENT},
+        )
+    except ImportError as exc:  # http2=True without the h2 package
+        raise ConfigError("http2=True needs the h2 package: install shardline[http2]") from exc
+
+
+@attrs.frozen(kw_only=True)
+class AttemptResult:
+    """What a successful attempt produced.
+
+    Attributes:
+        text: The completion text (choice 0's content, joined).
+        finish_reason: The server's finish reason, or ``None`` when the stream
+            ended with ``[DONE]`` but without one.
+        usage: Token counts from the server's usage chunk, or an estimate
+            (``usage.estimated``) when it sent none.
+        ttft_s: Seconds from sending to the first content event (for a
+            non-streamed response: to the complete body), ``None`` if no
+            content ever arrived.
+        duration_s: Seconds from sending to the end of the exchange.
+        status_code: The HTTP status (200 in practice).
+    """
+
+    text: str
+    finish_reason: str | None
+    usage: Usage
+    ttft_s: float | None
+    duration_s: float
+    status_code: int
+
+
+class _State:
+    """What an attempt knows so far; read when turning a deadline into an error."""
+
+    __slots__ = ("acc", "body_deadline", "first_token_at", "start", "status_code")
+
+    def __init__(self, start: float, body_deadline: float) -> None:
+        self.start = start
+        #: The earliest of our own deadlines: error bodies must be read before it.
+        self.body_deadline = body_deadline
+        self.first_token_at: float | None = None
+        self.status_code: int | None = None
+        self.acc: _TrackingAccumulator | None = None
+
+    @property
+    def partial(self) -> bool:
+        return self.first_token_at is not None
+
+
+@contextmanager
+def map_exceptions(
+    *, partial: Callable[[], bool] = lambda: False, secret: str | None = None
+) -> Iterator[None]:
+    """Translate httpx's exceptions into shardline's, chained with ``raise ... from``.
+
+    The shape of httpcore's ``map_exceptions``: a small table at the boundary,
+    so everything above it only knows :class:`~shardline.AttemptError`.
+    ``trio.Cancelled`` passes through untouched; shardline's own errors pass
+    through with ``partial`` filled in and the secret scrubbed.
+
+    ============================================  ====================
+    httpx                                         shardline
+    ============================================  ====================
+    ``PoolTimeout``                               ``PoolTimeout``
+    ``ConnectTimeout``                            ``ConnectTimeout``
+    ``ConnectError``                              ``ConnectError``
+    ``ReadError``, ``WriteError``, ``CloseError``  ``ConnectionLost``
+    ``RemoteProtocolError``, peer closed          ``ConnectionLost``
+    ``RemoteProtocolError``, other                ``ProtocolError``
+    ``DecodingError``, other ``HTTPError``         ``ProtocolError``
+    ``ReadTimeout``, ``WriteTimeout``             ``StallTimeout`` / ``TTFTTimeout``
+    ============================================  ====================
+
+    Args:
+        partial: Called at translation time: did content arrive already?
+        secret: A string (the API key) to scrub from messages, just in case.
+    """
+    try:
+        yield
+    except AttemptError as exc:  # ours (SSE/JSON/status): fill in partial, scrub
+        if partial():
+            exc.partial = True
+        scrubbed = _scrub(exc.message, secret)
+        if scrubbed != exc.message:
+            exc.message = scrubbed
+            exc.args = (scrubbed,)
+        raise
+    except httpx.HTTPError as exc:
+        error = _translate(exc, partial=partial(), secret=secret)
+        raise error from exc
+
+
+def _translate(exc: httpx.HTTPError, *, partial: bool, secret: str | None) -> AttemptError:
+    detail = _scrub(str(exc) or type(exc).__name__, secret)
+    if isinstance(exc, httpx.PoolTimeout):
+        return PoolTimeout(f"no pooled connection became free in time: {detail}")
+    if isinstance(exc, httpx.ConnectTimeout):
+        return ConnectTimeout(f"connecting took too long: {detail}")
+    if isinstance(exc, httpx.ConnectError):
+        return ConnectError(f"could not connect: {detail}")
+    if isinstance(exc, httpx.TimeoutException):  # only with a client not made by make_client
+        if partial:
+            return StallTimeout(f"httpx timeout mid-stream: {detail}", partial=True)
+        return TTFTTimeout(f"httpx timeout before the first token: {detail}")
+    if isinstance(exc, httpx.RemoteProtocolError):
+        lowered = detail.lower()
+        if "peer closed" in lowered or "disconnected" in lowered or "incomplete" in lowered:
+            return ConnectionLost(f"connection closed mid-response: {detail}", partial=partial)
+        return ProtocolError(f"malformed HTTP from server: {detail}", partial=partial)
+    if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.CloseError):
+        return ConnectionLost(f"connection lost: {detail}", partial=partial)
+    if isinstance(exc, httpx.TransportError):
+        return ConnectionLost(f"transport error: {detail}", partial=partial)
+    return ProtocolError(f"{type(exc).__name__}: {detail}", partial=partial)
+
+
+def _scrub(message: str, secret: str | None) -> str:
+    if secret and len(secret) >= 4 and secret in message:
+        return message.replace(secret, "***")
+    return message
+
+
+async def send_attempt(
+    client: httpx.AsyncClient,
+    endpoint: Endpoint,
+    request: Request,
+    deadlines: Deadlines,
+    *,
+    headers: Mapping[str, str] | None = None,
+    on_first_token: Callable[[float], None] | None = None,
+) -> AttemptResult:
+    """Send ``request`` once and read the whole answer within ``deadlines``.
+
+    Streams when ``endpoint.stream`` (asking for ``stream_options.include_usage``
+    so usage comes from the server); otherwise reads one JSON body, which must
+    arrive whole within the TTFT deadline. A stream is a success only when a
+    finish reason or ``[DONE]`` arrived: a clean end without either is
+    :class:`~shardline.Truncated`, never a silently short answer.
+
+    It is not a retry loop: one call, one exchange. The pipeline decides about
+    retries from the raised error's ``cause`` and ``retry_after``.
+
+    Args:
+        client: The shard's pooled client (see :func:`make_client`).
+        endpoint: Base URL, auth, default model, stream flag.
+        request: The chat or legacy completion request.
+        deadlines: connect / ttft / stall / attempt, in seconds (``None`` = off).
+        headers: Extra request headers (the pipeline's item id and attempt number).
+        on_first_token: Called once, synchronously, with the TTFT in seconds
+            when the first content event arrives.
+
+    Returns:
+        The :class:`AttemptResult`.
+
+    Raises:
+        RateLimited: HTTP 429 (``retry_after`` from its headers), or an in-band
+            rate-limit error.
+        ServerError: HTTP 5xx or an in-band ``error`` event.
+        ClientError: another HTTP 4xx (not retried by default).
+        ConnectError | ConnectTimeout | PoolTimeout: no connection.
+        TTFTTimeout | StallTimeout | AttemptTimeout: a deadline expired.
+        ConnectionLost: reset or closed mid-response.
+        Truncated: the stream ended without a finish reason or ``[DONE]``.
+        ProtocolError: malformed HTTP, SSE or JSON.
+
+        Every error has ``partial=True`` when content had already arrived.
+
+    Cancellation:
+        Cancelling the caller's scope raises :class:`trio.Cancelled` out of
+        this call, unchanged; the connection is closed and the pool stays usable.
+    """
+    start = trio.current_time()
+    attempt_scope = trio.CancelScope(deadline=_at(start, deadlines.attempt))
+    progress_scope = trio.CancelScope(deadline=_at(start, deadlines.ttft))
+    state = _State(start, min(attempt_scope.deadline, progress_scope.deadline))
+    with attempt_scope:
+        mapped = map_exceptions(partial=lambda: state.partial, secret=endpoint.api_key)
+        with progress_scope, mapped:
+            return await _exchange(
+                client,
+                endpoint,
+                request,
+                deadlines,
+                headers,
+                on_first_token,
+                state,
+                progress_scope,
+            )
+        # Only the progress scope's own deadline gets us here.
+        acc = state.acc
+        if acc is not None and acc.complete:
+            # The stream was complete; only its tail (usage, end of body) was late.
+            return _result(state, acc, request, status_code=state.status_code or 200)
+        await _outer_cancel_wins()
+        now = trio.current_time()
+        if state.first_token_at is None:
+            raise TTFTTimeout(
+                f"no content within ttft={deadlines.ttft}s of sending"
+                f" ({now - start:.3f}s elapsed{_stream_note(acc)})",
+                status_code=state.status_code,
+            )
+        last = acc.last_progress_at if acc is not None else state.first_token_at
+        raise StallTimeout(
+            f"no content within stall={deadlines.stall}s of the previous content event"
+            f" ({now - (last or start):.3f}s since it{_stream_note(acc)})",
+            status_code=state.status_code,
+            partial=True,
+        )
+    await _outer_cancel_wins()
+    raise AttemptTimeout(
+        f"exchange exceeded attempt={deadlines.attempt}s",
+        status_code=state.status_code,
+        partial=state.partial,
+    )
+
+
+def _at(start: float, seconds: float | None) -> float:
+    return math.inf if seconds is None else start + seconds
+
+
+async def _outer_cancel_wins() -> None:
+    """If the caller was cancelled at the same time as our deadline, let that win.
+
+    Our scope caught the ``Cancelled``; a checkpoint re-raises it when an
+    enclosing scope is cancelled too, so the caller sees ``trio.Cancelled``
+    rather than a timeout it did not ask about.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+
+
+def _stream_note(acc: _TrackingAccumulator | None) -> str:
+    if acc is None or (acc.events_seen == 0 and acc.keepalives == 0):
+        return ""
+    return f"; {acc.events_seen} events and {acc.keepalives} keep-alive comments, not progress"
+
+
+async def _exchange(
+    client: httpx.AsyncClient,
+    endpoint: Endpoint,
+    request: Request,
+    deadlines: Deadlines,
+    extra_headers: Mapping[str, str] | None,
+    on_first_token: Callable[[float], None] | None,
+    state: _State,
+    progress: trio.CancelScope,
+) -> AttemptResult:
+    stream = endpoint.stream
+    body = request.body(model=endpoint.model, stream=stream)
+    headers = endpoint.auth_headers()
+    if extra_headers:
+        headers.update(extra_headers)
+    headers["accept"] = "text/event-stream" if stream else "application/json"
+    url = endpoint.url_for(request.path)
+    async with client.stream(
+        "POST", url, json=body, headers=headers, params=endpoint.params()
+    ) as response:
+        state.status_code = response.status_code
+        if response.status_code >= 300:
+            await _raise_for_status(response, endpoint, body_deadline=state.body_deadline)
+        content_type = response.headers.get("content-type", "")
+        if stream and "json" not in content_type:
+            return await _read_stream(response, request, deadlines, on_first_token, state, progress)
+        # Non-streamed, or a server that ignored stream=true and answered JSON.
+        raw = await _read_bounded(response, MAX_RESPONSE_BYTES, what="response body")
+        now = trio.current_time()
+        state.first_token_at = now
+        if on_first_token is not None:
+            on_first_token(now - state.start)
+        return _parse_whole(raw, request, state, response.status_code)
+
+
+async def _read_stream(
+    response: httpx.Response,
+    request: Request,
+    deadlines: Deadlines,
+    on_first_token: Callable[[float], None] | None,
+    state: _State,
+    progress: trio.CancelScope,
+) -> AttemptResult:
+    decoder = SSEDecoder(max_line_bytes=DEFAULT_MAX_LINE_BYTES)
+    acc = _TrackingAccumulator()
+    state.acc = acc
+    stall = deadlines.stall
+    tail_deadline: float | None = None
+
+    def handle(chunk: bytes) -> None:
+        nonlocal tail_deadline
+        for event in decoder.feed(chunk):
+            if acc.feed(event):
+                now = trio.current_time()
+                acc.last_progress_at = now
+                if state.first_token_at is None:
+                    state.first_token_at = now
+                    if on_first_token is not None:
+                        on_first_token(now - state.start)
+                progress.deadline = _at(now, stall)
+        acc.keepalives = decoder.comments
+        if acc.complete:
+            # Complete: the tail (usage chunk, [DONE], end of body) gets a short grace.
+            if tail_deadline is None:
+                tail_deadline = trio.current_time() + TAIL_GRACE
+            progress.deadline = min(progress.deadline, tail_deadline)
+
+    await _consume(response, handle)
+    pending = decoder.pending_bytes
+    for event in decoder.end():
+        acc.feed(event)
+    if not acc.complete:
+        raise Truncated(
+            "stream ended without a finish reason or [DONE]"
+            f" after {acc.progress_events} content events"
+            + (f" (an unfinished {pending}-byte line was dropped)" if pending else ""),
+            status_code=response.status_code,
+            partial=state.partial,
+        )
+    return _result(state, acc, request, status_code=response.status_code)
+
+
+class _TrackingAccumulator(StreamAccumulator):
+    """A :class:`StreamAccumulator` that also counts what was *not* progress."""
+
+    __slots__ = ("events_seen", "keepalives", "last_progress_at")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events_seen = 0
+        self.keepalives = 0
+        self.last_progress_at: float | None = None
+
+    def feed(self, event: Any) -> bool:
+        self.events_seen += 1
+        return super().feed(event)
+
+
+def _result(
+    state: _State, acc: StreamAccumulator, request: Request, *, status_code: int
+) -> AttemptResult:
+    text = acc.text
+    usage = acc.usage or _estimate_usage(request, text)
+    now = trio.current_time()
+    ttft = None if state.first_token_at is None else state.first_token_at - state.start
+    return AttemptResult(
+        text=text,
+        finish_reason=acc.finish_reason,
+        usage=usage,
+        ttft_s=ttft,
+        duration_s=now - state.start,
+        status_code=status_code,
+    )
+
+
+def _estimate_usage(request: Request, text: str) -> Usage:
+    return Usage(
+        prompt_tokens=estimate_tokens(request.prompt_text()),
+        completion_tokens=estimate_tokens(text) if text else 0,
+        estimated=True,
+    )
+
+
+class _StopReading(Exception):
+    """Raised by a chunk handler of :func:`_consume`: enough was read, stop quietly."""
+
+
+async def _consume(response: httpx.Response, handle: Callable[[bytes], None]) -> None:
+    """Feed each body chunk to ``handle`` until the body ends or ``handle`` raises.
+
+    Why not simply raise out of an ``async for`` loop: httpx's body iterators
+    are a chain of nested async generators (httpx, then httpcore) that nobody
+    can close from the outside; leaving them suspended makes trio warn about
+    each one when it is garbage collected. So a handler's exception is
+    parked, a cancel scope is cancelled, and the loop carries on discarding
+    chunks until the next read, a checkpoint deep inside the chain, raises
+    ``Cancelled`` there and unwinds every generator properly. Then the parked
+    exception is raised. The response is closed by ``client.stream``'s exit,
+    and a connection with unread bytes is not put back into the pool.
+    """
+    failure: Exception | None = None
+    with trio.CancelScope() as abort:
+        async for chunk in response.aiter_bytes():
+            if failure is not None:
+                continue  # buffered bytes; the next real read raises Cancelled
+            try:
+                handle(chunk)
+            except Exception as exc:
+                failure = exc
+                abort.cancel()
+    if failure is not None and not isinstance(failure, _StopReading):
+        raise failure
+
+
+async def _read_bounded(response: httpx.Response, limit: int, *, what: str) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+
+    def handle(chunk: bytes) -> None:
+        nonlocal size
+        size += len(chunk)
+        if size > limit:
+            raise ProtocolError(f"{what} larger than {limit} bytes")
+        parts.append(chunk)
+
+    await _consume(response, handle)
+    return b"".join(parts)
+
+
+async def _raise_for_status(
+    response: httpx.Response, endpoint: Endpoint, *, body_deadline: float
+) -> NoReturn:
+    status = response.status_code
+    # Read a bounded part of the body for the message, but never let a slow
+    # error body turn a clear status into a timeout: give up on the body first
+    # (this inner scope expires no later than ours, so it catches first).
+    parts: list[bytes] = []
+    size = 0
+
+    def handle(chunk: bytes) -> None:
+        nonlocal size
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= MAX_ERROR_BODY_BYTES:
+            raise _StopReading
+
+    give_up = min(body_deadline, trio.current_time() + ERROR_BODY_GRACE)
+    with trio.move_on_at(give_up):
+        await _consume(response, handle)
+    raw = b"".join(parts)[:MAX_ERROR_BODY_BYTES]
+    message = _scrub(_error_message(raw), endpoint.api_key)
+    text = f"HTTP {status} {response.reason_phrase}".rstrip() + (f": {message}" if message else "")
+    retry_after = parse_retry_after(response.headers)
+    if status == 429:
+        raise RateLimited(text, status_code=status, retry_after=retry_after)
+    if status >= 500:
+        raise ServerError(text, status_code=status, retry_after=retry_after)
+    if status >= 400:
+        raise ClientError(text, status_code=status, retry_after=retry_after)
+    raise ProtocolError(
+        f"unexpected HTTP {status} (redirects are not followed)", status_code=status
+    )
+
+
+def _error_message(raw: bytes) -> str:
+    if not raw:
+        return ""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return raw[:300].decode("utf-8", "replace").strip()
+    if isinstance(obj, dict):
+        err = obj.get("error", obj)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:500]
+        if isinstance(err, str):
+            return err[:500]
+    return raw[:300].decode("utf-8", "replace").strip()
+
+
+def _parse_whole(raw: bytes, request: Request, state: _State, status_code: int) -> AttemptResult:
+    try:
+        obj = json.loads(raw)
+    except ValueError as exc:
+        raise ProtocolError(
+            f"response body is not JSON: {raw[:80]!r}", status_code=status_code
+        ) from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError("response body is not a JSON object", status_code=status_code)
+    if "error" in obj or obj.get("object") == "error":
+        raise error_from_payload(obj, status_code=status_code)
+    choices = obj.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise ProtocolError("response has no choices", status_code=status_code)
+    choice = choices[0]
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else choice.get("text")
+    text = content if isinstance(content, str) else ""
+    reason = choice.get("finish_reason")
+    if not reason:
+        raise Truncated(
+            "response has no finish reason", status_code=status_code, partial=bool(text)
+        )
+    usage = usage_from_json(obj.get("usage")) or _estimate_usage(request, text)
+    now = trio.current_time()
+    return AttemptResult(
+        text=text,
+        finish_reason=str(reason),
+        usage=usage,
+        ttft_s=None if state.first_token_at is None else state.first_token_at - state.start,
+        duration_s=now - state.start,
+        status_code=status_code,
+    )
