@@ -1,0 +1,376 @@
+"""``shardline run`` and ``shardline demo`` in-process, via ``shardline._cli.main``.
+
+The fake server runs in another process (``shardline fake-server --port 0``),
+because ``main`` owns its own ``trio.run``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shardline._cli import main
+from shardline._cli_run import default_paths
+
+SECRET = "sk-test-SECRET"
+
+#: Fast, bounded deadlines and retries for runs against the local fake server.
+FAST = [
+    "--no-progress",
+    "--shards",
+    "2",
+    "--concurrency",
+    "8",
+    "--ttft-timeout",
+    "2",
+    "--stall-timeout",
+    "1",
+    "--attempt-timeout",
+    "10",
+]
+
+
+@contextlib.contextmanager
+def fake_server(faults: str = "", *extra: str) -> Iterator[str]:
+    """Run ``shardline fake-server`` in a child process; yield its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shardline._cli", "fake-server", "--port", "0"]
+        + (["--faults", faults] if faults else [])
+        + list(extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http://"):
+            proc.kill()
+            _, err = proc.communicate(timeout=10)
+            raise AssertionError(f"fake server did not start: {err}")
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+@pytest.fixture(autouse=True)
+def _quick_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No stray endpoint settings from the developer's shell; short backoff."""
+    for name in (
+        "OPENAI_BASE_URL",
+        "OPENAI_API_KEY",
+        "OPENAI_MODEL",
+        "OPENAI_API_VERSION",
+        "SHARD_COUNT",
+        "LLM_CONCURRENCY",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LLM_RETRY_BACKOFF_S", "0.01")
+
+
+def write_input(path: Path, n: int, *, prefix: str = "q", extra: list[str] | None = None) -> Path:
+    with open(path, "w") as f:
+        for i in range(n):
+            record = {
+                "id": f"{prefix}{i}",
+                "messages": [{"role": "user", "content": f"item {i}"}],
+                "max_tokens": 8,
+            }
+            f.write(json.dumps(record) + "\n")
+        for line in extra or []:
+            f.write(line + "\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# -- usage and file errors: exit 2, nothing sent ---------------------------------------------
+
+
+def test_default_paths() -> None:
+    """Output and events default to INPUT.out.jsonl / INPUT.events.jsonl beside the input."""
+    assert default_paths("data/p.jsonl") == (Path("data/p.out.jsonl"), Path("data/p.events.jsonl"))
+    assert default_paths("p.txt") == (Path("p.txt.out.jsonl"), Path("p.txt.events.jsonl"))
+
+
+def test_missing_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing input file exits 2 naming the file, and creates no output."""
+    missing = tmp_path / "nope.jsonl"
+    assert main(["run", str(missing), "--base-url", "http://127.0.0.1:9/v1"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read input file {missing}: No such file or directory" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "nope.out.jsonl").exists()
+
+
+def test_input_is_a_directory_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unreadable input (a directory) exits 2 naming it."""
+    assert main(["run", str(tmp_path), "--base-url", "http://127.0.0.1:9/v1"]) == 2
+    assert f"cannot read input file {tmp_path}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shards", "0"], "invalid value for --shards (SHARD_COUNT): shard_count must be >= 1"),
+        (["--concurrency", "0"], "--concurrency (LLM_CONCURRENCY): concurrency must be >= 1"),
+        (["--ttft-timeout", "-1"], "invalid value for --ttft-timeout: ttft must be > 0, got -1.0"),
+        (["--stall-timeout", "0"], "--stall-timeout: stall must be > 0"),
+        (["--attempt-timeout", "0"], "--attempt-timeout: attempt must be > 0"),
+        (["--max-attempts", "0"], "--max-attempts: max_attempts must be >= 1"),
+        (["--rpm", "-5"], "--rpm: rpm must be > 0"),
+        (["--base-url", "ftp://x"], "--base-url (OPENAI_BASE_URL): base_url must start with"),
+    ],
+)
+def test_invalid_option_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    """An invalid option value exits 2 with a message naming the option, before any I/O."""
+    inp = write_input(tmp_path / "in.jsonl", 1)
+    assert main(["run", str(inp), "--base-url", "http://127.0.0.1:9/v1", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "in.out.jsonl").exists()
+
+
+def test_invalid_environment_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad SHARD_COUNT in the environment exits 2 naming the variable."""
+    monkeypatch.setenv("SHARD_COUNT", "many")
+    inp = write_input(tmp_path / "in.jsonl", 1)
+    assert main(["run", str(inp), "--base-url", "http://127.0.0.1:9/v1"]) == 2
+    assert "environment variable SHARD_COUNT must be an integer, got 'many'" in (
+        capsys.readouterr().err
+    )
+
+
+def test_unparsable_option_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A non-number where a number is expected is an argparse usage error (exit 2)."""
+    inp = write_input(tmp_path / "in.jsonl", 1)
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(inp), "--ttft-timeout", "soon"])
+    assert info.value.code == 2
+    assert "--ttft-timeout: expected a number of seconds or 'none', got 'soon'" in (
+        capsys.readouterr().err
+    )
+
+
+def test_existing_output_needs_resume_or_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An existing non-empty output is not overwritten silently: exit 2, file untouched."""
+    inp = write_input(tmp_path / "in.jsonl", 1)
+    out = tmp_path / "in.out.jsonl"
+    out.write_text('{"id": "q0", "status": "ok"}\n')
+    assert main(["run", str(inp), "--base-url", "http://127.0.0.1:9/v1"]) == 2
+    assert "pass --resume to continue it or --overwrite" in capsys.readouterr().err
+    assert out.read_text() == '{"id": "q0", "status": "ok"}\n'
+
+
+def test_output_in_missing_directory_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An output path whose directory does not exist exits 2 naming the file."""
+    inp = write_input(tmp_path / "in.jsonl", 1)
+    out = tmp_path / "no" / "out.jsonl"
+    assert main(["run", str(inp), "--base-url", "http://127.0.0.1:9/v1", "-o", str(out)]) == 2
+    assert f"cannot write output file {out}" in capsys.readouterr().err
+
+
+# -- runs against the fake server ------------------------------------------------------------
+
+
+def test_run_with_faults_all_ok(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With faults on, every item ends ok exactly once; report printed and written; no secret."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    inp = write_input(tmp_path / "in.jsonl", 60)
+    report = tmp_path / "report.json"
+    faults = "rate_limit=0.05:retry_after=0.1,http_500=0.05,reset=0.05:after=1,truncate=0.05"
+    with fake_server(faults, "--seed", "3") as url:
+        status = main(["run", str(inp), "--base-url", url, "--report-json", str(report), *FAST])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    records = read_jsonl(tmp_path / "in.out.jsonl")
+    assert sorted(str(r["id"]) for r in records) == sorted(f"q{i}" for i in range(60))
+    assert all(r["status"] == "ok" for r in records)
+    first = records[0]
+    for key in ("text", "usage", "attempts", "shard", "ttft_s", "latency_s"):
+        assert key in first
+    assert any(int(str(r["attempts"])) > 1 for r in records)
+    data = json.loads(report.read_text())
+    assert data["items"] == 60
+    assert data["succeeded"] == 60
+    assert data["retries"] > 0
+    assert data["events_sha256"] is not None
+    assert "60" in captured.out
+    events = (tmp_path / "in.events.jsonl").read_text()
+    for text in (
+        captured.out,
+        captured.err,
+        events,
+        report.read_text(),
+        (tmp_path / "in.out.jsonl").read_text(),
+    ):
+        assert SECRET not in text
+
+
+def test_bad_lines_fail_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Invalid JSON, no messages/prompt and duplicate ids become invalid_input lines; exit 1."""
+    inp = write_input(
+        tmp_path / "in.jsonl",
+        5,
+        extra=[
+            "{broken",
+            json.dumps({"id": "nothing"}),
+            json.dumps({"id": "q1", "prompt": "again"}),
+            json.dumps({"prompt": "no id, numeric id from the line number"}),
+        ],
+    )
+    with fake_server() as url:
+        status = main(["run", str(inp), "--base-url", url, *FAST])
+    captured = capsys.readouterr()
+    assert status == 1, captured.err
+    records = read_jsonl(tmp_path / "in.out.jsonl")
+    ok = {r["id"] for r in records if r["status"] == "ok"}
+    assert ok == {"q0", "q1", "q2", "q3", "q4", 9}
+    bad = {r["line"]: r for r in records if r["status"] == "failed"}
+    assert sorted(bad) == [6, 7, 8]
+    assert all(r["error"]["cause"] == "invalid_input" for r in bad.values())  # type: ignore[index]
+    assert bad[6]["error"]["message"].startswith(f"{inp}:6: invalid JSON")  # type: ignore[index]
+    assert bad[7]["error"]["message"] == (  # type: ignore[index]
+        f"{inp}:7: missing field 'messages' (chat) or 'prompt' (completion)"
+    )
+    assert bad[8]["error"]["message"] == (  # type: ignore[index]
+        f"{inp}:8: duplicate id 'q1' (ids must be unique in a file)"
+    )
+    assert "Traceback" not in captured.err
+
+
+def test_failed_items_exit_1_and_resume_retries_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An item that keeps failing is written failed (exit 1); --resume retries only it."""
+    inp = write_input(tmp_path / "in.jsonl", 6)
+    out = tmp_path / "in.out.jsonl"
+    with fake_server("http_500@item=q3") as url:
+        status = main(["run", str(inp), "--base-url", url, "--max-attempts", "2", *FAST])
+    assert status == 1
+    records = read_jsonl(out)
+    failed = [r for r in records if r["status"] == "failed"]
+    assert [r["id"] for r in failed] == ["q3"]
+    assert failed[0]["error"] == {  # type: ignore[comparison-overlap]
+        "cause": "server_error",
+        "message": failed[0]["error"]["message"],  # type: ignore[index]
+    }
+    assert failed[0]["attempts"] == 2
+    ok_lines = [line for line in out.read_text().splitlines() if '"status":"ok"' in line]
+    assert len(ok_lines) == 5
+    capsys.readouterr()
+    with fake_server() as url:
+        status = main(["run", str(inp), "--base-url", url, "--resume", *FAST])
+    assert status == 0, capsys.readouterr().err
+    lines = out.read_text().splitlines()
+    final = [json.loads(line) for line in lines]
+    assert sorted(r["id"] for r in final) == [f"q{i}" for i in range(6)]
+    assert all(r["status"] == "ok" for r in final)
+    # Lines already ok were kept byte for byte, in front; q3 was the only one sent again.
+    assert lines[:5] == ok_lines
+    assert final[5]["id"] == "q3"
+
+
+def test_resume_repairs_torn_line_and_skips_done(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--resume drops a torn last line, skips ids already ok, and sends only the rest."""
+    inp = write_input(tmp_path / "in.jsonl", 20)
+    out = tmp_path / "in.out.jsonl"
+    done = [json.dumps({"id": f"q{i}", "status": "ok", "text": "kept"}) for i in range(8)]
+    out.write_text("\n".join(done) + "\n" + '{"id": "q8", "status": "o')
+    with fake_server() as url:
+        status = main(["run", str(inp), "--base-url", url, "--resume", *FAST])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "8 items already ok are skipped" in captured.err
+    lines = out.read_text().splitlines()
+    assert lines[:8] == done
+    ids = [json.loads(line)["id"] for line in lines]
+    assert sorted(ids) == sorted(f"q{i}" for i in range(20))
+    sent = {
+        e["item_id"]
+        for e in read_jsonl(tmp_path / "in.events.jsonl")
+        if e["kind"] == "attempt_start"
+    }
+    assert sent == {f"q{i}" for i in range(8, 20)}
+
+
+def test_resume_appends_events(tmp_path: Path) -> None:
+    """A resumed run appends a new run_start to the events file instead of replacing it."""
+    inp = write_input(tmp_path / "in.jsonl", 4)
+    with fake_server() as url:
+        assert main(["run", str(inp), "--base-url", url, *FAST]) == 0
+        assert main(["run", str(inp), "--base-url", url, "--resume", *FAST]) == 0
+    kinds = [e["kind"] for e in read_jsonl(tmp_path / "in.events.jsonl")]
+    assert kinds.count("run_start") == 2
+    assert kinds.count("attempt_start") == 4
+
+
+def test_demo_small(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo runs generated items through the in-process fake server and prints a report."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    out = tmp_path / "demo.out.jsonl"
+    report = tmp_path / "demo.json"
+    status = main(
+        [
+            "demo",
+            "--items",
+            "300",
+            "--no-progress",
+            "--output",
+            str(out),
+            "--report-json",
+            str(report),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    records = read_jsonl(out)
+    assert len(records) == 300
+    assert len({r["id"] for r in records}) == 300
+    data = json.loads(report.read_text())
+    assert data["succeeded"] == 300
+    assert data["shard_count"] == 8
+    assert "fake server with faults" in captured.err
+
+
+def test_demo_bad_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad demo option exits 2 naming it."""
+    assert main(["demo", "--items", "0"]) == 2
+    assert "--items" in capsys.readouterr().err
+    assert main(["demo", "--faults", "explode=2"]) == 2
+    assert "invalid value for --faults" in capsys.readouterr().err

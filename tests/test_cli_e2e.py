@@ -1,0 +1,251 @@
+"""``shardline run`` as a user runs it: a separate process against the fake server in another.
+
+These start real processes (bounded: every wait has a timeout) and are marked
+``slow``; they still run in CI. ``kill -9`` and Ctrl-C are sent for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shardline._cli_run import OUTCOME_BUFFER
+
+pytestmark = pytest.mark.slow
+
+#: A fake model slow enough that a run is still going when it is killed.
+SLOW_MODEL = ["--ttft", "0.05", "--itl", "0.02", "--tokens-per-event", "2"]
+SHARDS, CONCURRENCY = 2, 8
+
+
+def shardline(*args: str) -> list[str]:
+    return [sys.executable, "-m", "shardline._cli", *args]
+
+
+def env() -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SHARD_", "LLM_"))}
+    out["LLM_RETRY_BACKOFF_S"] = "0.01"
+    return out
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest) -> Iterator[str]:
+    """``shardline fake-server --port 0`` in a child process, with the test's faults."""
+    extra: list[str] = getattr(request, "param", [])
+    proc = subprocess.Popen(
+        shardline("fake-server", "--port", "0", *extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env(),
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), url
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def write_input(path: Path, n: int) -> Path:
+    with open(path, "w") as f:
+        for i in range(n):
+            record = {
+                "id": f"item-{i}",
+                "messages": [{"role": "user", "content": f"tell me about {i}"}],
+                "max_tokens": 12,
+            }
+            f.write(json.dumps(record) + "\n")
+    return path
+
+
+def read_events(path: Path) -> list[list[dict[str, object]]]:
+    """The events file split into segments, one per run_start."""
+    segments: list[list[dict[str, object]]] = []
+    for line in path.read_text().splitlines():
+        event = json.loads(line)
+        if event["kind"] == "run_start":
+            segments.append([])
+        segments[-1].append(event)
+    return segments
+
+
+def wait_for_lines(path: Path, n: int, proc: subprocess.Popen[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= n:
+            return
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.02)
+    raise AssertionError(f"{path} did not reach {n} lines in {timeout} s")
+
+
+RUN_OPTS = [
+    "--shards",
+    str(SHARDS),
+    "--concurrency",
+    str(CONCURRENCY),
+    "--ttft-timeout",
+    "2",
+    "--stall-timeout",
+    "0.5",
+    "--attempt-timeout",
+    "10",
+]
+
+
+@pytest.mark.parametrize(
+    "server",
+    [["--faults", "rate_limit=0.05:retry_after=0.1,http_503=0.05,reset=0.03,drip=0.02"]],
+    indirect=True,
+)
+def test_subprocess_run_with_faults(server: str, tmp_path: Path) -> None:
+    """A real process against a faulty server: exit 0, each id once, report, plain progress."""
+    inp = write_input(tmp_path / "in.jsonl", 100)
+    proc = subprocess.run(
+        shardline("run", str(inp), "--base-url", server, *RUN_OPTS),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env(), "OPENAI_API_KEY": "sk-test-SECRET"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "shardline: 100/100 done (100%)" in proc.stderr  # final plain progress line
+    records = [json.loads(x) for x in (tmp_path / "in.out.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == sorted(f"item-{i}" for i in range(100))
+    assert {r["status"] for r in records} == {"ok"}
+    assert "sk-test-SECRET" not in proc.stdout + proc.stderr
+    assert "sk-test-SECRET" not in (tmp_path / "in.events.jsonl").read_text()
+
+
+def test_subprocess_missing_input(tmp_path: Path) -> None:
+    """A missing input exits 2 with one line naming the file and no traceback."""
+    proc = subprocess.run(
+        shardline("run", str(tmp_path / "missing.jsonl")),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env(),
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"shardline run: error: cannot read input file {tmp_path / 'missing.jsonl'}: "
+        "No such file or directory"
+    )
+
+
+@pytest.mark.parametrize("server", [SLOW_MODEL], indirect=True)
+def test_kill_9_then_resume_loses_and_duplicates_nothing(server: str, tmp_path: Path) -> None:
+    """kill -9 mid-run, then --resume: each id exactly once, ok; only in-flight work resent."""
+    n = 160
+    inp = write_input(tmp_path / "in.jsonl", n)
+    out = tmp_path / "in.out.jsonl"
+    events = tmp_path / "in.events.jsonl"
+    proc = subprocess.Popen(
+        shardline("run", str(inp), "--base-url", server, "--no-progress", *RUN_OPTS),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env(),
+    )
+    try:
+        wait_for_lines(out, 40, proc, timeout=20)
+    finally:
+        proc.kill()  # SIGKILL: no cleanup at all
+        proc.wait(timeout=10)
+    written_before = {json.loads(x)["id"] for x in out.read_text().splitlines() if x.endswith("}")}
+    assert 40 <= len(written_before) < n
+    resumed = subprocess.run(
+        shardline("run", str(inp), "--base-url", server, "--no-progress", "--resume", *RUN_OPTS),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env(),
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    lines = out.read_text().splitlines()
+    ids = [json.loads(line)["id"] for line in lines]
+    assert len(ids) == n
+    assert set(ids) == {f"item-{i}" for i in range(n)}
+    assert all(json.loads(line)["status"] == "ok" for line in lines)
+    first, second = read_events(events)
+    started_first = {e["item_id"] for e in first if e["kind"] == "attempt_start"}
+    sent_again = {e["item_id"] for e in second if e["kind"] == "attempt_start"} & started_first
+    # Nothing already written is sent again; what is sent again is what was in flight
+    # (or finished but still in the small outcome buffer) when the process died.
+    assert not (sent_again & written_before)
+    assert len(sent_again) <= SHARDS * CONCURRENCY + OUTCOME_BUFFER + 1
+    assert "Traceback" not in resumed.stderr
+
+
+@pytest.mark.parametrize("server", [SLOW_MODEL], indirect=True)
+def test_ctrl_c_drains_flushes_and_exits_130(server: str, tmp_path: Path) -> None:
+    """SIGINT mid-run: exit 130, no traceback, whole lines, report printed; resume finishes."""
+    n = 160
+    inp = write_input(tmp_path / "in.jsonl", n)
+    out = tmp_path / "in.out.jsonl"
+    report = tmp_path / "report.json"
+    proc = subprocess.Popen(
+        shardline(
+            "run",
+            str(inp),
+            "--base-url",
+            server,
+            "--report-json",
+            str(report),
+            "--drain-grace",
+            "5",
+            *RUN_OPTS,
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
+    try:
+        wait_for_lines(out, 30, proc, timeout=20)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "interrupted: draining" in stderr
+    text = out.read_text()
+    assert text.endswith("\n")
+    records = [json.loads(line) for line in text.splitlines()]
+    assert {r["status"] for r in records} == {"ok"}  # cancelled items are not written
+    assert len(records) < n
+    data = json.loads(report.read_text())
+    assert data["end_reason"] in ("cancelled", "completed")
+    assert data["succeeded"] == len(records)
+    assert str(len(records)) in stdout
+    resumed = subprocess.run(
+        shardline("run", str(inp), "--base-url", server, "--no-progress", "--resume", *RUN_OPTS),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env(),
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert sorted(ids) == sorted(f"item-{i}" for i in range(n))
