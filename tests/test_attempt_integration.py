@@ -1,0 +1,221 @@
+"""Attempts against the fake server: real sockets, real time, short deadlines.
+
+Each fault of :mod:`shardline.testing` must end in its named cause within its
+deadline (plus a tolerance for a loaded 2-core CI machine), and the *same*
+client must then serve a clean request: no connection stuck in the pool.
+``autojump_clock`` does not mix with real sockets, so these tests use real
+time with deadlines of a few hundred milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import trio
+
+from shardline._attempt import AttemptResult, make_client, send_attempt
+from shardline._config import Deadlines, Endpoint
+from shardline._exceptions import AttemptError, Cause, ConnectError, PoolTimeout, RateLimited
+from shardline._models import ChatRequest
+from shardline.testing import (
+    FAULT_KINDS,
+    FakeServer,
+    Fault,
+    FaultPlan,
+    expected_cause,
+    open_fake_server,
+)
+
+SHORT = 0.3
+DEADLINES = Deadlines(connect=1.0, ttft=SHORT, stall=SHORT, attempt=3.0)
+TOLERANCE = 0.7  # scheduling slack on a busy CI machine; deadlines themselves are exact
+REQUEST = ChatRequest(messages=[{"role": "user", "content": "hello"}], params={"max_tokens": 8})
+SECRET = "sk-integration-secret-value"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeServer]:
+    async with open_fake_server() as server:
+        yield server
+
+
+def endpoint_for(server: FakeServer, *, stream: bool = True) -> Endpoint:
+    return Endpoint(base_url=server.base_url, api_key=SECRET, model="fake", stream=stream)
+
+
+def headers(item: str, attempt: int) -> dict[str, str]:
+    return {"x-shardline-item-id": item, "x-shardline-attempt": str(attempt)}
+
+
+def assert_pool_clean(client: httpx.AsyncClient) -> None:
+    """No request is queued or in flight, and every pooled connection is idle or closed."""
+    pool = client._transport._pool  # type: ignore[attr-defined]
+    assert pool._requests == []
+    for connection in pool.connections:
+        assert connection.is_idle() or connection.is_closed(), connection
+
+
+def deadline_for(cause: Cause) -> float:
+    """The deadline that bounds a fault ending in ``cause`` (0 for immediate ones)."""
+    if cause in (Cause.TTFT_TIMEOUT, Cause.STALL_TIMEOUT):
+        return SHORT
+    return 0.0
+
+
+async def fault_then_success(
+    server: FakeServer, fault: Fault, *, stream: bool, item: str
+) -> tuple[AttemptError, float, AttemptResult]:
+    """Attempt 1 meets ``fault``; attempt 2 on the same client must succeed."""
+    server.set_faults(FaultPlan(items={(item, 1): fault}))
+    endpoint = endpoint_for(server, stream=stream)
+    async with make_client(endpoint, max_connections=2, deadlines=DEADLINES) as client:
+        start = trio.current_time()
+        with pytest.raises(AttemptError) as info:
+            await send_attempt(client, endpoint, REQUEST, DEADLINES, headers=headers(item, 1))
+        elapsed = trio.current_time() - start
+        assert_pool_clean(client)
+        result = await send_attempt(client, endpoint, REQUEST, DEADLINES, headers=headers(item, 2))
+        assert_pool_clean(client)
+    return info.value, elapsed, result
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+async def test_each_fault_ends_in_its_cause_then_the_pool_serves_again(
+    server: FakeServer, kind: str, stream: bool
+) -> None:
+    """Every fault kind ends in its expected cause within its deadline; a retry then succeeds."""
+    fault = Fault(kind=kind)
+    error, elapsed, result = await fault_then_success(server, fault, stream=stream, item=kind)
+    cause = expected_cause(fault, stream=stream)
+    assert error.cause is cause, f"{kind}: {error!r}"
+    assert elapsed <= deadline_for(cause) + TOLERANCE, f"{kind} took {elapsed:.3f}s"
+    if cause in (Cause.TTFT_TIMEOUT, Cause.STALL_TIMEOUT):
+        assert elapsed >= SHORT - 0.01
+    assert SECRET not in str(error)
+    assert result.finish_reason is not None
+    assert result.text
+    assert not result.usage.estimated
+
+
+@pytest.mark.parametrize("kind", ["stall_mid", "drip"])
+async def test_stalls_after_content_are_stall_timeouts(server: FakeServer, kind: str) -> None:
+    """After some content, silence or a keep-alive drip ends in stall_timeout, partial."""
+    fault = Fault(kind=kind, after_events=2, interval=0.05)
+    error, elapsed, _ = await fault_then_success(server, fault, stream=True, item=f"{kind}-2")
+    assert error.cause is Cause.STALL_TIMEOUT
+    assert error.partial
+    assert SHORT - 0.01 <= elapsed <= SHORT + TOLERANCE
+
+
+async def test_rate_limit_carries_retry_after(server: FakeServer) -> None:
+    """A 429 reports the server's Retry-After (from retry-after-ms)."""
+    fault = Fault(kind="rate_limit", retry_after=2.5)
+    error, _, _ = await fault_then_success(server, fault, stream=True, item="rl")
+    assert isinstance(error, RateLimited)
+    assert error.retry_after == 2.5
+
+
+async def test_success_reuses_the_connection(server: FakeServer) -> None:
+    """Sequential requests on one client share one keep-alive connection."""
+    endpoint = endpoint_for(server)
+    async with make_client(endpoint, max_connections=4, deadlines=DEADLINES) as client:
+        for i in range(5):
+            result = await send_attempt(
+                client, endpoint, REQUEST, DEADLINES, headers=headers(str(i), 1)
+            )
+            assert result.finish_reason is not None
+            assert result.ttft_s is not None
+        assert_pool_clean(client)
+    assert server.statistics().connections_accepted == 1
+
+
+async def test_concurrent_faults_do_not_exhaust_the_pool(server: FakeServer) -> None:
+    """Cap-many stalled attempts at once all end, then cap-many requests succeed at once."""
+    cap = 3
+    server.set_faults(FaultPlan(items={(f"s{i}", 1): "stall_mid" for i in range(cap)}))
+    endpoint = endpoint_for(server)
+    causes: list[Cause] = []
+    ok: list[AttemptResult] = []
+    async with make_client(endpoint, max_connections=cap, deadlines=DEADLINES) as client:
+
+        async def failing(i: int) -> None:
+            try:
+                await send_attempt(
+                    client, endpoint, REQUEST, DEADLINES, headers=headers(f"s{i}", 1)
+                )
+            except AttemptError as exc:
+                causes.append(exc.cause)
+
+        async def succeeding(i: int) -> None:
+            ok.append(
+                await send_attempt(
+                    client, endpoint, REQUEST, DEADLINES, headers=headers(f"s{i}", 2)
+                )
+            )
+
+        async with trio.open_nursery() as nursery:
+            for i in range(cap):
+                nursery.start_soon(failing, i)
+        assert causes == [Cause.STALL_TIMEOUT] * cap
+        assert_pool_clean(client)
+        async with trio.open_nursery() as nursery:
+            for i in range(cap):
+                nursery.start_soon(succeeding, i)
+        assert len(ok) == cap
+        assert_pool_clean(client)
+
+
+async def test_pool_timeout_when_the_pool_is_held(server: FakeServer) -> None:
+    """With every pooled connection busy, another request ends in pool_timeout, not a hang."""
+    server.set_faults(FaultPlan(items={("hold", 1): "stall_headers"}))
+    endpoint = endpoint_for(server)
+    holding = Deadlines(connect=0.2, ttft=2.0, stall=2.0, attempt=3.0)
+    async with make_client(endpoint, max_connections=1, deadlines=holding) as client:
+        async with trio.open_nursery() as nursery:
+
+            async def hold() -> None:
+                with pytest.raises(AttemptError):
+                    await send_attempt(
+                        client, endpoint, REQUEST, holding, headers=headers("hold", 1)
+                    )
+
+            nursery.start_soon(hold)
+            await trio.sleep(0.1)
+            start = trio.current_time()
+            with pytest.raises(PoolTimeout):
+                await send_attempt(client, endpoint, REQUEST, holding, headers=headers("x", 1))
+            assert trio.current_time() - start <= 0.2 + TOLERANCE
+            nursery.cancel_scope.cancel()
+        assert_pool_clean(client)
+        result = await send_attempt(client, endpoint, REQUEST, holding, headers=headers("x", 2))
+        assert result.finish_reason is not None
+
+
+async def test_caller_cancellation_leaves_the_pool_clean(server: FakeServer) -> None:
+    """Cancelling mid-stream from outside raises Cancelled and the next request works."""
+    server.set_faults(FaultPlan(items={("c", 1): Fault(kind="stall_mid", after_events=1)}))
+    endpoint = endpoint_for(server)
+    slow = Deadlines(connect=1.0, ttft=5.0, stall=5.0, attempt=10.0)
+    async with make_client(endpoint, max_connections=1, deadlines=slow) as client:
+        with trio.move_on_after(0.2) as scope:
+            await send_attempt(client, endpoint, REQUEST, slow, headers=headers("c", 1))
+        assert scope.cancelled_caught
+        assert_pool_clean(client)
+        result = await send_attempt(client, endpoint, REQUEST, slow, headers=headers("c", 2))
+        assert result.finish_reason is not None
+
+
+async def test_connection_refused_is_connect_error() -> None:
+    """Nothing listening: connect_error, quickly."""
+    with trio.socket.socket() as sock:  # find a free port, then close it
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = Endpoint(base_url=f"http://127.0.0.1:{port}/v1", api_key=SECRET)
+    async with make_client(endpoint, max_connections=1, deadlines=DEADLINES) as client:
+        with pytest.raises(ConnectError) as info:
+            await send_attempt(client, endpoint, REQUEST, DEADLINES)
+        assert SECRET not in str(info.value)
+        assert isinstance(info.value.__cause__, httpx.ConnectError)
