@@ -660,7 +660,7 @@ def test_live_metrics_tracks_queues_in_flight_and_tpm() -> None:
     more = Run()
     more._admitted_at = {1: 0.0}
     more.ok(30.0, 1, prompt=100, completion=10)  # 08:00
-    more.start(61.0, 2).fail(62.0, 2, "rate_limited")
+    more.start(61.0, 2).fail(62.0, 2, "rate_limited").start(63.0, 2, attempt=2)
     more.ok(65.0, 2, attempt=2, prompt=10, completion=1)  # 08:01
     more.events.append(ShardStateChanged(t=66.0, shard=1, state="resumed"))
     for e in more.events[1:]:
@@ -679,6 +679,16 @@ def test_live_metrics_tracks_queues_in_flight_and_tpm() -> None:
         11,
     )
     assert live.snapshot(now_utc=START + 60 * 5).tpm_total_previous == 0
+    assert repr(live) == "<LiveMetrics 2/3 done, 0 in flight, 1 queued>"
+
+
+def test_report_builder_repr_and_build_is_repeatable() -> None:
+    """build() does not consume the builder; its repr shows progress."""
+    builder = ReportBuilder()
+    for e in Run().item(0.0, 1).events:
+        builder.emit(e)
+    assert builder.build() == builder.build()
+    assert repr(builder) == "<ReportBuilder run 'r1': 1 items ended, 1 attempts, 0 retries>"
 
 
 # --- rendering ------------------------------------------------------------------------

@@ -453,6 +453,12 @@ class ReportBuilder:
     def close(self) -> None:
         """Nothing to release; present for the sink protocol."""
 
+    def __repr__(self) -> str:
+        return (
+            f"<ReportBuilder run {self._run_id!r}: {self._items} items ended, "
+            f"{self._attempts} attempts, {self._retries} retries>"
+        )
+
     # -- folding
 
     def _shard(self, shard: int) -> _ShardAcc:
@@ -1015,6 +1021,13 @@ class LiveMetrics:
 
     def close(self) -> None:
         """Nothing to release; present for the sink protocol."""
+
+    def __repr__(self) -> str:
+        done = sum(self._status.values())
+        return (
+            f"<LiveMetrics {done}/{self._admitted} done, {self._in_flight} in flight, "
+            f"{len(self._queued)} queued>"
+        )
 
     def snapshot(self, *, now_utc: float | None = None) -> LiveSnapshot:
         """The numbers now, as an immutable record.
