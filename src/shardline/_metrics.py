@@ -755,6 +755,7 @@ def render_text(report: RunReport, *, width: int = 100) -> str:
     """
     import io
 
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -778,7 +779,9 @@ def render_text(report: RunReport, *, width: int = 100) -> str:
     console.print(proof)
     console.print()
 
-    summary = Table(title="items", title_justify="left", show_header=False, box=None)
+    summary = Table(
+        title="items", title_justify="left", show_header=False, box=None, pad_edge=False
+    )
     summary.add_column(style="bold", no_wrap=True)
     summary.add_column(no_wrap=True)
     summary.add_row("items", f"{report.items:,}")
@@ -787,11 +790,14 @@ def render_text(report: RunReport, *, width: int = 100) -> str:
     summary.add_row("cancelled", f"{report.cancelled:,}")
     if report.unfinished:
         summary.add_row("unfinished", f"{report.unfinished:,}  (admitted, never ended)")
-    summary.add_row(
-        "under backlog",
-        f"{_fmt_rate(report.success_rate_under_backlog)} of {report.backlog_items:,} items "
-        f"in {report.backlog_minutes} backlog minute(s)",
-    )
+    if report.backlog_minutes:
+        backlog = (
+            f"{_fmt_rate(report.success_rate_under_backlog)} of {report.backlog_items:,} items "
+            f"in {report.backlog_minutes} backlog minute(s)"
+        )
+    else:
+        backlog = "- (no whole minute with a non-empty queue)"
+    summary.add_row("under backlog", backlog)
     summary.add_row("attempts", f"{report.attempts:,}")
     summary.add_row("retries", f"{report.retries:,}  ({report.retry_rate or 0:.3f} per item)")
     summary.add_row("tokens_in_total", f"{report.tokens_in_total:,}")
@@ -807,7 +813,7 @@ def render_text(report: RunReport, *, width: int = 100) -> str:
     console.print(summary)
     console.print()
 
-    tails = Table(title="latency (successful items)", title_justify="left")
+    tails = Table(title="latency (successful items)", title_justify="left", box=box.SIMPLE)
     tails.add_column("")
     for q in ("p50", "p95", "p99"):
         tails.add_column(q, justify="right")
@@ -819,8 +825,7 @@ def render_text(report: RunReport, *, width: int = 100) -> str:
         set(report.retry_causes) | set(report.attempt_failures) | set(report.failure_causes)
     )
     if causes:
-        console.print()
-        table = Table(title="causes", title_justify="left")
+        table = Table(title="causes", title_justify="left", box=box.SIMPLE)
         table.add_column("cause")
         table.add_column("failed attempts", justify="right")
         table.add_column("retries", justify="right")
@@ -835,8 +840,7 @@ def render_text(report: RunReport, *, width: int = 100) -> str:
         console.print(table)
 
     if report.shards:
-        console.print()
-        table = Table(title="shards", title_justify="left")
+        table = Table(title="shards", title_justify="left", box=box.SIMPLE)
         for name in ("shard", "items", "ok", "failed", "attempts", "retries", "tokens out"):
             table.add_column(name, justify="right")
         table.add_column("ttft p95", justify="right")
@@ -854,7 +858,7 @@ def render_text(report: RunReport, *, width: int = 100) -> str:
                 str(s.cooldowns),
             )
         console.print(table)
-    return buf.getvalue()
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
 
 
 # --- live view --------------------------------------------------------------------------
