@@ -35,7 +35,7 @@ import trio
 from shardline._exceptions import ProtocolError
 from shardline._sse import SSEDecoder, StreamAccumulator
 
-REPEATS = 7
+REPEATS = 15
 
 
 def make_stream(tokens: int = 400) -> tuple[bytes, list[bytes], int]:
@@ -74,15 +74,31 @@ def rechunk(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
 
 
-def best_of(fn: Callable[[], object], repeats: int = REPEATS) -> float:
-    fn()  # warm up
-    times = []
+def compare(
+    fns: list[tuple[str, Callable[[], object]]], repeats: int = REPEATS
+) -> list[tuple[str, float]]:
+    """Time the candidates interleaved (round-robin), keeping each one's best run.
+
+    Interleaving spreads any background load over all candidates alike, and
+    process CPU time (not wall time) ignores the time the process spends
+    descheduled, so the ratios stay meaningful on a busy machine.
+    """
+    for _, fn in fns:
+        fn()  # warm up
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        gc.collect()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for i, (_, fn) in enumerate(fns):
+            gc.collect()
+            start = time.process_time()
+            fn()
+            best[i] = min(best[i], time.process_time() - start)
+    return [(name, t) for (name, _), t in zip(fns, best, strict=True)]
+
+
+def print_rows(results: list[tuple[str, float]], per: int) -> None:
+    base = results[0][1]
+    for name, t in results:
+        print(row(name, t, per, base))
 
 
 # Decoders ---------------------------------------------------------------------
@@ -165,7 +181,7 @@ def main() -> None:
     print(f"python {platform.python_version()} on {platform.machine()}, {sys.platform}")
     print(
         f"stream: {len(whole)} bytes, {n_data} data events "
-        f"({len(whole) / n_data:.0f} B/event), best of {REPEATS}"
+        f"({len(whole) / n_data:.0f} B/event), best of {REPEATS} interleaved runs"
     )
     hx = httpx_sse_decode_factory()
     reference = shardline_decode([whole])
@@ -179,26 +195,21 @@ def main() -> None:
         ("100-byte reads", rechunk(whole, 100)),
     ):
         print(f" {label}:")
-        base = best_of(lambda c=chunks: shardline_decode(c))
-        print(row("shardline SSEDecoder", base, n_data, base))
+        fns: list[tuple[str, Callable[[], object]]] = [
+            ("shardline SSEDecoder", lambda c=chunks: shardline_decode(c))
+        ]
         if hx is not None:
-            t = best_of(lambda c=chunks: hx(c))
-            print(row("httpx-sse (text + line + SSE decoders)", t, n_data, base))
-        else:
-            print("  httpx-sse not installed: skipped")
+            fns.append(("httpx-sse (text + line + SSE decoders)", lambda c=chunks: hx(c)))
+        print_rows(compare(fns), n_data)
 
     print("\n2. event data -> dict (JSON only)")
     datas = [d for d in reference if d != "[DONE]"]
     cands = json_candidates()
-    base = 0.0
-    for name, loads in cands:
-        t = best_of(lambda f=loads: [f(d) for d in datas])
-        base = base or t
-        print(row(name, t, len(datas), base))
+    fns = [(name, lambda f=loads: [f(d) for d in datas]) for name, loads in cands]
     typed = typed_msgspec_decoder()
     if typed is not None:
-        t = best_of(lambda: [typed(d) for d in datas])
-        print(row("msgspec typed Struct decoder", t, len(datas), base))
+        fns.append(("msgspec typed Struct decoder", lambda: [typed(d) for d in datas]))
+    print_rows(compare(fns), len(datas))
 
     print("\n3. end to end: decode + JSON + StreamAccumulator, one read per event")
 
@@ -214,11 +225,7 @@ def main() -> None:
 
         return run
 
-    base = 0.0
-    for name, loads in cands:
-        t = best_of(e2e(loads))
-        base = base or t
-        print(row(f"shardline + {name}", t, n_data, base))
+    fns = [(f"shardline + {name}", e2e(loads)) for name, loads in cands]
     if hx is not None:
         from shardline._sse import SSEEvent
 
@@ -228,8 +235,8 @@ def main() -> None:
                 acc.feed(SSEEvent(d))
             return acc.text
 
-        t = best_of(hx_e2e)
-        print(row("httpx-sse + json.loads (stdlib)", t, n_data, base))
+        fns.append(("httpx-sse + json.loads (stdlib)", hx_e2e))
+    print_rows(compare(fns), n_data)
 
     print("\n4. an endless line (no newline ever), fed in 64 KiB reads, 8 MiB offered")
     blob = rechunk(b"data: " + b"x" * (8 << 20), 65536)
@@ -253,13 +260,13 @@ def main() -> None:
         print(f"  httpx-sse: no error, {held >> 10} KiB held in its line buffer (unbounded)")
 
     print("\n5. for scale: the same stream through httpx.AsyncClient (MockTransport, no socket)")
-    t_httpx = best_of(lambda: trio.run(httpx_stream, per_event, None), repeats=5)
-    print(row("httpx client.stream + aiter_raw only", t_httpx, n_data, t_httpx))
-    t_all = best_of(lambda: trio.run(httpx_stream, per_event, json.loads), repeats=5)
-    print(row("... + SSEDecoder + json + StreamAccumulator", t_all, n_data, t_httpx))
-    for name, loads in cands[1:]:
-        t = best_of(lambda f=loads: trio.run(httpx_stream, per_event, f), repeats=5)
-        print(row(f"... + SSEDecoder + {name.split()[0]} + acc.", t, n_data, t_httpx))
+    fns = [
+        ("httpx client.stream + aiter_raw only", lambda: trio.run(httpx_stream, per_event, None))
+    ]
+    for name, loads in cands:
+        label = f"... + SSEDecoder + {name.split()[0]} + StreamAccumulator"
+        fns.append((label, lambda f=loads: trio.run(httpx_stream, per_event, f)))
+    print_rows(compare(fns, repeats=9), n_data)
 
 
 async def httpx_stream(events: list[bytes], loads: Callable[[str], Any] | None) -> None:
