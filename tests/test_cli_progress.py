@@ -106,6 +106,24 @@ def test_plain_progress_writes_lines() -> None:
     assert lines[1].startswith("shardline: 1000/1000 done (100%)")
 
 
+def test_messages_reach_every_display() -> None:
+    """Messages (Ctrl-C news) are shown by every display, even --no-progress."""
+    for make in (lambda b: PlainProgress(b), lambda b: NullProgress(b)):
+        buf = io.StringIO()
+        make(buf).message("shardline: interrupted")
+        assert buf.getvalue() == "shardline: interrupted\n"
+    buf = io.StringIO()
+    display = RichProgress(Console(file=buf, force_terminal=True, width=100))
+    display.message("shardline: interrupted")
+    display.close()
+    assert "shardline: interrupted" in buf.getvalue()
+
+
+def test_eta_hidden_while_draining() -> None:
+    """After Ctrl-C the ETA is meaningless and shown as '-'."""
+    assert "ETA -" in plain_line(snap(draining=True))
+
+
 def test_open_progress_picks_display() -> None:
     """Disabled gives nothing; a non-terminal stream gets plain lines."""
     assert isinstance(open_progress(enabled=False), NullProgress)

@@ -278,11 +278,15 @@ class RunSummary:
         return EXIT_OK
 
 
+class _Interrupted(Exception):
+    """Raised inside the pipeline block after Ctrl-C, so the run ends as ``cancelled``."""
+
+
 @attrs.define(eq=False)
 class _Interrupt:
     """Ctrl-C handling: the first signal drains, the second cancels in-flight work."""
 
-    stderr: IO[str]
+    display: ProgressDisplay
     feed_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     wait_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     pipeline: Pipeline | None = None
@@ -291,16 +295,14 @@ class _Interrupt:
     def fire(self) -> None:
         self.signals += 1
         if self.signals == 1:
-            self.stderr.write(
-                "\nshardline: interrupted: draining (no new items; in-flight requests may "
-                "finish). Press Ctrl-C again to stop now.\n"
+            self.display.message(
+                "shardline: interrupted: draining (no new items; in-flight requests may "
+                "finish). Press Ctrl-C again to stop now."
             )
-            self.stderr.flush()
             self.feed_scope.cancel()
             self.wait_scope.cancel()
         else:
-            self.stderr.write("\nshardline: cancelling in-flight requests\n")
-            self.stderr.flush()
+            self.display.message("shardline: interrupted again: cancelling in-flight requests")
             self.feed_scope.cancel()
             self.wait_scope.cancel()
             if self.pipeline is not None:
@@ -417,11 +419,10 @@ async def _run_pipeline(
     sink: EventSink,
     live: LiveMetrics,
     display: ProgressDisplay,
-    stderr: IO[str],
 ) -> None:
     from ._pipeline import open_pipeline
 
-    interrupt = _Interrupt(stderr=stderr)
+    interrupt = _Interrupt(display=display)
     skip = summary.resume.done if summary.resume is not None else None
     send, recv = trio.open_memory_channel[Outcome](OUTCOME_BUFFER)
     all_done = trio.Event()
@@ -432,19 +433,25 @@ async def _run_pipeline(
             async with trio.open_nursery() as outer:
                 await outer.start(interrupt.watch)
                 outer.start_soon(_consume, recv, writer, summary, all_done)
-                async with open_pipeline(config, sink=sink) as pipeline:
-                    interrupt.pipeline = pipeline
+                try:
+                    async with open_pipeline(config, sink=sink) as pipeline:
+                        interrupt.pipeline = pipeline
 
-                    def snapshot() -> ProgressSnapshot:
-                        return _snapshot(
-                            pipeline, live, summary, started, interrupted=interrupt.signals > 0
-                        )
+                        def snapshot() -> ProgressSnapshot:
+                            return _snapshot(
+                                pipeline, live, summary, started, interrupted=interrupt.signals > 0
+                            )
 
-                    outer.start_soon(_show_progress, display, snapshot, writer)
-                    with interrupt.feed_scope:
-                        await _feed(pipeline, entries, send, writer, summary)
-                    with interrupt.wait_scope:
-                        await all_done.wait()
+                        outer.start_soon(_show_progress, display, snapshot, writer)
+                        with interrupt.feed_scope:
+                            await _feed(pipeline, entries, send, writer, summary)
+                        with interrupt.wait_scope:
+                            await all_done.wait()
+                        if interrupt.signals:
+                            # Leave by an exception so run_end records reason "cancelled".
+                            raise _Interrupted
+                except* _Interrupted:
+                    pass
                 # Leaving the pipeline drained it: every admitted item has its outcome.
                 await all_done.wait()
                 final = snapshot()
@@ -544,7 +551,6 @@ def execute_run(
                 sink=sink,
                 live=live,
                 display=display,
-                stderr=err,
             )
 
     try:

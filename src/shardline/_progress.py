@@ -145,6 +145,10 @@ def _retries_text(retries: Mapping[str, int]) -> str:
     return ", ".join(f"{cause} {count}" for cause, count in ordered)
 
 
+def _eta_text(snap: ProgressSnapshot) -> str:
+    return "-" if snap.draining else format_duration(snap.eta_s)
+
+
 def plain_line(snap: ProgressSnapshot) -> str:
     """One line for logs: everything the live panel shows, shards summed."""
     parts = [
@@ -160,7 +164,7 @@ def plain_line(snap: ProgressSnapshot) -> str:
         f"TPM {snap.tpm_now:,} this minute, {snap.tpm_previous:,} last, peak {snap.tpm_peak:,}",
         f"retries {sum(snap.retries.values())}",
         f"{snap.rate:.1f}/s",
-        f"ETA {format_duration(snap.eta_s)}",
+        f"ETA {_eta_text(snap)}",
     ]
     if snap.skipped:
         parts.append(f"{snap.skipped} skipped (resume)")
@@ -182,7 +186,7 @@ def rich_panel(snap: ProgressSnapshot) -> RenderableType:
         head.append(f"   cancelled {snap.cancelled}", style="yellow")
     head.append(
         f"   {snap.rate:.1f} items/s   elapsed {format_duration(snap.elapsed_s)}"
-        f"   ETA {format_duration(snap.eta_s)}"
+        f"   ETA {_eta_text(snap)}"
     )
     if snap.skipped:
         head.append(f"   ({snap.skipped} already done, skipped)", style="dim")
@@ -225,16 +229,25 @@ class ProgressDisplay(Protocol):
 
     def update(self, snap: ProgressSnapshot) -> None: ...
 
+    def message(self, text: str) -> None:
+        """Show one line of news (Ctrl-C received …) without garbling the display."""
+
     def close(self, snap: ProgressSnapshot | None = None) -> None: ...
 
 
 class NullProgress:
-    """``--no-progress``: shows nothing."""
+    """``--no-progress``: shows no progress, only messages (on ``stream``, stderr by default)."""
 
     interval = 1.0
 
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream
+
     def update(self, snap: ProgressSnapshot) -> None:
         pass
+
+    def message(self, text: str) -> None:
+        print(text, file=self.stream if self.stream is not None else sys.stderr, flush=True)
 
     def close(self, snap: ProgressSnapshot | None = None) -> None:
         pass
@@ -249,6 +262,9 @@ class PlainProgress:
 
     def update(self, snap: ProgressSnapshot) -> None:
         print(plain_line(snap), file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
 
     def close(self, snap: ProgressSnapshot | None = None) -> None:
         if snap is not None:
@@ -270,6 +286,9 @@ class RichProgress:
     def update(self, snap: ProgressSnapshot) -> None:
         self._live.update(rich_panel(snap), refresh=True)
 
+    def message(self, text: str) -> None:
+        self._live.console.print(text, style="yellow", markup=False, highlight=False)
+
     def close(self, snap: ProgressSnapshot | None = None) -> None:
         if snap is not None:
             self._live.update(rich_panel(snap), refresh=True)
@@ -278,9 +297,9 @@ class RichProgress:
 
 def open_progress(*, enabled: bool, stream: IO[str] | None = None) -> ProgressDisplay:
     """The display that suits ``stream`` (stderr by default): rich, plain, or none."""
-    if not enabled:
-        return NullProgress()
     stream = sys.stderr if stream is None else stream
+    if not enabled:
+        return NullProgress(stream)
     if stream.isatty():
         return RichProgress(Console(file=stream))
     return PlainProgress(stream)
