@@ -254,6 +254,14 @@ def test_writer_flushes_every_line(tmp_path: Path) -> None:
     assert "2 lines written" in repr(writer)
 
 
+def test_writer_survives_lone_surrogates(tmp_path: Path) -> None:
+    """Text with a lone surrogate (from a "\\ud800" escape) is written as valid, escaped JSON."""
+    path = tmp_path / "out.jsonl"
+    with OutputWriter(path) as writer:
+        writer.write({"id": "s", "text": "a\ud800b"})
+    assert json.loads(path.read_text())["text"] == "a\ud800b"
+
+
 def test_writer_fsyncs_at_intervals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """fsync runs when the interval has passed, on sync() and at close, not per line."""
     now = [0.0]

@@ -355,8 +355,14 @@ class OutputWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         """Write one record as a line and flush it; fsync if the interval has passed."""
-        data = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-        self._file.write(data.encode())
+        text = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        try:
+            data = text.encode()
+        except UnicodeEncodeError:
+            # Lone surrogates (a server may send "\\ud800" escapes): escape everything instead,
+            # which is still valid JSON and decodes to the same string.
+            data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        self._file.write(data)
         self._file.flush()
         self._dirty = True
         self.lines_written += 1
