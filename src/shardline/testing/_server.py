@@ -9,6 +9,7 @@ coalesced into one frame, so with ``itl=0`` a whole stream costs a handful of
 
 from __future__ import annotations
 
+import http
 import json
 import math
 import socket
@@ -303,6 +304,7 @@ class _Closed(Exception):
     """We aborted the connection on purpose (``reset`` fault)."""
 
 
+_REASONS: Final = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 _JSON_HEADERS: Final = [(b"content-type", b"application/json")]
 
 
@@ -407,7 +409,8 @@ class _Connection:
         headers = [*_JSON_HEADERS, (b"content-length", b"%d" % len(payload))]
         if extra:
             headers.extend(extra)
-        data = self.conn.send(h11.Response(status_code=status, headers=headers))
+        reason = _REASONS.get(status, b"")
+        data = self.conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
         assert data is not None
         data += self.conn.send(h11.Data(data=payload)) or b""
         data += self.conn.send(h11.EndOfMessage()) or b""
@@ -511,7 +514,7 @@ class _Connection:
         ]
         if fault is not None:
             headers.append((b"x-shardline-fault", fault.kind.value.encode()))
-        head = self.conn.send(h11.Response(status_code=200, headers=headers))
+        head = self.conn.send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
         assert head is not None
         if fault is not None and fault.kind is FaultKind.STALL_AFTER_HEADERS:
             await self.stream.send_all(head)
@@ -632,7 +635,7 @@ class _Connection:
             headers.append((b"transfer-encoding", b"chunked"))
         else:
             headers.append((b"content-length", b"%d" % len(payload)))
-        head = self.conn.send(h11.Response(status_code=200, headers=headers))
+        head = self.conn.send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
         assert head is not None
         if fault is None or kind in (
             FaultKind.TRUNCATE,

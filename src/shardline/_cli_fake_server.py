@@ -1,0 +1,189 @@
+"""``shardline fake-server``: run the fault-injecting fake server as a process.
+
+The first line of stdout is the base URL (``http://127.0.0.1:PORT/v1``),
+flushed at once, so a parent process can read it and point clients at it::
+
+    $ shardline fake-server --port 0 --faults "rate_limit=0.05,reset=0.01" --seed 7
+    http://127.0.0.1:41237/v1
+
+It serves until interrupted (Ctrl-C / SIGINT), then exits 0 without a traceback.
+A bad ``--faults`` spec or option exits 2 with a message naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+_EPILOG = """\
+fault spec (--faults): comma-separated entries
+  KIND=RATE[:param...]               drawn for a fraction RATE of requests (seeded)
+  KIND@item=ID[/ATTEMPT][:param...]  scripted for one item (x-shardline-item-id header)
+  KIND@request=N[:param...]          scripted for the N-th completion request
+params: after=N  retry_after=SECONDS  duration=SECONDS  interval=SECONDS
+kinds: stall_headers stall_after_headers stall_mid drip rate_limit http_500
+       http_502 http_503 reset truncate malformed error_event
+example: --faults "rate_limit=0.05:retry_after=2,stall_mid=0.01:after=3,reset@item=a/1"
+"""
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {text!r}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``fake-server`` subcommand to the ``shardline`` parser.
+
+    Args:
+        subparsers: The object returned by ``ArgumentParser.add_subparsers()``.
+    """
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "fake-server",
+        help="run the fault-injecting OpenAI-compatible fake server",
+        description=(
+            "Serve a fake OpenAI-compatible API (chat/completions, completions, models) "
+            "that misbehaves on request. Prints its base URL on the first line of stdout "
+            "and serves until Ctrl-C."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=_port, default=0, help="TCP port; 0 picks a free one")
+    parser.add_argument("--faults", default="", metavar="SPEC", help="fault spec (see below)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of rate-drawn faults")
+    parser.add_argument(
+        "--ttft", type=_non_negative_float, default=0.0, metavar="S", help="time to first token"
+    )
+    parser.add_argument(
+        "--itl",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="S",
+        help="inter-token latency (seconds per token)",
+    )
+    parser.add_argument(
+        "--tokens-per-event", type=_positive_int, default=1, metavar="N", help="tokens per event"
+    )
+    parser.add_argument(
+        "--default-max-tokens",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="completion tokens when a request sets no max_tokens (default 16)",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="model listed by GET /v1/models (repeatable)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="connections served at once (default 4096)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the server until Ctrl-C. Returns the exit status."""
+    import trio
+
+    from .testing import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, FaultPlan, TimingModel
+    from .testing._faults import FaultSpecError
+    from .testing._server import DEFAULT_MAX_CONNECTIONS, serve_fake_server
+
+    try:
+        plan = FaultPlan.parse(args.faults)
+    except FaultSpecError as exc:
+        print(f"shardline fake-server: --faults: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    timing = TimingModel(ttft=args.ttft, itl=args.itl, tokens_per_event=args.tokens_per_event)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
+            server = await nursery.start(
+                _serve,
+                serve_fake_server,
+                {
+                    "host": args.host,
+                    "port": args.port,
+                    "faults": plan,
+                    "timing": timing,
+                    "seed": args.seed,
+                    "default_max_tokens": args.default_max_tokens or DEFAULT_MAX_TOKENS,
+                    "models": tuple(args.model or (DEFAULT_MODEL,)),
+                    "max_connections": args.max_connections or DEFAULT_MAX_CONNECTIONS,
+                },
+            )
+            print(server.base_url, flush=True)
+            print(
+                f"shardline fake-server: serving {server.base_url} "
+                f"(faults: {args.faults or 'none'}, seed {args.seed}); Ctrl-C to stop",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    # Ctrl-C must work even when the parent started us with SIGINT ignored
+    # (as shells do for background jobs).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    status = EXIT_OK
+    try:
+        trio.run(main)
+    except* KeyboardInterrupt:
+        print("shardline fake-server: stopped", file=sys.stderr, flush=True)
+    except* OSError as group:
+        print(f"shardline fake-server: cannot listen: {group.exceptions[0]}", file=sys.stderr)
+        status = EXIT_USAGE
+    return status
+
+
+async def _stop_on_sigterm(scope: Any) -> None:
+    """SIGTERM stops the server as cleanly as Ctrl-C (exit 0)."""
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            print("shardline fake-server: stopped", file=sys.stderr, flush=True)
+            scope.cancel()
+            return
+
+
+async def _serve(fn: Any, kwargs: dict[str, Any], *, task_status: Any) -> None:
+    await fn(task_status=task_status, **kwargs)
