@@ -131,7 +131,8 @@ def run_case(config: PipelineConfig, plan: dict[tuple[str, int], str | None], n:
         if not o.ok:
             fault = plan.get((str(o.id), o.attempts))
             assert fault is not None, o
-            assert o.cause is not None and o.cause.value == TRANSPORT_CAUSE[fault], (fault, o)
+            assert o.cause is not None, o
+            assert o.cause.value == TRANSPORT_CAUSE[fault], (fault, o)
     # Caps and bounds held at every sample and in the transports' own counters.
     assert not violations, violations[:3]
     for t in transports.values():
