@@ -9,6 +9,8 @@ time with deadlines of a few hundred milliseconds.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import AsyncIterator
 
 import httpx
@@ -17,7 +19,14 @@ import trio
 
 from shardline._attempt import AttemptResult, make_client, send_attempt
 from shardline._config import Deadlines, Endpoint
-from shardline._exceptions import AttemptError, Cause, ConnectError, PoolTimeout, RateLimited
+from shardline._exceptions import (
+    AttemptError,
+    Cause,
+    ConnectError,
+    ConnectTimeout,
+    PoolTimeout,
+    RateLimited,
+)
 from shardline._models import ChatRequest
 from shardline.testing import (
     FAULT_KINDS,
@@ -219,3 +228,31 @@ async def test_connection_refused_is_connect_error() -> None:
             await send_attempt(client, endpoint, REQUEST, DEADLINES)
         assert SECRET not in str(info.value)
         assert isinstance(info.value.__cause__, httpx.ConnectError)
+
+
+async def test_full_accept_queue_is_connect_timeout() -> None:
+    """A listener whose accept queue is full drops our SYN: connect_timeout at the deadline."""
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)  # never accepts; a backlog of 0 fills after one or two connects
+        port = listener.getsockname()[1]
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        await trio.sleep(0.05)
+        endpoint = Endpoint(base_url=f"http://127.0.0.1:{port}/v1", api_key=SECRET)
+        deadlines = Deadlines(connect=0.2, ttft=2.0, stall=1.0, attempt=3.0)
+        async with make_client(endpoint, max_connections=1, deadlines=deadlines) as client:
+            start = trio.current_time()
+            with pytest.raises(ConnectTimeout):
+                await send_attempt(client, endpoint, REQUEST, deadlines)
+            assert 0.19 <= trio.current_time() - start <= 0.2 + TOLERANCE
+            assert_pool_clean(client)
+    finally:
+        for sock in [listener, *fillers]:
+            sock.close()
