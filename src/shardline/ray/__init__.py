@@ -1,0 +1,37 @@
+"""Run shardline pipelines on Ray Data: one long-lived pipeline per actor.
+
+This package is deliberately public (like :mod:`shardline.testing`) and is not
+imported by ``shardline`` itself: Ray is an optional extra
+(``pip install 'shardline[ray]'``). Importing this package does not import Ray
+either; :func:`run_on_ray` imports it when called.
+
+* :class:`ShardlineBatch`: the callable class for ``ds.map_batches(...)``.
+* :func:`merge_events` / :func:`merge_event_dir`: the actors' tagged events
+  into one run's events file, one execution per batch (no double counting
+  of batches Ray ran again), readable by ``shardline report``.
+* :func:`run_on_ray`: ``shardline run INPUT.jsonl --ray --ray-actors K``.
+"""
+
+from __future__ import annotations
+
+from ._batch import COLUMNS as COLUMNS
+from ._batch import ShardlineBatch as ShardlineBatch
+from ._batch import batch_identity as batch_identity
+from ._merge import MergeSummary as MergeSummary
+from ._merge import merge_event_dir as merge_event_dir
+from ._merge import merge_events as merge_events
+from ._run import DEFAULT_RAY_NUM_CPUS as DEFAULT_RAY_NUM_CPUS
+from ._run import add_ray_options as add_ray_options
+from ._run import run_on_ray as run_on_ray
+
+__all__ = [
+    "COLUMNS",
+    "DEFAULT_RAY_NUM_CPUS",
+    "MergeSummary",
+    "ShardlineBatch",
+    "add_ray_options",
+    "batch_identity",
+    "merge_event_dir",
+    "merge_events",
+    "run_on_ray",
+]

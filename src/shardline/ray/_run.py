@@ -1,0 +1,483 @@
+"""``shardline run INPUT.jsonl --ray --ray-actors K``: the same run, on Ray Data.
+
+The driver (the process running ``shardline run``) does what it does without
+Ray, except for sending: it reads and validates the input (invalid lines are
+written to the output and recorded as ``invalid_input`` at once, as without
+Ray), puts the valid requests into Ray's object store in blocks, runs them
+through ``K`` :class:`~shardline.ray.ShardlineBatch` actors, and writes each
+result line as it comes back. The actors' events come back with their results
+(inline events, so no shared storage is needed) and are merged into the one
+events file; the report is computed from it exactly as for a single-machine
+run. Output lines, the events schema and the report have the same fields.
+
+Per actor: ``--shards``, ``--concurrency`` and ``--queue-size`` are each
+actor's own (every actor is a full shard group); ``--rpm`` and ``--tpm`` are
+for the whole run and are divided evenly between the actors.
+
+Ray: ``ray.init()`` starts a local Ray instance when ``RAY_ADDRESS`` is unset
+and connects to the cluster it names otherwise (``ray job submit`` sets it for
+its entrypoint). The API key never travels in task arguments: each actor reads
+``OPENAI_API_KEY`` from its own environment (local workers inherit the
+driver's; on a cluster, set it on the nodes or in the job's ``runtime_env``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+
+from .._cli import EXIT_USAGE
+from .._cli_run import (
+    OUTPUT_FSYNC_INTERVAL,
+    RunSettings,
+    RunSummary,
+    UsageError,
+    resolve_run_settings,
+)
+from .._events import EventFileReader, ItemEnded, event_to_json
+from .._jsonl import OutputWriter, count_lines, outcome_to_json, prepare_resume, read_input
+from .._metrics import compute_report, render_text
+from .._models import ChatRequest, Outcome, Request, Status
+from .._pipeline import PipelineConfig
+from ._batch import ShardlineBatch
+from ._merge import merge_events, tag_event
+
+__all__ = [
+    "DEFAULT_RAY_ACTORS",
+    "DEFAULT_RAY_NUM_CPUS",
+    "add_ray_options",
+    "run_on_ray",
+]
+
+#: Actors when ``--ray-actors`` is not given.
+DEFAULT_RAY_ACTORS = 2
+#: CPUs each actor asks Ray for. The work is I/O bound; with a whole CPU per
+#: actor, two actors on a two-CPU machine leave none for Ray Data's own tasks
+#: and the job hangs.
+DEFAULT_RAY_NUM_CPUS = 0.25
+#: Most requests per block put into Ray's object store by the driver (a block
+#: is also at most one batch, so that every actor gets blocks to work on).
+MAX_BLOCK_ROWS = 2048
+#: The driver's name in the tagged events of invalid input lines.
+DRIVER_ACTOR = "driver"
+
+
+def add_ray_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--ray``, ``--ray-actors``, ``--ray-cpus`` and ``--ray-batch-size`` to ``parser``."""
+    g = parser.add_argument_group("ray (needs the shardline[ray] extra)")
+    g.add_argument(
+        "--ray",
+        action="store_true",
+        help="run on Ray Data: a local Ray instance, or the cluster named by RAY_ADDRESS",
+    )
+    g.add_argument(
+        "--ray-actors",
+        type=int,
+        default=DEFAULT_RAY_ACTORS,
+        metavar="K",
+        help="actors, each a full shard group (--shards x --concurrency); --rpm/--tpm are "
+        f"split between them (default: {DEFAULT_RAY_ACTORS})",
+    )
+    g.add_argument(
+        "--ray-cpus",
+        type=float,
+        default=DEFAULT_RAY_NUM_CPUS,
+        metavar="CPUS",
+        help=f"CPUs each actor asks for; keep it below 1 (default: {DEFAULT_RAY_NUM_CPUS:g})",
+    )
+    g.add_argument(
+        "--ray-batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="rows per batch handed to an actor (default: 4 x shards x concurrency, "
+        "smaller for small inputs so every actor gets work)",
+    )
+
+
+@attrs.frozen(kw_only=True)
+class RaySettings:
+    """The Ray part of a run: validated ``--ray-*`` options."""
+
+    actors: int
+    num_cpus: float
+    batch_size: int | None
+
+
+def _ray_settings(args: argparse.Namespace) -> RaySettings:
+    actors = getattr(args, "ray_actors", DEFAULT_RAY_ACTORS)
+    cpus = getattr(args, "ray_cpus", DEFAULT_RAY_NUM_CPUS)
+    batch_size = getattr(args, "ray_batch_size", None)
+    if actors < 1:
+        raise UsageError(f"invalid value for --ray-actors: must be >= 1, got {actors}")
+    if not cpus > 0:
+        raise UsageError(f"invalid value for --ray-cpus: must be > 0, got {cpus}")
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"invalid value for --ray-batch-size: must be >= 1, got {batch_size}")
+    return RaySettings(actors=actors, num_cpus=cpus, batch_size=batch_size)
+
+
+def actor_config(config: PipelineConfig, actors: int) -> PipelineConfig:
+    """Each actor's config: global rate limits split evenly, and no API key in it.
+
+    The key is read by each actor from its own ``OPENAI_API_KEY``, so it never
+    travels in Ray task arguments (which Ray stores and may log).
+    """
+    return attrs.evolve(
+        config,
+        endpoint=attrs.evolve(config.endpoint, api_key=None),
+        rpm=None if config.rpm is None else config.rpm / actors,
+        tpm=None if config.tpm is None else config.tpm / actors,
+    )
+
+
+def request_to_json(request: Request) -> dict[str, Any]:
+    """The JSON object of a request: :func:`~shardline._models.request_from_json` gives it back."""
+    obj: dict[str, Any] = {"id": request.id}
+    if isinstance(request, ChatRequest):
+        obj["messages"] = [dict(m) for m in request.messages]
+    else:
+        obj["prompt"] = request.prompt
+    if request.model is not None:
+        obj["model"] = request.model
+    obj.update(request.params)
+    return obj
+
+
+def default_batch_size(config: PipelineConfig, actors: int, rows: int) -> int:
+    """Enough rows per batch to keep an actor's shards busy, small enough to spread the input.
+
+    ``4 x shards x concurrency`` amortises the tail of each batch (the last
+    items of a batch leave slots idle until the next batch arrives); for an
+    input too small for that, ``rows / (2 x actors)`` so every actor gets work.
+    """
+    full = 4 * config.shard_count * config.concurrency
+    spread = math.ceil(rows / (2 * actors)) if rows else 1
+    return max(1, min(full, spread))
+
+
+@attrs.define(eq=False)
+class _Spools:
+    """The actors' inline events as they come back, one file per actor, in arrival order."""
+
+    directory: Path
+    files: dict[str, IO[str]] = attrs.field(factory=dict)
+
+    def add(self, blob: str) -> None:
+        if not blob:
+            return
+        first = blob[: blob.index("\n")] if "\n" in blob else blob
+        actor = str(json.loads(first).get("actor"))
+        f = self.files.get(actor)
+        if f is None:
+            name = f"{len(self.files):04d}.events.jsonl"
+            f = self.files[actor] = open(self.directory / name, "w", encoding="utf-8")  # noqa: SIM115
+        f.write(blob)
+
+    def driver(self) -> IO[str]:
+        f = self.files.get(DRIVER_ACTOR)
+        if f is None:
+            f = self.files[DRIVER_ACTOR] = open(  # noqa: SIM115
+                self.directory / "driver.events.jsonl", "w", encoding="utf-8"
+            )
+        return f
+
+    def close(self) -> list[Path]:
+        paths = []
+        for f in self.files.values():
+            f.close()
+            paths.append(Path(f.name))
+        return sorted(paths)
+
+
+def run_on_ray(
+    args: argparse.Namespace,
+    *,
+    environ: Mapping[str, str] | None = None,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+) -> int:
+    """``shardline run ... --ray``: the run on Ray Data; returns the exit status.
+
+    Takes the parsed options of ``shardline run`` (plus :func:`add_ray_options`)
+    and gives the same output lines, events file and report as the run without
+    ``--ray``, with the same exit statuses (0 all ok, 1 some failed, 2 usage,
+    config or file error, 130 interrupted).
+    """
+    env = os.environ if environ is None else environ
+    out = sys.stdout if stdout is None else stdout
+    err = sys.stderr if stderr is None else stderr
+    title = "shardline run"
+    try:
+        settings = resolve_run_settings(args, env)
+        ray_settings = _ray_settings(args)
+    except UsageError as exc:
+        _print_error(err, title, str(exc))
+        return EXIT_USAGE
+    local = not env.get("RAY_ADDRESS")
+    if local:
+        # `uv run shardline ...` would otherwise make Ray start every worker with
+        # `uv run` in a fresh copy of the project, without the ray extra.
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        _print_error(err, title, "--ray needs Ray Data: pip install 'shardline[ray]' (ray[data])")
+        return EXIT_USAGE
+    return _run(
+        settings, ray_settings, ray, local=local, progress=settings.progress, out=out, err=err
+    )
+
+
+def _run(
+    settings: RunSettings,
+    rs: RaySettings,
+    ray: Any,
+    *,
+    local: bool,
+    progress: bool,
+    out: IO[str],
+    err: IO[str],
+) -> int:
+    title = settings.title
+    summary = RunSummary()
+    # 1. Everything that can be wrong with files, before anything is sent (as without Ray).
+    try:
+        summary.total = count_lines(settings.input)
+    except OSError as exc:
+        _print_error(err, title, f"cannot read input file {settings.input}: {exc.strerror or exc}")
+        return EXIT_USAGE
+    if (
+        not settings.resume
+        and not settings.overwrite
+        and settings.output.exists()
+        and settings.output.stat().st_size > 0
+    ):
+        _print_error(
+            err,
+            title,
+            f"output file {settings.output} already exists; pass --resume to continue it "
+            "or --overwrite to start again",
+        )
+        return EXIT_USAGE
+    try:
+        if settings.resume:
+            summary.resume = prepare_resume(settings.output)
+        writer = OutputWriter(
+            settings.output, truncate=not settings.resume, fsync_interval=OUTPUT_FSYNC_INTERVAL
+        )
+    except OSError as exc:
+        _print_error(
+            err, title, f"cannot write output file {settings.output}: {exc.strerror or exc}"
+        )
+        return EXIT_USAGE
+
+    started_ray = False
+    reason = "completed"
+    workdir = Path(tempfile.mkdtemp(prefix="shardline-ray-"))
+    spools = _Spools(workdir)
+    driver_started = time.time()
+    config = settings.config
+    try:
+        # 2. Read and validate the input; valid requests go to the object store in blocks.
+        driver = spools.driver()
+        driver.write(
+            tag_event(
+                {
+                    "v": 1,
+                    "kind": "run_start",
+                    "t": 0.0,
+                    "run_id": "driver",
+                    "started_at": driver_started,
+                    "shard_count": config.shard_count,
+                    "config": config.safe_dict(),
+                },
+                actor=DRIVER_ACTOR,
+                batch=None,
+                exec_id=None,
+            )
+        )
+        if not ray.is_initialized():
+            ray.init(
+                **({"include_dashboard": False} if local else {}),
+                logging_level=logging.WARNING,
+                log_to_driver=True,
+            )
+            started_ray = True
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = progress
+        pa = sys.modules.get("pyarrow") or __import__("pyarrow")
+        refs: list[Any] = []
+        block: list[str] = []
+        valid = 0
+        batch_size = rs.batch_size or default_batch_size(config, rs.actors, summary.total)
+        block_rows = min(batch_size, MAX_BLOCK_ROWS)
+        skip = summary.resume.done if summary.resume is not None else None
+        with contextlib.closing(
+            read_input(settings.input, skip=skip, yield_skipped=True)
+        ) as entries:
+            for entry in entries:
+                if entry.skipped:
+                    summary.skipped += 1
+                    continue
+                if entry.request is None:
+                    assert entry.error is not None
+                    outcome = Outcome(id=entry.item_id, status=Status.FAILED, error=entry.error)
+                    summary.failed += 1
+                    writer.write(outcome_to_json(outcome, line=entry.line))
+                    ended = ItemEnded(
+                        t=time.time() - driver_started,
+                        item_id=entry.item_id,
+                        shard=None,
+                        status="failed",
+                        attempts=0,
+                        latency_s=0.0,
+                        cause="invalid_input",
+                    )
+                    driver.write(
+                        tag_event(
+                            event_to_json(ended), actor=DRIVER_ACTOR, batch=None, exec_id=None
+                        )
+                    )
+                    continue
+                block.append(
+                    json.dumps(
+                        request_to_json(entry.request), ensure_ascii=False, separators=(",", ":")
+                    )
+                )
+                valid += 1
+                if len(block) >= block_rows:
+                    refs.append(ray.put(pa.table({"request": block})))
+                    block = []
+        if block:
+            refs.append(ray.put(pa.table({"request": block})))
+        driver.flush()
+
+        # 3. Run the batches on the actors; write each result as it comes back.
+        if refs:
+            ds = ray.data.from_arrow_refs(refs).map_batches(
+                ShardlineBatch,
+                fn_constructor_kwargs={
+                    "config": actor_config(config, rs.actors),
+                    "inline_events": True,
+                    "output": "records",
+                    "run_id": "ray",
+                },
+                compute=ray.data.ActorPoolStrategy(size=rs.actors),
+                num_cpus=rs.num_cpus,
+                batch_size=batch_size,
+                batch_format="pyarrow",
+            )
+            print(
+                f"{title}: {valid} items on Ray ({'local' if local else 'cluster'}): "
+                f"{rs.actors} actors x {config.shard_count} shards x {config.concurrency} "
+                f"in flight, batches of {batch_size}",
+                file=err,
+                flush=True,
+            )
+            try:
+                for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                    records = batch.column("record").to_pylist()
+                    for blob in batch.column("events").to_pylist():
+                        spools.add(blob)
+                    for text in records:
+                        record = json.loads(text)
+                        status = record.get("status")
+                        if status == Status.OK:
+                            summary.ok += 1
+                        elif status == Status.FAILED:
+                            summary.failed += 1
+                        else:
+                            summary.cancelled += 1
+                            continue  # not written: --resume runs it again
+                        writer.write(record)
+            except KeyboardInterrupt:
+                reason = "cancelled"
+                summary.interrupted = True
+                print(f"\n{title}: interrupted: stopping the Ray job", file=err, flush=True)
+    except KeyboardInterrupt:
+        reason = "cancelled"
+        summary.interrupted = True
+    finally:
+        writer.close()
+        paths = spools.close()
+        if started_ray:
+            ray.shutdown()
+    # 4. One events file for the run, and its report.
+    try:
+        merged = merge_events(
+            paths,
+            settings.events,
+            run_id=uuid.uuid4().hex[:12],
+            reason=reason,
+            append=settings.resume,
+        )
+    except OSError as exc:
+        _print_error(
+            err, title, f"cannot write events file {settings.events}: {exc.strerror or exc}"
+        )
+        return EXIT_USAGE
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            workdir.rmdir()
+    if merged.superseded:
+        print(
+            f"{title}: {merged.superseded} batch execution(s) that Ray ran again were not "
+            "counted twice",
+            file=err,
+            flush=True,
+        )
+    _finish_report(settings, merged.sha256, out, err)
+    _print_summary(settings, summary, err)
+    return summary.exit_status
+
+
+def _print_error(stderr: IO[str], title: str, message: str) -> None:
+    print(f"{title}: error: {message}", file=stderr, flush=True)
+
+
+def _finish_report(settings: RunSettings, digest: str, out: IO[str], err: IO[str]) -> None:
+    """Print the report of the merged events file (and write ``--report-json``)."""
+    try:
+        with EventFileReader(settings.events) as reader:
+            report = compute_report(reader, events_sha256=digest)
+    except ValueError as exc:
+        _print_error(err, settings.title, f"cannot compute the report: {exc}")
+        return
+    print(render_text(report), file=out, flush=True)
+    if settings.report_json is not None:
+        try:
+            settings.report_json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        except OSError as exc:
+            _print_error(
+                err, settings.title, f"cannot write report {settings.report_json}: {exc.strerror}"
+            )
+
+
+def _print_summary(settings: RunSettings, summary: RunSummary, err: IO[str]) -> None:
+    parts = [f"{summary.ok} ok", f"{summary.failed} failed"]
+    if summary.skipped:
+        parts.append(f"{summary.skipped} skipped (already ok)")
+    if summary.cancelled:
+        parts.append(f"{summary.cancelled} not finished (run again with --resume)")
+    print(
+        f"{settings.title}: {', '.join(parts)}; output {settings.output}, events {settings.events}",
+        file=err,
+        flush=True,
+    )
