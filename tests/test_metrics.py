@@ -462,6 +462,15 @@ def test_cancelled_while_queued_leaves_the_queue() -> None:
     assert r.success_rate_under_backlog is None  # nothing ended in 08:02
 
 
+def test_backlog_never_starts_before_the_queue_was_last_empty() -> None:
+    """An admission stamped earlier than a preceding zero-touch cannot span that touch."""
+    run = Run().admit(50.0, 1).start(70.0, 1)  # queue empty at 08:01:10
+    run.admit(55.0, 2)  # emitted later, stamped 08:00:55
+    run.start(200.0, 2).ok(201.0, 1).ok(202.0, 2)
+    # 08:01 touched zero at 08:01:10 and must not count; 08:02 does.
+    assert run.report().backlog_minutes == 1
+
+
 def test_no_backlog_when_items_start_at_once() -> None:
     """Items that start as they are admitted never make a backlog."""
     run = Run()

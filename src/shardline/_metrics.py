@@ -406,6 +406,7 @@ class ReportBuilder:
         self._not_ok: dict[ItemId, tuple[str, int, int | None, str | None]] = {}
         # backlog
         self._backlog_since: float | None = None
+        self._last_empty_at = -math.inf
         self._backlog_minutes: set[int] = set()
 
     # -- sink protocol
@@ -423,7 +424,8 @@ class ReportBuilder:
         if isinstance(event, ItemAdmitted):
             self._open.add(event.item_id)
             if not self._queued:
-                self._backlog_since = self._started_at + t
+                # never before the last time the queue was empty (events out of time order)
+                self._backlog_since = max(self._started_at + t, self._last_empty_at)
             self._queued.add(event.item_id)
         elif isinstance(event, AttemptStarted):
             self._attempts += 1
@@ -497,6 +499,7 @@ class ReportBuilder:
     def _close_backlog(self, end: float) -> None:
         since = self._backlog_since
         self._backlog_since = None
+        self._last_empty_at = max(self._last_empty_at, end)
         if since is None:
             return
         first = math.ceil(since / 60.0)
