@@ -500,6 +500,30 @@ def test_resumed_run_counts_each_item_once_with_its_last_status() -> None:
     assert r.shards[0].items == 2
 
 
+def test_resumed_run_supersedes_a_failed_item() -> None:
+    """A failed item re-run after resume counts once; its old failure cause is forgotten."""
+    run = Run()
+    run.admit(0.0, "x", shard=1).start(0.0, "x", shard=1)
+    run.fail(1.0, "x", "server_error", shard=1, final=True).end(2.0)
+    run.events.append(
+        RunStarted(t=0.0, run_id="r1", started_at=START + 60, shard_count=2, config={})
+    )
+    run.item(0.0, "x", shard=1)
+    r = run.report()
+    assert (r.items, r.succeeded, r.failed, r.failure_causes) == (1, 1, 0, {})
+    assert r.attempt_failures == {"server_error": 1}  # the attempt did fail
+    assert (r.shards[0].items, r.shards[0].failed, r.shards[0].succeeded) == (1, 0, 1)
+
+
+def test_killed_run_keeps_its_open_backlog() -> None:
+    """Events that stop with items still queued (a crash) still count the whole minutes."""
+    run = Run().admit(0.0, 1).admit(1.0, 2).start(1.0, 2).ok(30.0, 2)
+    run.events.append(ShardStateChanged(t=130.0, shard=0, state="cooling", cooldown_s=1.0))
+    r = run.report()
+    assert (r.backlog_minutes, r.backlog_items, r.success_rate_under_backlog) == (2, 1, 1.0)
+    assert (r.unfinished, r.end_reason) == (1, None)
+
+
 # --- round trips ----------------------------------------------------------------------
 
 CAUSES = ["rate_limited", "server_error", "stall_timeout", "ttft_timeout", "connection_lost"]
