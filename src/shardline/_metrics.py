@@ -56,6 +56,7 @@ from ._events import (
     RunStarted,
     ShardStateChanged,
 )
+from ._exceptions import ShardlineError
 from ._models import ItemId
 
 __all__ = [
@@ -75,7 +76,7 @@ __all__ = [
 ]
 
 
-class ReportError(ValueError):
+class ReportError(ShardlineError, ValueError):
     """The events cannot make a report (no ``run_start``, or events before it)."""
 
 
