@@ -16,6 +16,8 @@ import httpx
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shardline._attempt import (
     ERROR_BODY_GRACE,
@@ -681,3 +683,87 @@ def test_make_client_validates_max_connections(value: Any, message: str) -> None
     with pytest.raises(ConfigError) as info:
         make_client(ENDPOINT, max_connections=value, deadlines=DEADLINES)
     assert str(info.value) == message
+
+
+# Properties -----------------------------------------------------------------------
+
+contents = st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=12)
+
+
+def run_virtual(fn: Callable[[], Awaitable[Any]]) -> Any:
+    """Run ``fn`` in a fresh trio run on a clock that jumps over every sleep."""
+    return trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@given(
+    contents,
+    st.lists(st.integers(min_value=0, max_value=10_000), max_size=10),
+    st.lists(st.sampled_from([0.0, 0.01, 0.1]), min_size=1, max_size=5),
+    st.booleans(),
+)
+def test_any_chunking_and_pacing_within_deadlines_succeeds(
+    parts: list[str], cuts: list[int], gaps: list[float], keepalives: bool
+) -> None:
+    """However the bytes are split and paced within the deadlines, the text comes out whole.
+
+    At most 11 pieces, at most 0.1 s apart: content events are < stall apart.
+    """
+    events = [chunk(role=True)]
+    for p in parts:
+        events.append(chunk(p))
+        if keepalives:
+            events.append(KEEPALIVE)
+    events += [chunk(finish="stop"), USAGE, DONE]
+    raw = b"".join(events)
+    points = sorted({c % (len(raw) + 1) for c in cuts})
+    pieces = [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)], strict=True)]
+    steps: list[Step] = []
+    for i, piece in enumerate(pieces):
+        steps += [gaps[i % len(gaps)], piece]
+    deadlines = Deadlines(connect=1, ttft=5, stall=2, attempt=1000)
+
+    async def main() -> AttemptResult:
+        return await attempt(Fake.streaming(steps), deadlines=deadlines)
+
+    result = run_virtual(main)
+    assert result.text == "".join(parts)
+    assert result.finish_reason == "stop"
+
+
+@given(
+    contents,
+    st.integers(min_value=0, max_value=12),
+    st.floats(min_value=0.0, max_value=1.5),
+    st.booleans(),
+)
+def test_a_stream_that_stops_progressing_ends_at_its_deadline(
+    parts: list[str], stop_after: int, gap: float, drip: bool
+) -> None:
+    """Content until some point, then silence or a drip: the right timeout, exactly on time."""
+    stop_after = min(stop_after, len(parts))
+    steps: list[Step] = [chunk(role=True)]
+    for p in parts[:stop_after]:
+        steps += [gap, chunk(p)]
+    if drip:
+        steps += [x for _ in range(200) for x in (0.5, KEEPALIVE, 0.5, chunk(""))]
+    else:
+        steps.append(None)
+    deadlines = Deadlines(connect=1, ttft=5, stall=2, attempt=1000)
+
+    async def main() -> tuple[AttemptError, float]:
+        start = trio.current_time()
+        try:
+            await attempt(Fake.streaming(steps), deadlines=deadlines)
+        except AttemptError as exc:
+            return exc, trio.current_time() - start
+        raise AssertionError("the attempt succeeded")
+
+    error, elapsed = run_virtual(main)
+    if stop_after == 0:
+        assert isinstance(error, TTFTTimeout)
+        assert elapsed == pytest.approx(5.0)
+        assert not error.partial
+    else:
+        assert isinstance(error, StallTimeout)
+        assert elapsed == pytest.approx(stop_after * gap + 2.0)
+        assert error.partial
