@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import attrs
 import pytest
 
 pytest.importorskip("prometheus_client")
@@ -161,6 +162,21 @@ def test_cancelled_attempts_are_counted_but_not_timed() -> None:
     )
     assert registry.get_sample_value("shardline_in_flight", {"shard": "1"}) == 0
     sink.close()
+
+
+def test_no_time_to_first_chunk_for_non_streamed_runs() -> None:
+    """Time to first chunk is reported for streaming calls only (semconv)."""
+    config = {"endpoint": {**CONFIG["endpoint"], "stream": False}}
+    events = [attrs.evolve(EVENTS[0], config=config), *EVENTS[1:]]
+    registry, _ = _sinked(events)
+    name = "gen_ai_client_operation_time_to_first_chunk_seconds_count"
+    assert registry.get_sample_value(name, GENAI) is None
+    assert (
+        registry.get_sample_value(
+            "gen_ai_client_token_usage_count", {**GENAI, "gen_ai_token_type": "output"}
+        )
+        == 1
+    )
 
 
 def test_missing_prometheus_client_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

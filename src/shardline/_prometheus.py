@@ -22,7 +22,8 @@ and ``gen_ai_request_model`` (the semconv attributes, dots to underscores);
 the duration adds ``error_type`` (the attempt's cause, empty on success) and
 token usage adds ``gen_ai_token_type`` (``input`` / ``output``). One HTTP
 attempt is one GenAI operation: its duration is observed at ``attempt_end``,
-its token usage when it succeeded, its time to first chunk at ``first_token``.
+its token usage when it succeeded, its time to first chunk at ``first_token``
+(streamed runs only, as the conventions ask: ``config["endpoint"]["stream"]``).
 Bucket boundaries are the ones the conventions recommend.
 """
 
@@ -202,6 +203,7 @@ class PrometheusSink:
             registry=registry,
         )
         self._queued_items: dict[ItemId, int] = {}
+        self._streaming = True
 
     def _genai(self) -> tuple[str, str, str]:
         return (self._operation_name, self._provider_name, self._model)
@@ -224,7 +226,8 @@ class PrometheusSink:
                         event.completion_tokens
                     )
         elif isinstance(event, FirstToken):
-            self.time_to_first_chunk.labels(*self._genai()).observe(event.ttft_s)
+            if self._streaming:  # the conventions: streaming calls only
+                self.time_to_first_chunk.labels(*self._genai()).observe(event.ttft_s)
         elif isinstance(event, AttemptStarted):
             self._unqueue(event.item_id)
             self.in_flight.labels(str(event.shard)).inc()
@@ -239,9 +242,12 @@ class PrometheusSink:
         elif isinstance(event, ShardStateChanged):
             self.cooling.labels(str(event.shard)).set(1 if event.state == "cooling" else 0)
         elif isinstance(event, RunStarted):
+            endpoint = event.config.get("endpoint")
+            if not isinstance(endpoint, dict):
+                endpoint = {}
+            self._streaming = endpoint.get("stream") is not False
             if self._fixed_model is None:
-                endpoint = event.config.get("endpoint")
-                model = endpoint.get("model") if isinstance(endpoint, dict) else None
+                model = endpoint.get("model")
                 self._model = model if isinstance(model, str) else ""
             for shard in range(event.shard_count):
                 self.queued.labels(str(shard)).set(0)
