@@ -166,8 +166,10 @@ def test_cancelled_attempts_are_counted_but_not_timed() -> None:
 
 def test_no_time_to_first_chunk_for_non_streamed_runs() -> None:
     """Time to first chunk is reported for streaming calls only (semconv)."""
+    start = EVENTS[0]
+    assert isinstance(start, RunStarted)
     config = {"endpoint": {**CONFIG["endpoint"], "stream": False}}
-    events = [attrs.evolve(EVENTS[0], config=config), *EVENTS[1:]]
+    events: list[Event] = [attrs.evolve(start, config=config), *EVENTS[1:]]
     registry, _ = _sinked(events)
     name = "gen_ai_client_operation_time_to_first_chunk_seconds_count"
     assert registry.get_sample_value(name, GENAI) is None
