@@ -281,6 +281,25 @@ def test_writer_fsyncs_at_intervals(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert len(synced) == 2
 
 
+def test_writer_without_interval_fsyncs_only_on_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsync_interval=None never fsyncs in write(); fsync_written() does, once per batch."""
+    synced: list[int] = []
+    monkeypatch.setattr("shardline._jsonl.os.fsync", lambda fd: synced.append(fd))
+    writer = OutputWriter(tmp_path / "out.jsonl", fsync_interval=None)
+    writer.write({"n": 1})
+    writer.write({"n": 2})
+    assert synced == []
+    assert writer.dirty
+    writer.fsync_written()
+    writer.fsync_written()
+    assert len(synced) == 1
+    assert not writer.dirty
+    writer.close()
+    assert len(synced) == 1  # nothing new to sync at close
+
+
 def test_writer_appends_or_truncates(tmp_path: Path) -> None:
     """By default the writer appends; truncate=True starts an empty file."""
     path = tmp_path / "out.jsonl"

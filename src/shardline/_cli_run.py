@@ -400,14 +400,19 @@ def _snapshot(
 
 
 async def _show_progress(
-    display: ProgressDisplay,
-    snapshot: Callable[[], ProgressSnapshot],
-    writer: OutputWriter,
+    display: ProgressDisplay, snapshot: Callable[[], ProgressSnapshot]
 ) -> None:
     while True:
         await trio.sleep(display.interval)
         display.update(snapshot())
-        writer.sync()
+
+
+async def _sync_output(writer: OutputWriter) -> None:
+    """Fsync the output every OUTPUT_FSYNC_INTERVAL seconds, in a worker thread."""
+    while True:
+        await trio.sleep(OUTPUT_FSYNC_INTERVAL)
+        if writer.dirty:
+            await trio.to_thread.run_sync(writer.fsync_written)
 
 
 async def _run_pipeline(
@@ -433,6 +438,7 @@ async def _run_pipeline(
             async with trio.open_nursery() as outer:
                 await outer.start(interrupt.watch)
                 outer.start_soon(_consume, recv, writer, summary, all_done)
+                outer.start_soon(_sync_output, writer)
                 try:
                     async with open_pipeline(config, sink=sink) as pipeline:
                         interrupt.pipeline = pipeline
@@ -442,7 +448,7 @@ async def _run_pipeline(
                                 pipeline, live, summary, started, interrupted=interrupt.signals > 0
                             )
 
-                        outer.start_soon(_show_progress, display, snapshot, writer)
+                        outer.start_soon(_show_progress, display, snapshot)
                         with interrupt.feed_scope:
                             await _feed(pipeline, entries, send, writer, summary)
                         with interrupt.wait_scope:
@@ -512,9 +518,8 @@ def execute_run(
     try:
         if settings.resume:
             summary.resume = prepare_resume(settings.output)
-        writer = OutputWriter(
-            settings.output, truncate=not settings.resume, fsync_interval=OUTPUT_FSYNC_INTERVAL
-        )
+        # fsync runs in a worker thread (_sync_output) and at close, not inline.
+        writer = OutputWriter(settings.output, truncate=not settings.resume, fsync_interval=None)
     except OSError as exc:
         _print_error(err, title, _file_error(exc, "write output file", settings.output))
         return EXIT_USAGE
@@ -769,6 +774,12 @@ def register(subparsers: Any) -> None:
     f.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _add_pipeline_options(run, demo=False)
     run.add_argument("--no-progress", action="store_true", help="no progress display")
+    try:  # --ray, --ray-actors ...: shardline.ray imports Ray itself only when a run uses it
+        from .ray._run import add_ray_options
+    except ImportError:  # pragma: no cover - a trimmed install without the ray module
+        pass
+    else:
+        add_ray_options(run)
     run.set_defaults(func=run_command)
 
     demo = subparsers.add_parser(
@@ -798,7 +809,11 @@ def register(subparsers: Any) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """``shardline run``: resolve options, then :func:`execute_run`."""
+    """``shardline run``: resolve options, then :func:`execute_run` (or Ray with ``--ray``)."""
+    if getattr(args, "ray", False):
+        from .ray._run import run_on_ray
+
+        return run_on_ray(args)
     try:
         settings = resolve_run_settings(args, os.environ)
     except UsageError as exc:

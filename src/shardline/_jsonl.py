@@ -328,9 +328,16 @@ class OutputWriter:
     ``fsync_interval`` seconds, on :meth:`sync`, and on :meth:`close`, so a
     power loss costs at most about that interval.
 
+    An fsync can take milliseconds; inside trio, pass ``fsync_interval=None``
+    and call :meth:`fsync_written` from a worker thread every second
+    (``await trio.to_thread.run_sync(writer.fsync_written)``) so the event
+    loop never waits for the disk.
+
     Args:
         path: The output file. It is opened for appending (created if missing).
-        fsync_interval: Seconds between fsyncs; ``0`` fsyncs every line.
+        fsync_interval: Seconds between fsyncs done by :meth:`write`; ``0``
+            fsyncs every line, ``None`` never (only :meth:`sync`,
+            :meth:`fsync_written` and :meth:`close` do).
         clock: Where time comes from; pass ``trio.current_time`` inside trio.
         truncate: Start the file empty instead of appending.
 
@@ -341,7 +348,7 @@ class OutputWriter:
         self,
         path: str | os.PathLike[str],
         *,
-        fsync_interval: float = 1.0,
+        fsync_interval: float | None = 1.0,
         clock: Callable[[], float] = time.monotonic,
         truncate: bool = False,
     ) -> None:
@@ -366,8 +373,23 @@ class OutputWriter:
         self._file.flush()
         self._dirty = True
         self.lines_written += 1
-        if self._clock() - self._last_sync >= self._interval:
+        if self._interval is not None and self._clock() - self._last_sync >= self._interval:
             self.sync()
+
+    @property
+    def dirty(self) -> bool:
+        """True when lines were written since the last fsync."""
+        return self._dirty
+
+    def fsync_written(self) -> None:
+        """Fsync what :meth:`write` has already flushed; safe to call from a worker thread.
+
+        It touches only the file descriptor (every line is flushed by
+        :meth:`write` before it returns), never the Python file buffer.
+        """
+        if self._dirty and not self._file.closed:
+            self._dirty = False
+            os.fsync(self._file.fileno())
 
     def sync(self) -> None:
         """Flush and fsync now (cheap when nothing was written since the last sync)."""
