@@ -314,7 +314,10 @@ class Shard:
                         on_first_token=first_token,
                     )
                 except AttemptError as err:
-                    pipeline.reconcile_tokens(tpm_charge, 0)
+                    # A server that answered 200 has processed the prompt; one that
+                    # refused (429, 5xx) or never answered has not.
+                    accepted = err.status_code is not None and err.status_code < 300
+                    pipeline.reconcile_tokens(tpm_charge, estimate_in if accepted else 0)
                     last_error = err
                     err.item_id, err.shard, err.attempt = item.id, self.index, attempt
                     pipeline.emit(
