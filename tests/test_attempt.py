@@ -767,3 +767,14 @@ def test_a_stream_that_stops_progressing_ends_at_its_deadline(
         assert isinstance(error, StallTimeout)
         assert elapsed == pytest.approx(stop_after * gap + 2.0)
         assert error.partial
+
+
+async def test_non_streamed_error_body_is_not_partial(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A 200 whose body is an error object fails without calling on_first_token."""
+    fake = Fake.streaming([b'{"error": {"message": "boom"}}'], headers=JSON_HEADERS)
+    calls: list[float] = []
+    error = await expect_error(fake, ServerError, endpoint=NO_STREAM, on_first_token=calls.append)
+    assert error.partial is False
+    assert calls == []

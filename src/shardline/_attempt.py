@@ -418,11 +418,12 @@ async def _exchange(
             return await _read_stream(response, request, deadlines, on_first_token, state, progress)
         # Non-streamed, or a server that ignored stream=true and answered JSON.
         raw = await _read_bounded(response, MAX_RESPONSE_BYTES, what="response body")
-        now = trio.current_time()
-        state.first_token_at = now
+        result = _parse_whole(raw, request, state, response.status_code)
+        # The whole body is the first content; report it only once it proved valid.
+        state.first_token_at = state.start + result.duration_s
         if on_first_token is not None:
-            on_first_token(now - state.start)
-        return _parse_whole(raw, request, state, response.status_code)
+            on_first_token(result.duration_s)
+        return result
 
 
 async def _read_stream(
@@ -634,12 +635,12 @@ def _parse_whole(raw: bytes, request: Request, state: _State, status_code: int) 
             "response has no finish reason", status_code=status_code, partial=bool(text)
         )
     usage = usage_from_json(obj.get("usage")) or _estimate_usage(request, text)
-    now = trio.current_time()
+    elapsed = trio.current_time() - state.start
     return AttemptResult(
         text=text,
         finish_reason=str(reason),
         usage=usage,
-        ttft_s=None if state.first_token_at is None else state.first_token_at - state.start,
-        duration_s=now - state.start,
+        ttft_s=elapsed,
+        duration_s=elapsed,
         status_code=status_code,
     )
