@@ -1,0 +1,223 @@
+"""Conformance: the official ``openai`` client talks to the fake server, and every chunk and
+response validates strictly against the ``openai`` package's own pydantic models.
+
+The fake server runs in its own thread under ``trio.run``; the (synchronous) ``openai``
+client and a raw ``httpx`` client run in the test thread. Raw wire JSON is validated
+with ``model_validate(..., strict=True)`` and must contain no field the models do not
+know (``model_extra`` empty at every level).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import httpx
+import openai
+import pytest
+import trio
+from openai.types import Completion, CompletionChoice
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from pydantic import BaseModel
+
+from shardline.testing import FakeServer, FaultPlan, fake_text, serve_fake_server
+
+FAULTS = FaultPlan(
+    items={
+        "rl": "rate_limit",
+        "boom": "http_503",
+        "err": "error_event",
+        "trunc": "truncate",
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeServer]:
+    """A fake server running in a background thread for this module."""
+    ready: queue.Queue[tuple[FakeServer, trio.lowlevel.TrioToken, trio.CancelScope]] = queue.Queue()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            fake = await nursery.start(
+                lambda task_status: serve_fake_server(faults=FAULTS, task_status=task_status)
+            )
+            ready.put((fake, trio.lowlevel.current_trio_token(), nursery.cancel_scope))
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    fake, token, scope = ready.get(timeout=30)
+    try:
+        yield fake
+    finally:
+        trio.from_thread.run_sync(scope.cancel, trio_token=token)
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+
+
+@pytest.fixture
+def client(server: FakeServer) -> Iterator[openai.OpenAI]:
+    """The official synchronous client, without retries."""
+    with openai.OpenAI(base_url=server.base_url, api_key="sk-fake", max_retries=0) as c:
+        yield c
+
+
+def assert_no_extra(model: BaseModel, path: str = "$") -> None:
+    """Fail if ``model`` or any nested model carries a field its class does not declare."""
+    assert not model.model_extra, f"{path}: fields unknown to openai: {model.model_extra}"
+    for name in model.model_fields_set:
+        value = getattr(model, name)
+        values = value if isinstance(value, list) else [value]
+        for i, item in enumerate(values):
+            if isinstance(item, BaseModel):
+                assert_no_extra(
+                    item, f"{path}.{name}[{i}]" if isinstance(value, list) else f"{path}.{name}"
+                )
+
+
+def strict(model: type[BaseModel], raw: dict[str, Any]) -> BaseModel:
+    """Validate ``raw`` strictly against ``model`` and forbid unknown fields."""
+    parsed = model.model_validate(raw, strict=True)
+    assert_no_extra(parsed)
+    return parsed
+
+
+class StreamCompletionChoice(CompletionChoice):
+    """A legacy streamed choice.
+
+    The API streams ``finish_reason: null`` on every chunk but the last, while
+    ``openai.types.CompletionChoice`` declares it non-optional (the SDK builds
+    stream chunks without validation). Only that one field is relaxed here.
+    """
+
+    finish_reason: Literal["stop", "length", "content_filter"] | None  # type: ignore[assignment]
+
+
+class StreamCompletion(Completion):
+    """A legacy streamed chunk: :class:`openai.types.Completion` with relaxed choices."""
+
+    choices: list[StreamCompletionChoice]  # type: ignore[assignment]
+
+
+def raw_events(server: FakeServer, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """POST a streamed request with httpx and return every ``data:`` JSON, checking [DONE]."""
+    events: list[dict[str, Any]] = []
+    lines: list[str] = []
+    with (
+        httpx.Client(base_url=server.base_url, timeout=30) as c,
+        c.stream("POST", path, json=body) as response,
+    ):
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line:
+                lines.append(line)
+    assert lines[-1] == "data: [DONE]"
+    for line in lines[:-1]:
+        assert line.startswith("data: ")
+        events.append(json.loads(line[len("data: ") :]))
+    return events
+
+
+MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+
+
+def test_chat_stream_chunks_validate(server: FakeServer, client: openai.OpenAI) -> None:
+    """Every streamed chat chunk (role, content, finish, usage) is a valid ChatCompletionChunk."""
+    body = {
+        "model": "gpt-fake",
+        "messages": MESSAGES,
+        "max_tokens": 5,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    events = raw_events(server, "/chat/completions", body)
+    chunks = [strict(ChatCompletionChunk, e) for e in events]
+    assert len(chunks) == 1 + 5 + 1 + 1
+
+    stream = client.chat.completions.create(
+        model="gpt-fake",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=5,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    sdk_chunks = list(stream)
+    for chunk in sdk_chunks:
+        strict(ChatCompletionChunk, chunk.model_dump(mode="json", exclude_unset=True))
+    text = "".join(ch.choices[0].delta.content or "" for ch in sdk_chunks if ch.choices)
+    assert text == fake_text(5)
+    assert sdk_chunks[0].choices[0].delta.role == "assistant"
+    assert sdk_chunks[-2].choices[0].finish_reason == "length"
+    assert sdk_chunks[-1].usage is not None
+    assert sdk_chunks[-1].usage.completion_tokens == 5
+
+
+def test_chat_non_stream_validates(server: FakeServer, client: openai.OpenAI) -> None:
+    """A non-streamed chat answer is a valid ChatCompletion, raw and through the SDK."""
+    with httpx.Client(base_url=server.base_url, timeout=30) as c:
+        raw = c.post("/chat/completions", json={"model": "m", "messages": MESSAGES}).json()
+    strict(ChatCompletion, raw)
+    answer = client.chat.completions.create(model="m", messages=MESSAGES)  # type: ignore[arg-type]
+    strict(ChatCompletion, answer.model_dump(mode="json", exclude_unset=True))
+    assert answer.choices[0].message.content == fake_text(16)
+    assert answer.choices[0].finish_reason == "stop"
+    assert answer.usage is not None
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + 16
+
+
+def test_legacy_completions_validate(server: FakeServer, client: openai.OpenAI) -> None:
+    """Legacy completions, streamed and not, validate against openai's Completion."""
+    whole = client.completions.create(model="m", prompt="Say hi", max_tokens=4)
+    strict(Completion, whole.model_dump(mode="json", exclude_unset=True))
+    assert whole.choices[0].text == fake_text(4)
+
+    body = {
+        "model": "m",
+        "prompt": "Say hi",
+        "max_tokens": 4,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    events = raw_events(server, "/completions", body)
+    for event in events[:-2]:
+        strict(StreamCompletion, event)
+    strict(Completion, events[-2])  # the finish chunk is a complete Completion
+    strict(Completion, events[-1])  # the usage chunk: choices == []
+
+    stream = client.completions.create(model="m", prompt="Say hi", max_tokens=4, stream=True)
+    text = "".join(ch.choices[0].text for ch in stream if ch.choices)
+    assert text == fake_text(4)
+
+
+def test_models_list_validates(client: openai.OpenAI) -> None:
+    """GET /models parses with the SDK."""
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["shardline-fake"]
+
+
+def test_sdk_sees_faults_as_the_api_errors_it_knows(client: openai.OpenAI) -> None:
+    """429, 503 and an in-band error event raise the SDK's own exception types."""
+
+    def ask(item: str, *, stream: bool = False) -> Any:
+        headers = {"x-shardline-item-id": item, "x-shardline-attempt": "1"}
+        result = client.chat.completions.create(
+            model="m",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            stream=stream,
+            extra_headers=headers,
+        )
+        return list(result) if stream else result
+
+    with pytest.raises(openai.RateLimitError) as rate_limited:
+        ask("rl")
+    assert rate_limited.value.response.headers["retry-after-ms"] == "1000"
+    with pytest.raises(openai.InternalServerError):
+        ask("boom")
+    with pytest.raises(openai.APIError):
+        ask("err", stream=True)
+    # A truncated stream is NOT an error to the SDK: exactly what shardline must catch.
+    chunks = ask("trunc", stream=True)
+    assert all(ch.choices[0].finish_reason is None for ch in chunks)
