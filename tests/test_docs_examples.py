@@ -1,17 +1,22 @@
 """The documentation cannot rot: every example runs, every schema table matches the code.
 
 Each ``docs/examples/*.py`` is a complete program that the site includes with
-``--8<--``. It is run here as a user runs it (``python docs/examples/x.py``, in
-a subprocess, against the embedded fake server) and must exit 0 within its
-time bound. Examples assert what the page claims about their output.
+``--8<--``. It is run here as ``__main__`` (as ``python docs/examples/x.py``
+runs it, against the embedded fake server) and must finish within its time
+bound; ``test_*.py`` examples are test modules and run under pytest in a
+subprocess. Examples assert what their page claims about their output.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import runpy
 import subprocess
 import sys
+import threading
+import time
+import traceback
 import types
 import typing
 from pathlib import Path
@@ -25,41 +30,90 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 EXAMPLES = sorted((DOCS / "examples").glob("*.py"))
 
-#: Examples that take longer than a second or two (real-time waits, a server in
-#: another process). Keep this list short.
-SLOW: frozenset[str] = frozenset()
-
 #: Wall-clock bound for one example; every example is bounded by its own code too.
 TIMEOUT_S = 60.0
 
 
-def _params() -> list[object]:
-    return [
-        pytest.param(p, id=p.name, marks=[pytest.mark.slow] if p.name in SLOW else [])
-        for p in EXAMPLES
-    ]
+@attrs.frozen
+class _Run:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-@pytest.mark.parametrize("example", _params())
-def test_example_runs(example: Path, tmp_path: Path) -> None:
-    """The example exits 0 and prints no traceback, run from a scratch directory."""
-    env = dict(os.environ)
-    # Examples must never reach a real API: anything set in the developer's
-    # environment is removed, so a missing base URL fails loudly instead.
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL", "OPENAI_API_VERSION"):
-        env.pop(name, None)
-    env["PYTHONWARNINGS"] = "error"
-    proc = subprocess.run(
-        [sys.executable, str(example)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
-    assert proc.returncode == 0, f"{example.name} failed:\n{proc.stdout}\n{proc.stderr}"
-    assert "Traceback" not in proc.stderr
+def _pytest_command(example: Path, workdir: Path) -> list[str]:
+    """A test-module example runs under pytest, configured as the testing how-to says."""
+    ini = workdir / "pytest.ini"
+    ini.write_text("[pytest]\ntrio_mode = true\nfilterwarnings = error\n", encoding="utf-8")
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    return [*command, "-c", str(ini), "--rootdir", str(workdir), str(example)]
+
+
+def _run_script(example: Path, runs: dict[str, _Run]) -> None:
+    try:
+        runpy.run_path(str(example), run_name="__main__")
+    except BaseException:
+        runs[example.name] = _Run(1, "", traceback.format_exc())
+    else:
+        runs[example.name] = _Run(0, "", "")
+
+
+@pytest.fixture(scope="module")
+def example_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, _Run]:
+    """Run every example at once: scripts in threads, test modules under pytest.
+
+    Examples spend most of their time waiting (on deadlines, backoff, the fake
+    server's timing), so running them side by side keeps this file fast. Each
+    script calls ``trio.run`` itself, in its own thread; they share one scratch
+    working directory, so examples that write files must use distinct names.
+    """
+    runs: dict[str, _Run] = {}
+    with pytest.MonkeyPatch.context() as mp:
+        # Examples must never reach a real API: anything set in the developer's
+        # environment is removed, so a missing base URL fails loudly instead.
+        for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL", "OPENAI_API_VERSION"):
+            mp.delenv(name, raising=False)
+        procs: dict[str, subprocess.Popen[str]] = {}
+        for example in EXAMPLES:
+            if example.name.startswith("test_"):
+                workdir = tmp_path_factory.mktemp(example.stem)
+                procs[example.name] = subprocess.Popen(
+                    _pytest_command(example, workdir),
+                    cwd=workdir,
+                    env={**os.environ, "PYTHONWARNINGS": "error"},
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+        mp.chdir(tmp_path_factory.mktemp("scripts"))
+        threads = [
+            threading.Thread(target=_run_script, args=(example, runs), daemon=True)
+            for example in EXAMPLES
+            if not example.name.startswith("test_")
+        ]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + TIMEOUT_S
+        for thread in threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        for name, proc in procs.items():
+            try:
+                stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, stderr = proc.communicate()
+                stderr += f"\n[killed after {TIMEOUT_S} s]"
+            runs[name] = _Run(proc.returncode, stdout, stderr)
+    for example in EXAMPLES:
+        runs.setdefault(example.name, _Run(1, "", f"[still running after {TIMEOUT_S} s]"))
+    return runs
+
+
+@pytest.mark.parametrize("example", [p.name for p in EXAMPLES])
+def test_example_runs(example: str, example_runs: dict[str, _Run]) -> None:
+    """The example runs to completion, its own assertions included, from a scratch directory."""
+    run = example_runs[example]
+    assert run.returncode == 0, f"{example} failed:\n{run.stdout}\n{run.stderr}"
 
 
 def _snippet_targets() -> set[str]:

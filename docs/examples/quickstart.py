@@ -1,0 +1,17 @@
+import trio
+
+from shardline import ChatRequest, Endpoint, PipelineConfig, open_pipeline
+from shardline.testing import open_fake_server
+
+
+async def main() -> None:
+    async with open_fake_server() as server:  # an OpenAI-compatible server, in-process
+        config = PipelineConfig(endpoint=Endpoint(base_url=server.base_url), shard_count=4)
+        async with open_pipeline(config) as pipeline:
+            request = ChatRequest(messages=[{"role": "user", "content": "Say hello"}])
+            result = await pipeline.complete(request)
+            print(result.text)
+            print(result.usage, "on shard", result.shard)
+
+
+trio.run(main)

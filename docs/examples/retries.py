@@ -1,0 +1,65 @@
+"""Retries: backoff, Retry-After that cools a whole shard, and a budget that stops storms."""
+
+import trio
+
+from shardline import (
+    Backoff,
+    ChatRequest,
+    Endpoint,
+    MemoryEventSink,
+    Outcome,
+    PipelineConfig,
+    RetryPolicy,
+    RetryScheduled,
+    ShardStateChanged,
+    open_pipeline,
+)
+from shardline.testing import open_fake_server
+
+POLICY = RetryPolicy(
+    max_attempts=4,
+    backoff=Backoff(initial=0.05, max=0.4, multiplier=2.0, jitter=0.05),
+    retry_after_cap=1.0,  # honour Retry-After up to 1 s
+    retry_after_jitter=0.05,
+    budget_ratio=0.2,  # retries <= 20 % of requests ...
+    budget_min_retries=2,  # ... plus 2
+)
+
+
+async def run(faults: str, n: int) -> tuple[list[Outcome], MemoryEventSink]:
+    sink = MemoryEventSink()
+    async with open_fake_server(faults=faults, seed=1) as server:
+        config = PipelineConfig(
+            endpoint=Endpoint(base_url=server.base_url, model="fake-model"),
+            shard_count=2,
+            retry=POLICY,
+        )
+        requests = [ChatRequest(messages=[{"role": "user", "content": "Hi"}]) for _ in range(n)]
+        async with open_pipeline(config, sink=sink) as pipeline:
+            send, recv = trio.open_memory_channel[Outcome](n)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pipeline.map, requests, send)
+                outcomes = [outcome async for outcome in recv]
+    return outcomes, sink
+
+
+async def main() -> None:
+    # 1. A rate-limited server: 429 with Retry-After 0.2 s on a fifth of the requests.
+    outcomes, sink = await run("rate_limit=0.2:retry_after=0.2", n=40)
+    retries = [e for e in sink if isinstance(e, RetryScheduled)]
+    cooldowns = [e for e in sink if isinstance(e, ShardStateChanged) and e.state == "cooling"]
+    print(f"rate limited: {sum(o.ok for o in outcomes)}/40 ok, {len(retries)} retries,")
+    print(f"  {len(cooldowns)} shard cooldowns, first waits {retries[0].delay_s:.2f} s")
+    assert all(o.ok for o in outcomes)
+    assert all(0.2 <= r.delay_s <= 0.25 for r in retries)  # Retry-After plus its jitter
+
+    # 2. A dead backend: every request fails with 503. The budget caps the retries.
+    outcomes, sink = await run("http_503=1.0", n=40)
+    retries = [e for e in sink if isinstance(e, RetryScheduled)]
+    print(f"dead backend: {sum(o.ok for o in outcomes)}/40 ok, {len(retries)} retries")
+    print(f"  (without a budget: up to {40 * (POLICY.max_attempts - 1)})")
+    assert len(retries) <= 0.2 * 40 + 2
+    assert {o.cause for o in outcomes} == {"server_error"}
+
+
+trio.run(main)

@@ -1,0 +1,69 @@
+"""Testing code built on shardline against the fake server (pytest, with trio_mode = true)."""
+
+import pytest
+
+from shardline import (
+    AttemptError,
+    Backoff,
+    ChatRequest,
+    Deadlines,
+    Endpoint,
+    Pipeline,
+    PipelineConfig,
+    RetryPolicy,
+    open_pipeline,
+)
+from shardline.testing import FakeServer, Fault, FaultPlan, expected_cause, open_fake_server
+
+
+# --- the code under test: yours ------------------------------------------------------------
+async def summarize(pipeline: Pipeline, doc_id: str, text: str) -> str:
+    request = ChatRequest(
+        id=doc_id,
+        messages=[{"role": "user", "content": f"Summarize: {text}"}],
+        params={"max_tokens": 8},
+    )
+    result = await pipeline.complete(request)
+    return result.text
+
+
+# --- the tests -----------------------------------------------------------------------------
+def config_for(server: FakeServer, **overrides: object) -> PipelineConfig:
+    """Short deadlines and delays: the fake server answers in milliseconds."""
+    defaults: dict[str, object] = {
+        "endpoint": Endpoint(base_url=server.base_url, model="test-model"),
+        "shard_count": 2,
+        "deadlines": Deadlines(ttft=0.5, stall=0.2, attempt=5.0),
+        "retry": RetryPolicy(backoff=Backoff(initial=0.01, max=0.05, jitter=0.01)),
+    }
+    return PipelineConfig(**{**defaults, **overrides})  # type: ignore[arg-type]
+
+
+async def test_summaries_survive_first_attempt_faults() -> None:
+    """Scripted faults on first attempts are retried; the caller never sees them."""
+    plan = FaultPlan(
+        items={
+            ("doc-1", 1): "reset",  # the connection drops mid-stream
+            ("doc-2", 1): Fault(kind="rate_limit", retry_after=0.05),
+            ("doc-3", 1): Fault(kind="stall_mid", after_events=2),
+        }
+    )
+    async with open_fake_server(faults=plan) as server:
+        async with open_pipeline(config_for(server)) as pipeline:
+            for n in (1, 2, 3, 4):
+                assert await summarize(pipeline, f"doc-{n}", "some text") != ""
+    stats = server.statistics()
+    assert dict(stats.faults) == {"reset": 1, "rate_limit": 1, "stall_mid": 1}
+    assert stats.completed == 4
+
+
+@pytest.mark.parametrize("kind", ["stall_headers", "drip", "reset", "truncate", "malformed"])
+async def test_each_fault_is_reported_with_its_cause(kind: str) -> None:
+    """Without retries, each fault surfaces as the error class of its cause."""
+    async with open_fake_server(faults=FaultPlan(items={"doc": kind})) as server:
+        config = config_for(server, retry=RetryPolicy(max_attempts=1))
+        async with open_pipeline(config) as pipeline:
+            with pytest.raises(AttemptError) as info:
+                await summarize(pipeline, "doc", "some text")
+    assert info.value.cause == expected_cause(kind)
+    assert info.value.item_id == "doc"
