@@ -13,7 +13,7 @@ PUBLIC = {
     "ConnectError", "ConnectTimeout", "ConnectionLost", "DeadlineExceeded", "Deadlines",
     "Endpoint", "Event", "EventDecodeError", "EventFileReader", "EventSink", "FirstToken",
     "HTTPStatusError", "InputError", "ItemAdmitted", "ItemCancelled", "ItemEnded", "ItemId",
-    "JsonlEventSink", "LiveMetrics", "LiveSnapshot", "MemoryEventSink", "Outcome",
+    "JsonlEventSink", "LiveMetrics", "LiveShard", "MinuteTokens", "ReportBuilder", "PrometheusSink", "LiveSnapshot", "MemoryEventSink", "Outcome",
     "Percentiles", "Pipeline", "PipelineConfig", "PipelineStatistics", "PoolTimeout",
     "ProtocolError", "RateLimited", "ReportError", "Request", "Result", "RetryBudget",
     "RetryPolicy", "RetryScheduled", "RunEnded", "RunReport", "RunStarted", "ServerError",

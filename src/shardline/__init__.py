@@ -58,8 +58,11 @@ from ._exceptions import TransportError as TransportError
 from ._exceptions import Truncated as Truncated
 from ._exceptions import TTFTTimeout as TTFTTimeout
 from ._metrics import LiveMetrics as LiveMetrics
+from ._metrics import LiveShard as LiveShard
 from ._metrics import LiveSnapshot as LiveSnapshot
+from ._metrics import MinuteTokens as MinuteTokens
 from ._metrics import Percentiles as Percentiles
+from ._metrics import ReportBuilder as ReportBuilder
 from ._metrics import ReportError as ReportError
 from ._metrics import RunReport as RunReport
 from ._metrics import ShardReport as ShardReport
@@ -78,6 +81,7 @@ from ._pipeline import Pipeline as Pipeline
 from ._pipeline import PipelineConfig as PipelineConfig
 from ._pipeline import PipelineStatistics as PipelineStatistics
 from ._pipeline import open_pipeline as open_pipeline
+from ._prometheus import PrometheusSink as PrometheusSink
 from ._shard import ShardStatistics as ShardStatistics
 from ._sinks import EventSink as EventSink
 from ._sinks import JsonlEventSink as JsonlEventSink
@@ -120,16 +124,20 @@ __all__ = [
     "ItemId",
     "JsonlEventSink",
     "LiveMetrics",
+    "LiveShard",
     "LiveSnapshot",
     "MemoryEventSink",
+    "MinuteTokens",
     "Outcome",
     "Percentiles",
     "Pipeline",
     "PipelineConfig",
     "PipelineStatistics",
     "PoolTimeout",
+    "PrometheusSink",
     "ProtocolError",
     "RateLimited",
+    "ReportBuilder",
     "ReportError",
     "Request",
     "Result",

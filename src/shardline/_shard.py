@@ -444,6 +444,7 @@ class Shard:
                 cause=None if outcome.cause is None else outcome.cause.value,
                 prompt_tokens=None if usage is None else usage.prompt_tokens,
                 completion_tokens=None if usage is None else usage.completion_tokens,
+                usage_estimated=False if usage is None else usage.estimated,
                 ttft_s=None if outcome.result is None else outcome.result.ttft_s,
             )
         )
