@@ -34,7 +34,7 @@ import math
 import ssl
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import attrs
 import httpx
@@ -200,7 +200,10 @@ class _State:
 
     @property
     def partial(self) -> bool:
-        return self.first_token_at is not None
+        """Did content arrive (even in the read whose later event failed)?"""
+        if self.first_token_at is not None:
+            return True
+        return self.acc is not None and self.acc.progress_events > 0
 
 
 @contextmanager
@@ -387,7 +390,7 @@ async def _outer_cancel_wins() -> None:
 def _stream_note(acc: _TrackingAccumulator | None) -> str:
     if acc is None or (acc.events_seen == 0 and acc.keepalives == 0):
         return ""
-    return f"; {acc.events_seen} events and {acc.keepalives} keep-alive comments, not progress"
+    return f"; {acc.events_seen} events and {acc.keepalives} keep-alive comments received"
 
 
 async def _exchange(
@@ -442,16 +445,22 @@ async def _read_stream(
 
     def handle(chunk: bytes) -> None:
         nonlocal tail_deadline
+        progressed = False
         for event in decoder.feed(chunk):
             if acc.feed(event):
-                now = trio.current_time()
-                acc.last_progress_at = now
-                if state.first_token_at is None:
-                    state.first_token_at = now
-                    if on_first_token is not None:
-                        on_first_token(now - state.start)
-                progress.deadline = _at(now, stall)
+                progressed = True
+        acc.events_seen = decoder.events
         acc.keepalives = decoder.comments
+        if progressed:
+            # One clock read and one deadline move per read, not per event: the
+            # events of one read arrived together.
+            now = trio.current_time()
+            acc.last_progress_at = now
+            if state.first_token_at is None:
+                state.first_token_at = now
+                if on_first_token is not None:
+                    on_first_token(now - state.start)
+            progress.deadline = _at(now, stall)
         if acc.complete:
             # Complete: the tail (usage chunk, [DONE], end of body) gets a short grace.
             if tail_deadline is None:
@@ -474,7 +483,7 @@ async def _read_stream(
 
 
 class _TrackingAccumulator(StreamAccumulator):
-    """A :class:`StreamAccumulator` that also counts what was *not* progress."""
+    """A :class:`StreamAccumulator` plus what the timeout messages report."""
 
     __slots__ = ("events_seen", "keepalives", "last_progress_at")
 
@@ -483,10 +492,6 @@ class _TrackingAccumulator(StreamAccumulator):
         self.events_seen = 0
         self.keepalives = 0
         self.last_progress_at: float | None = None
-
-    def feed(self, event: Any) -> bool:
-        self.events_seen += 1
-        return super().feed(event)
 
 
 def _result(

@@ -268,6 +268,57 @@ def main() -> None:
         fns.append((label, lambda f=loads: trio.run(httpx_stream, per_event, f)))
     print_rows(compare(fns, repeats=9), n_data)
 
+    print("\n6. real loopback: the fake server in this process, one token per event, 2000 events")
+    loopback_section()
+
+
+def loopback_section() -> None:
+    """Section 6: real loopback sockets through the in-process fake server."""
+    try:
+        from shardline._attempt import make_client, send_attempt
+        from shardline._config import Deadlines, Endpoint
+        from shardline._models import ChatRequest
+        from shardline.testing import open_fake_server
+    except ImportError:
+        print("  shardline.testing not available: skipped")
+        return
+    tokens = 2000
+    request = ChatRequest(
+        messages=[{"role": "user", "content": "hi"}], params={"max_tokens": tokens}
+    )
+    deadlines = Deadlines(connect=5, ttft=10, stall=10, attempt=60)
+    results: dict[str, float] = {}
+
+    async def run(repeats: int) -> None:
+        async with open_fake_server() as server:
+            endpoint = Endpoint(base_url=server.base_url, api_key="k", model="m")
+            async with make_client(endpoint, max_connections=1, deadlines=deadlines) as client:
+                body = request.body(model="m", stream=True)
+                url = endpoint.url_for(request.path)
+
+                async def raw() -> None:
+                    async with client.stream("POST", url, json=body) as resp:
+                        async for _ in resp.aiter_raw():
+                            pass
+
+                async def full() -> None:
+                    result = await send_attempt(client, endpoint, request, deadlines)
+                    assert result.usage.completion_tokens == tokens
+
+                fns = [("httpx client.stream + aiter_raw only", raw), ("send_attempt", full)]
+                for _, fn in fns:
+                    await fn()
+                for _ in range(repeats):
+                    for name, fn in fns:
+                        start = time.process_time()
+                        await fn()
+                        took = time.process_time() - start
+                        results[name] = min(results.get(name, float("inf")), took)
+
+    trio.run(run, 7)
+    print_rows(list(results.items()), tokens)
+    print("  (process CPU of client and server together; the difference is the client's parsing)")
+
 
 async def httpx_stream(events: list[bytes], loads: Callable[[str], Any] | None) -> None:
     """Stream ``events`` (one read each) through httpx, optionally decoding them."""
