@@ -2,40 +2,71 @@
 
 mypy --strict checks this file (``files`` in pyproject.toml); pytest never runs
 it. Each ``assert_type`` pins what a checker infers for a call a user writes, so
-an annotation that silently degrades to ``Any`` (or a wrong type) fails CI.
+an annotation that silently degrades to ``Any`` (or changes type) fails CI.
+Only public names are used: ``shardline`` and ``shardline.testing``.
 See docs/explanation/typing.md for why this replaces trio-typing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, assert_type
 
 import trio
 
-from shardline._config import Deadlines, Endpoint
-from shardline._events import AttemptEnded, Event, ItemEnded, RunStarted
-from shardline._exceptions import (
+from shardline import (
+    AttemptEnded,
     AttemptError,
+    Backoff,
     Cause,
-    ConfigError,
-    DeadlineExceeded,
-    InputError,
-    ItemCancelled,
-    RateLimited,
-    ShardlineError,
-    StallTimeout,
-)
-from shardline._models import (
     ChatRequest,
     CompletionRequest,
+    ConfigError,
+    DeadlineExceeded,
+    Deadlines,
+    Endpoint,
+    Event,
+    EventFileReader,
+    EventSink,
+    InputError,
+    ItemCancelled,
+    ItemEnded,
     ItemId,
+    JsonlEventSink,
+    LiveMetrics,
+    LiveSnapshot,
+    MemoryEventSink,
     Outcome,
+    Percentiles,
+    Pipeline,
+    PipelineConfig,
+    PipelineStatistics,
+    RateLimited,
     Request,
     Result,
+    RetryPolicy,
+    RunReport,
+    RunStarted,
+    ShardlineError,
+    ShardStatistics,
+    StallTimeout,
     Status,
+    TeeSink,
     Usage,
+    compute_report,
+    open_pipeline,
+    render_text,
     request_from_json,
+)
+from shardline.testing import (
+    FakeServer,
+    FakeServerStatistics,
+    Fault,
+    FaultKind,
+    FaultPlan,
+    TimingModel,
+    expected_cause,
+    open_fake_server,
 )
 
 
@@ -46,7 +77,15 @@ def check_config() -> None:
     assert_type(endpoint.model, str | None)
     assert_type(endpoint.headers, Mapping[str, str])
     assert_type(Endpoint.from_env({}), Endpoint)
-    assert_type(endpoint.auth_headers(), dict[str, str])
+    policy = RetryPolicy(
+        max_attempts=3, backoff=Backoff(initial=0.1), retry_on={Cause.SERVER_ERROR}
+    )
+    assert_type(policy.max_total_delay(), float)
+    assert_type(policy.retry_on, frozenset[Cause])
+    config = PipelineConfig(endpoint=endpoint, shard_count=4, deadlines=deadlines, retry=policy)
+    assert_type(config.shard_count, int)
+    assert_type(config.rpm, float | None)
+    assert_type(PipelineConfig.from_env({}, shard_count=2), PipelineConfig)
 
 
 def check_requests() -> None:
@@ -91,7 +130,7 @@ def check_errors(exc: BaseException) -> None:
     del timeout, value_error, bad_line, deadline
 
 
-def check_events(event: Event) -> None:
+def check_events_and_report(event: Event, path: str) -> None:
     assert_type(event.t, float)
     assert_type(event.kind, str)
     if isinstance(event, AttemptEnded):
@@ -101,22 +140,63 @@ def check_events(event: Event) -> None:
         assert_type(event.item_id, ItemId)
     elif isinstance(event, RunStarted):
         assert_type(event.config, dict[str, Any])
+    with EventFileReader(path) as reader:
+        report = compute_report(reader, events_sha256=reader.hexdigest())
+    assert_type(report, RunReport)
+    assert_type(report.ttft_s, Percentiles)
+    assert_type(report.ttft_s.p99, float | None)
+    assert_type(report.success_rate, float | None)
+    assert_type(render_text(report), str)
 
 
-async def check_trio_channels() -> None:
-    """trio's own inline types: the shapes shardline's API hands to users."""
-    send, recv = trio.open_memory_channel[Outcome](64)
-    assert_type(send, trio.MemorySendChannel[Outcome])
-    assert_type(recv, trio.MemoryReceiveChannel[Outcome])
-    limiter = trio.CapacityLimiter(16)
-    assert_type(limiter.total_tokens, int | float)
-    assert_type(trio.current_time(), float)
+def check_sinks(path: str) -> None:
+    memory = MemoryEventSink()
+    live = LiveMetrics()
+    sink: EventSink = TeeSink(JsonlEventSink(path), memory, live)
+    assert_type(live.snapshot(), LiveSnapshot)
+    assert_type(memory.events, list[Event])
+    sink.close()
 
-    async def consume(channel: trio.MemoryReceiveChannel[Outcome]) -> None:
-        async with channel:
-            async for outcome in channel:
+
+async def check_pipeline(config: PipelineConfig, requests: list[Request]) -> None:
+    """The pipeline and trio's own inline types, together, as an application uses them."""
+    async with open_pipeline(config, sink=MemoryEventSink(), run_id="r1") as pipeline:
+        assert_type(pipeline, Pipeline)
+        result = await pipeline.complete(requests[0])
+        assert_type(result, Result)
+        send, recv = trio.open_memory_channel[Outcome](64)
+        assert_type(send, trio.MemorySendChannel[Outcome])
+        assert_type(recv, trio.MemoryReceiveChannel[Outcome])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pipeline.map, requests, send)
+            async for outcome in recv:
                 assert_type(outcome, Outcome)
+        assert_type(await pipeline.submit(requests[0], send.clone()), ItemId)
+        stats = pipeline.statistics()
+        assert_type(stats, PipelineStatistics)
+        assert_type(stats.shards, tuple[ShardStatistics, ...])
+        assert_type(pipeline.reject("line-3", InputError("bad")), Outcome)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(consume, recv)
-        await send.aclose()
+
+async def check_async_input(pipeline: Pipeline, send: trio.MemorySendChannel[Outcome]) -> None:
+    async def generate() -> AsyncIterator[Request]:
+        for n in range(3):
+            yield ChatRequest(id=n, messages=[{"role": "user", "content": str(n)}])
+
+    await pipeline.map(generate(), send)  # an async iterable of requests is accepted too
+
+
+async def check_testing() -> None:
+    plan = FaultPlan(items={("a", 1): "reset", "b": Fault(kind=FaultKind.HTTP_503)})
+    assert_type(FaultPlan.parse("rate_limit=0.1"), FaultPlan)
+    assert_type(expected_cause("drip"), Cause)
+    timing = TimingModel(ttft=0.1, itl=0.01)
+    async with open_fake_server(faults=plan, timing=timing, seed=1) as server:
+        assert_type(server, FakeServer)
+        assert_type(server.base_url, str)
+        stats = server.statistics()
+        assert_type(stats, FakeServerStatistics)
+        assert_type(stats.faults, Mapping[str, int])
+        config = PipelineConfig(endpoint=Endpoint(base_url=server.base_url))
+        async with open_pipeline(config) as pipeline:
+            assert_type(pipeline.statistics().ok, int)
