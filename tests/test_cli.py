@@ -71,6 +71,13 @@ def fake_server(faults: str = "", *extra: str) -> Iterator[str]:
             proc.stderr.close()
 
 
+@pytest.fixture(scope="module")
+def plain_server() -> Iterator[str]:
+    """One fault-free fake server shared by the tests that need no faults."""
+    with fake_server() as url:
+        yield url
+
+
 @pytest.fixture(autouse=True)
 def _quick_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No stray endpoint settings from the developer's shell; short backoff."""
@@ -151,6 +158,14 @@ def test_invalid_option_exits_2(
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
+    assert not (tmp_path / "in.out.jsonl").exists()
+
+
+def test_openai_without_key_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The default OpenAI endpoint without OPENAI_API_KEY is a usage error, before any I/O."""
+    inp = write_input(tmp_path / "in.jsonl", 1)
+    assert main(["run", str(inp)]) == 2
+    assert "OPENAI_API_KEY is not set" in capsys.readouterr().err
     assert not (tmp_path / "in.out.jsonl").exists()
 
 
@@ -238,7 +253,9 @@ def test_run_with_faults_all_ok(
         assert SECRET not in text
 
 
-def test_bad_lines_fail_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_lines_fail_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], plain_server: str
+) -> None:
     """Invalid JSON, no messages/prompt and duplicate ids become invalid_input lines; exit 1."""
     inp = write_input(
         tmp_path / "in.jsonl",
@@ -250,8 +267,7 @@ def test_bad_lines_fail_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]
             json.dumps({"prompt": "no id, numeric id from the line number"}),
         ],
     )
-    with fake_server() as url:
-        status = main(["run", str(inp), "--base-url", url, *FAST])
+    status = main(["run", str(inp), "--base-url", plain_server, *FAST])
     captured = capsys.readouterr()
     assert status == 1, captured.err
     records = read_jsonl(tmp_path / "in.out.jsonl")
@@ -271,7 +287,7 @@ def test_bad_lines_fail_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_failed_items_exit_1_and_resume_retries_them(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], plain_server: str
 ) -> None:
     """An item that keeps failing is written failed (exit 1); --resume retries only it."""
     inp = write_input(tmp_path / "in.jsonl", 6)
@@ -290,8 +306,7 @@ def test_failed_items_exit_1_and_resume_retries_them(
     ok_lines = [line for line in out.read_text().splitlines() if '"status":"ok"' in line]
     assert len(ok_lines) == 5
     capsys.readouterr()
-    with fake_server() as url:
-        status = main(["run", str(inp), "--base-url", url, "--resume", *FAST])
+    status = main(["run", str(inp), "--base-url", plain_server, "--resume", *FAST])
     assert status == 0, capsys.readouterr().err
     lines = out.read_text().splitlines()
     final = [json.loads(line) for line in lines]
@@ -303,15 +318,14 @@ def test_failed_items_exit_1_and_resume_retries_them(
 
 
 def test_resume_repairs_torn_line_and_skips_done(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], plain_server: str
 ) -> None:
     """--resume drops a torn last line, skips ids already ok, and sends only the rest."""
     inp = write_input(tmp_path / "in.jsonl", 20)
     out = tmp_path / "in.out.jsonl"
     done = [json.dumps({"id": f"q{i}", "status": "ok", "text": "kept"}) for i in range(8)]
     out.write_text("\n".join(done) + "\n" + '{"id": "q8", "status": "o')
-    with fake_server() as url:
-        status = main(["run", str(inp), "--base-url", url, "--resume", *FAST])
+    status = main(["run", str(inp), "--base-url", plain_server, "--resume", *FAST])
     captured = capsys.readouterr()
     assert status == 0, captured.err
     assert "8 items already ok are skipped" in captured.err
@@ -327,12 +341,11 @@ def test_resume_repairs_torn_line_and_skips_done(
     assert sent == {f"q{i}" for i in range(8, 20)}
 
 
-def test_resume_appends_events(tmp_path: Path) -> None:
+def test_resume_appends_events(tmp_path: Path, plain_server: str) -> None:
     """A resumed run appends a new run_start to the events file instead of replacing it."""
     inp = write_input(tmp_path / "in.jsonl", 4)
-    with fake_server() as url:
-        assert main(["run", str(inp), "--base-url", url, *FAST]) == 0
-        assert main(["run", str(inp), "--base-url", url, "--resume", *FAST]) == 0
+    assert main(["run", str(inp), "--base-url", plain_server, *FAST]) == 0
+    assert main(["run", str(inp), "--base-url", plain_server, "--resume", *FAST]) == 0
     kinds = [e["kind"] for e in read_jsonl(tmp_path / "in.events.jsonl")]
     assert kinds.count("run_start") == 2
     assert kinds.count("attempt_start") == 4

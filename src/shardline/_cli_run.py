@@ -225,7 +225,15 @@ def resolve_run_settings(args: argparse.Namespace, environ: Mapping[str, str]) -
     Raises:
         UsageError: for an invalid option or environment value, naming it.
     """
+    from ._config import DEFAULT_BASE_URL
+
     config = build_config(args, environ)
+    endpoint = config.endpoint
+    if endpoint.api_key is None and endpoint.base_url.rstrip("/") == DEFAULT_BASE_URL:
+        raise UsageError(
+            f"OPENAI_API_KEY is not set, and {DEFAULT_BASE_URL} needs an API key; set it in "
+            "the environment, or point --base-url (OPENAI_BASE_URL) at a server that needs none"
+        )
     input_path = Path(args.input)
     out_default, events_default = default_paths(input_path)
     output = Path(args.output) if args.output else out_default
@@ -523,6 +531,13 @@ def execute_run(
     except OSError as exc:
         _print_error(err, title, _file_error(exc, "write output file", settings.output))
         return EXIT_USAGE
+    if settings.config.endpoint.model is None:
+        print(
+            f"{title}: warning: no model set (--model or OPENAI_MODEL): lines without a "
+            "'model' field are sent without one",
+            file=err,
+            flush=True,
+        )
     if settings.resume and summary.resume is not None and summary.resume.kept:
         r = summary.resume
         print(
