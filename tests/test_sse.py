@@ -367,3 +367,11 @@ def test_error_from_payload_message_is_bounded() -> None:
 def test_usage_from_json(obj: object, expected: Usage | None) -> None:
     """Well-formed usage objects become Usage; malformed ones are ignored."""
     assert usage_from_json(obj) == expected
+
+
+def test_null_error_field_is_not_an_error() -> None:
+    """Some servers send "error": null in normal chunks; that is not an in-band error."""
+    acc = StreamAccumulator()
+    event = SSEEvent('{"error": null, "choices": [{"index": 0, "delta": {"content": "a"}}]}')
+    assert acc.feed(event)
+    assert acc.text == "a"

@@ -625,7 +625,7 @@ def _parse_whole(raw: bytes, request: Request, state: _State, status_code: int) 
         ) from exc
     if not isinstance(obj, dict):
         raise ProtocolError("response body is not a JSON object", status_code=status_code)
-    if "error" in obj or obj.get("object") == "error":
+    if obj.get("error") or obj.get("object") == "error":
         raise error_from_payload(obj, status_code=status_code)
     choices = obj.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):

@@ -383,7 +383,7 @@ class StreamAccumulator:
                 f"stream event is not a JSON object: {data[:80]!r}",
                 partial=self.progress_events > 0,
             )
-        if event.event == "error" or "error" in chunk or chunk.get("object") == "error":
+        if event.event == "error" or chunk.get("error") or chunk.get("object") == "error":
             raise error_from_payload(chunk, partial=self.progress_events > 0)
         usage = chunk.get("usage")
         if usage:
