@@ -329,6 +329,7 @@ def test_only_choice_zero_makes_the_text() -> None:
         ('{"object": "error", "message": "bad", "code": 500}', "message", ServerError),
         ('{"message": "boom"}', "error", ServerError),
         ('{"error": "plain text"}', "message", ServerError),
+        ("upstream overloaded", "error", ServerError),
     ],
 )
 def test_in_band_errors_are_typed(data: str, event: str, error_type: type[Exception]) -> None:

@@ -375,6 +375,8 @@ class StreamAccumulator:
         try:
             chunk = self._loads(data)
         except ValueError as exc:  # json.JSONDecodeError, orjson/msgspec errors
+            if event.event == "error":  # `event: error` with a plain-text message
+                raise error_from_payload(data, partial=self.progress_events > 0) from exc
             raise ProtocolError(
                 f"stream event is not JSON: {data[:80]!r}", partial=self.progress_events > 0
             ) from exc
