@@ -6,6 +6,7 @@ These start real processes (bounded: every wait has a timeout) and are marked
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -172,14 +173,30 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(server: str, tmp_path: 
         proc.wait(timeout=10)
     written_before = {json.loads(x)["id"] for x in out.read_text().splitlines() if x.endswith("}")}
     assert 40 <= len(written_before) < n
+    report = tmp_path / "report.json"
     resumed = subprocess.run(
-        shardline("run", str(inp), "--base-url", server, "--no-progress", "--resume", *RUN_OPTS),
+        shardline(
+            "run",
+            str(inp),
+            "--base-url",
+            server,
+            "--no-progress",
+            "--resume",
+            "--report-json",
+            str(report),
+            *RUN_OPTS,
+        ),
         capture_output=True,
         text=True,
         timeout=60,
         env=env(),
     )
     assert resumed.returncode == 0, resumed.stderr
+    # The report covers both segments: every item once, none left unfinished, and its
+    # digest is the events file's.
+    data = json.loads(report.read_text())
+    assert (data["items"], data["succeeded"], data["unfinished"]) == (n, n, 0)
+    assert data["events_sha256"] == hashlib.sha256(events.read_bytes()).hexdigest()
     lines = out.read_text().splitlines()
     ids = [json.loads(line)["id"] for line in lines]
     assert len(ids) == n
