@@ -281,7 +281,10 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     if when.tzinfo is None:  # "-0000" dates: treat as UTC, as RFC 9110 says they are
         when = when.replace(tzinfo=datetime.UTC)
     current = time.time() if now is None else now
-    delta = when.timestamp() - current
+    try:
+        delta = when.timestamp() - current
+    except (OverflowError, ValueError, OSError):  # dates at the edges of the calendar
+        return None
     if not math.isfinite(delta) or delta < 0:
         return None
     return delta
