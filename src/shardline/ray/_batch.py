@@ -80,6 +80,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: OpenAI parameters that are integers: a pandas column of them with a gap is
+#: float, so integral floats in these are turned back into ints.
+_INT_PARAMS = frozenset(
+    {"max_tokens", "max_completion_tokens", "n", "seed", "top_logprobs", "logprobs", "best_of"}
+)
+
+
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
@@ -157,6 +164,10 @@ def _entries(rows: Sequence[Mapping[str, Any]], batch_id: str) -> list[_Entry]:
             obj, error = dict(raw), None
         else:
             obj = {k: v for k, v in row.items() if not _missing(v)}
+            for key in _INT_PARAMS & obj.keys():
+                value = obj[key]
+                if isinstance(value, float) and value.is_integer():
+                    obj[key] = int(value)
             error = None
         if isinstance(obj, dict) and "id" not in obj and not _missing(row.get("id")):
             obj["id"] = row["id"]
