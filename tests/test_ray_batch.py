@@ -33,7 +33,10 @@ from shardline.ray._batch import _interrupt_only
 from shardline.ray._merge import batch_end_line, batch_start_line, tag_event
 from shardline.testing import FakeServer, FaultPlan, open_fake_server
 
-FAULTS = "http_500@item=q3/1,rate_limit@item=q5/1:retry_after=0.05,http_503@item=bad,stall_headers@item=slow"
+FAULTS = (
+    "http_500@item=q3/1,rate_limit@item=q5/1:retry_after=0.05,"
+    "http_503@item=bad,stall_headers@item=slow"
+)
 
 
 @attrs.define
@@ -225,7 +228,7 @@ def test_api_key_comes_from_the_actor_environment(
 
 
 def test_interrupt_cancels_the_batch_and_the_actor_lives_on(fake: ServerThread) -> None:
-    """KeyboardInterrupt (ray.cancel) while a batch waits: plain KeyboardInterrupt, next batch runs."""
+    """Ctrl-C / ray.cancel during a batch: a plain KeyboardInterrupt, and the next batch runs."""
     config = make_config(fake.url)
     started = time.monotonic()
     with ShardlineBatch(config=config) as fn:
