@@ -26,6 +26,7 @@ from shardline._exceptions import (
     ConnectTimeout,
     PoolTimeout,
     RateLimited,
+    StallTimeout,
 )
 from shardline._models import ChatRequest
 from shardline.testing import (
@@ -256,3 +257,31 @@ async def test_full_accept_queue_is_connect_timeout() -> None:
     finally:
         for sock in [listener, *fillers]:
             sock.close()
+
+
+async def test_a_read_timeout_never_fires_on_a_drip_but_the_stall_deadline_does(
+    server: FakeServer,
+) -> None:
+    """The counter-example: httpx's per-read timeout is reset by every keep-alive byte.
+
+    openai-python's 600 s read timeout is this, scaled up: a server dripping
+    keep-alives keeps the stream alive forever. The stall deadline does not care.
+    """
+    drip = Fault(kind="drip", after_events=1, interval=0.05)
+    server.set_faults(FaultPlan(items={("drip", None): drip}))
+    endpoint = endpoint_for(server)
+    body = REQUEST.body(model="fake", stream=True)
+    read_timeout = httpx.Timeout(5.0, read=SHORT)
+    async with httpx.AsyncClient(timeout=read_timeout) as plain:
+        with trio.move_on_after(4 * SHORT) as watchdog:
+            async with plain.stream(
+                "POST", endpoint.url_for(REQUEST.path), json=body, headers=headers("drip", 1)
+            ) as response:
+                async for _ in response.aiter_raw():
+                    pass
+        assert watchdog.cancelled_caught, "the read timeout fired (it should not on a drip)"
+    async with make_client(endpoint, max_connections=1, deadlines=DEADLINES) as client:
+        start = trio.current_time()
+        with pytest.raises(StallTimeout):
+            await send_attempt(client, endpoint, REQUEST, DEADLINES, headers=headers("drip", 2))
+        assert trio.current_time() - start <= SHORT + TOLERANCE
