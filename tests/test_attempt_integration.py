@@ -285,3 +285,13 @@ async def test_a_read_timeout_never_fires_on_a_drip_but_the_stall_deadline_does(
         with pytest.raises(StallTimeout):
             await send_attempt(client, endpoint, REQUEST, DEADLINES, headers=headers("drip", 2))
         assert trio.current_time() - start <= SHORT + TOLERANCE
+
+
+async def test_http2_client_works_against_an_http11_server(server: FakeServer) -> None:
+    """http2=True negotiates down to HTTP/1.1 on plain http:// and still succeeds."""
+    pytest.importorskip("h2")
+    endpoint = Endpoint(base_url=server.base_url, api_key=SECRET, model="fake", http2=True)
+    async with make_client(endpoint, max_connections=1, deadlines=DEADLINES) as client:
+        result = await send_attempt(client, endpoint, REQUEST, DEADLINES)
+        assert result.finish_reason is not None
+        assert_pool_clean(client)
