@@ -179,6 +179,7 @@ async def test_statistics_count_requests_and_tokens() -> None:
     assert stats.in_flight == 0
     assert stats.max_in_flight == 1
     assert stats.faults_total == 0
+    assert stats.internal_errors == 0
 
 
 async def test_max_in_flight_tracks_concurrency(autojump_clock: trio.testing.MockClock) -> None:

@@ -1,7 +1,7 @@
 """Test helpers for shardline users: a fault-injecting OpenAI-compatible server.
 
 This package is deliberately public (like ``trio.testing``) and is not imported
-by ``shardline`` itself. Start a server in-process with :func:`open_fake_server`
+by ``shardline`` itself. Start a server in-process with `open_fake_server`
 (or ``nursery.start(serve_fake_server)``), from pytest with the ``fake_server``
 fixture, or as a process with ``shardline fake-server``.
 """

@@ -1,6 +1,6 @@
 """Fault kinds, fault plans, the ``--faults`` text spec, and the causes they should produce.
 
-A :class:`Fault` says *how* one response misbehaves; a :class:`FaultPlan` says
+A `Fault` says *how* one response misbehaves; a `FaultPlan` says
 *which* requests get which fault: scripted per item and attempt (from the
 ``x-shardline-item-id`` / ``x-shardline-attempt`` request headers), scripted per
 request sequence number (for clients that send no such headers), or drawn at a
@@ -36,7 +36,7 @@ class FaultKind(enum.StrEnum):
     """The ways the fake server can misbehave on one response.
 
     Each member's value is the name used in ``--faults`` specs, in
-    :attr:`FakeServerStatistics.faults` and in the ``x-shardline-fault``
+    `faults` and in the ``x-shardline-fault``
     response header.
     """
 
@@ -146,10 +146,10 @@ class Fault:
         Fault(kind="stall_headers", duration=5.0)      # five seconds late, then a normal answer
 
     It is not a client-side error: what a correct client should *report* for it
-    is :func:`expected_cause`.
+    is `expected_cause`.
 
     Args:
-        kind: A :class:`FaultKind` or its name (``"reset"``).
+        kind: A `FaultKind` or its name (``"reset"``).
         after_events: Content events sent before the fault strikes (``stall_mid``,
             ``drip``, ``reset``, ``truncate``, ``malformed``, ``error_event``). Clamped
             to the number of content events of the response. Defaults to 1, or 0 for
@@ -179,7 +179,7 @@ class Fault:
 
 
 FaultLike: TypeAlias = Fault | FaultKind | str
-"""A :class:`Fault`, or a kind (name) meaning that kind with default parameters."""
+"""A `Fault`, or a kind (name) meaning that kind with default parameters."""
 
 ItemKey: TypeAlias = tuple[str, int | None]
 
@@ -287,7 +287,7 @@ class FaultPlan:
             attempt: The ``x-shardline-attempt`` header, if sent and an integer.
 
         Returns:
-            The chosen :class:`Fault`, or ``None``.
+            The chosen `Fault`, or ``None``.
         """
         if item_id is not None and self.items:
             fault = self.items.get((item_id, attempt)) or self.items.get((item_id, None))
@@ -431,7 +431,7 @@ EXPECTED_CAUSE: Mapping[FaultKind, Cause] = MappingProxyType(
 )
 """What a correct client reports for each fault kind on a **streamed** request,
 with the kind's default parameters (``drip`` defaults to ``after_events=0``, so
-no content ever arrives: ``ttft_timeout``). Use :func:`expected_cause` for a
+no content ever arrives: ``ttft_timeout``). Use `expected_cause` for a
 fault with other parameters. Stalls and drips assume they outlast the client's
 deadline (the default, ``duration=None``, always does)."""
 
@@ -444,7 +444,7 @@ EXPECTED_CAUSE_NON_STREAMING: Mapping[FaultKind, Cause] = MappingProxyType(
         FaultKind.DRIP: Cause.TTFT_TIMEOUT,
     }
 )
-"""Like :data:`EXPECTED_CAUSE`, for requests with ``"stream": false``.
+"""Like `EXPECTED_CAUSE`, for requests with ``"stream": false``.
 
 Non-streamed faults: ``stall_mid`` sends half the body then stalls; ``drip``
 sends chunked whitespace forever; ``reset`` aborts after half the body;
@@ -454,7 +454,7 @@ not JSON; ``error_event`` answers ``200`` with an ``{"error": {...}}`` body."""
 
 
 def expected_cause(fault: FaultLike, *, stream: bool = True) -> Cause:
-    """The :class:`~shardline.Cause` a correct client reports for ``fault``.
+    """The `Cause` a correct client reports for ``fault``.
 
     Example::
 

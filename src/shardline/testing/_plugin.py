@@ -55,7 +55,7 @@ async def fake_server_factory(
 ) -> Callable[..., Awaitable[FakeServer]]:
     """Start fake servers in the test's nursery: ``server = await fake_server_factory(**opts)``.
 
-    The options are those of :func:`shardline.testing.open_fake_server`
+    The options are those of `open_fake_server`
     (``faults``, ``timing``, ``seed``, ``default_max_tokens``, ``models``,
     ``host``, ``port``, ``max_connections``). Every server stops when the test ends.
     """
