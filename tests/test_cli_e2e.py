@@ -139,7 +139,7 @@ def test_subprocess_run_with_faults(server: str, tmp_path: Path) -> None:
 def test_subprocess_missing_input(tmp_path: Path) -> None:
     """A missing input exits 2 with one line naming the file and no traceback."""
     proc = subprocess.run(
-        shardline("run", str(tmp_path / "missing.jsonl")),
+        shardline("run", str(tmp_path / "missing.jsonl"), "--base-url", "http://127.0.0.1:9/v1"),
         capture_output=True,
         text=True,
         timeout=30,
