@@ -1,0 +1,223 @@
+"""End to end on a local Ray instance: `shardline run --ray` and `map_batches(ShardlineBatch)`.
+
+Skipped when Ray Data is not installed (the ``shardline[ray]`` extra). One Ray
+instance serves the whole session (two CPUs, no dashboard). Ray fails by
+hanging, so every test runs under a hard ``signal.alarm`` timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from shardline import _cli_run
+from shardline._config import Deadlines, Endpoint
+from shardline._events import EventFileReader
+from shardline._metrics import RunReport, compute_report
+from shardline._pipeline import PipelineConfig
+from shardline.ray import ShardlineBatch, add_ray_options, merge_event_dir, run_on_ray
+from shardline.testing import FaultPlan, open_fake_server
+
+# Under `uv run pytest`, Ray would start every worker with `uv run` in a fresh copy
+# of the project (without the ray extra); local workers should use this interpreter.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data")
+
+pytestmark = [
+    pytest.mark.slow,
+    # Ray and its dependencies warn about their own internals.
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
+
+#: Seconds before a hung Ray call fails the test (Ray startup is slow on a busy 2-core box).
+INIT_TIMEOUT = 180
+TEST_TIMEOUT = 240
+FAULTS = "rate_limit=0.05:retry_after=0.1,http_500=0.05,reset=0.03:after=2"
+
+
+class RayHang(Exception):
+    """A Ray call did not return in time."""
+
+
+def _alarm(seconds: int) -> None:
+    def fire(_sig: int, _frame: FrameType | None) -> None:
+        raise RayHang(f"no progress in {seconds} s: Ray is hanging")
+
+    signal.signal(signal.SIGALRM, fire)
+    signal.alarm(seconds)
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[Any]:
+    """A local Ray instance with two CPUs for the whole session."""
+    _alarm(INIT_TIMEOUT)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    finally:
+        signal.alarm(0)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def hard_timeout() -> Iterator[None]:
+    _alarm(TEST_TIMEOUT)
+    yield
+    signal.alarm(0)
+
+
+@pytest.fixture(scope="module")
+def fake_url() -> Iterator[str]:
+    """A fake server with seeded faults (the same faults for the same items), in a thread."""
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    async def serve() -> None:
+        box["stop"] = trio.Event()
+        box["token"] = trio.lowlevel.current_trio_token()
+        async with open_fake_server(faults=FaultPlan.parse(FAULTS), seed=3) as server:
+            box["url"] = server.base_url
+            ready.set()
+            await box["stop"].wait()
+
+    thread = threading.Thread(target=trio.run, args=(serve,), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    yield box["url"]
+    trio.from_thread.run_sync(box["stop"].set, trio_token=box["token"])
+    thread.join(10)
+
+
+def run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shardline")
+    sub = parser.add_subparsers()
+    _cli_run.register(sub)
+    run = sub.choices["run"]
+    if not any(a.dest == "ray" for a in run._actions):
+        add_ray_options(run)
+    return parser
+
+
+def report_of(path: Path) -> RunReport:
+    with EventFileReader(path) as reader:
+        return compute_report(reader, events_sha256=None)
+
+
+def totals(report: RunReport) -> dict[str, Any]:
+    fields = (
+        "items",
+        "succeeded",
+        "failed",
+        "cancelled",
+        "attempts",
+        "retries",
+        "retry_causes",
+        "attempt_failures",
+        "failure_causes",
+        "tokens_in_total",
+        "tokens_out_total",
+        "shard_count",
+    )
+    return {f: getattr(report, f) for f in fields}
+
+
+def outputs(path: Path) -> set[tuple[str, str, str | None, int]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return {(str(r["id"]), r["status"], r["text"], r["attempts"]) for r in rows}
+
+
+@pytest.mark.usefixtures("hard_timeout")
+def test_run_on_ray_gives_the_outputs_and_report_of_a_single_machine_run(
+    ray_session: Any, fake_url: str, tmp_path: Path
+) -> None:
+    """Done-when: `run --ray --ray-actors 2` equals the run without --ray on the same input."""
+    source = tmp_path / "in.jsonl"
+    with open(source, "w") as f:
+        for i in range(48):
+            text = f"item {i} " * (1 + i % 5)
+            f.write(json.dumps({"id": f"q{i}", "messages": [{"role": "user", "content": text}],
+                                "max_tokens": 4 + i % 7}) + "\n")  # fmt: skip
+        f.write("{not json\n")
+        f.write(json.dumps({"prompt": "an id from the line number", "max_tokens": 3}) + "\n")
+    common = ["--base-url", fake_url, "--model", "m", "--shards", "2", "--concurrency", "4"]
+    common += ["--max-attempts", "3", "--no-progress"]
+
+    single = run_parser().parse_args(
+        ["run", str(source), "-o", str(tmp_path / "single.out.jsonl"),
+         "--events", str(tmp_path / "single.events.jsonl"), *common]
+    )  # fmt: skip
+    assert single.func(single) == 1  # the invalid line fails
+
+    out, err = io.StringIO(), io.StringIO()
+    on_ray = run_parser().parse_args(
+        ["run", str(source), "-o", str(tmp_path / "ray.out.jsonl"),
+         "--events", str(tmp_path / "ray.events.jsonl"), "--report-json",
+         str(tmp_path / "ray.report.json"), "--ray", "--ray-actors", "2", *common]
+    )  # fmt: skip
+    assert run_on_ray(on_ray, stdout=out, stderr=err) == 1, err.getvalue()
+
+    assert outputs(tmp_path / "ray.out.jsonl") == outputs(tmp_path / "single.out.jsonl")
+    single_report = report_of(tmp_path / "single.events.jsonl")
+    ray_report = report_of(tmp_path / "ray.events.jsonl")
+    assert totals(ray_report) == totals(single_report)
+    assert ray_report.retries > 0
+    assert ray_report.items == 50
+    # The printed report is of the merged file, with its digest (== sha256sum).
+    digest = hashlib.sha256((tmp_path / "ray.events.jsonl").read_bytes()).hexdigest()
+    assert f"events_sha256             {digest}" in out.getvalue()
+    saved = json.loads((tmp_path / "ray.report.json").read_text())
+    assert saved["events_sha256"] == digest
+    assert saved["items"] == 50
+    merged_config = json.loads((tmp_path / "ray.events.jsonl").read_text().splitlines()[0])
+    assert merged_config["config"]["ray"]["actors"] >= 2  # two actors and the driver
+    assert "48 ok, 2 failed" in err.getvalue()
+
+
+@pytest.mark.usefixtures("hard_timeout")
+def test_map_batches_with_events_dir(ray_session: Any, fake_url: str, tmp_path: Path) -> None:
+    """The library route: pandas batches, two actors, events files merged into one report."""
+    config = PipelineConfig(
+        endpoint=Endpoint(base_url=fake_url, model="m"),
+        shard_count=1,
+        concurrency=8,
+        deadlines=Deadlines(connect=5.0, ttft=5.0, stall=5.0, attempt=10.0),
+    )
+    items = [{"id": f"m{i}", "prompt": f"row {i}", "max_tokens": 5} for i in range(40)]
+    ds = ray.data.from_items(items, override_num_blocks=4).map_batches(
+        ShardlineBatch,
+        fn_constructor_kwargs={"config": config, "events_dir": str(tmp_path), "run_id": "lib"},
+        compute=ray.data.ActorPoolStrategy(size=2),
+        num_cpus=0.25,
+        batch_size=10,
+        batch_format="pandas",
+    )
+    rows = ds.take_all()
+    assert sorted(r["id"] for r in rows) == sorted(i["id"] for i in items)
+    assert {r["status"] for r in rows} <= {"ok", "failed"}
+    merged = merge_event_dir(tmp_path, tmp_path / "run.events.jsonl", run_id="lib")
+    assert merged.batches == 4
+    report = report_of(tmp_path / "run.events.jsonl")
+    assert report.items == 40
+    assert report.succeeded == sum(r["status"] == "ok" for r in rows)
+    assert report.attempts == sum(int(r["attempts"]) for r in rows)
+    assert attrs.asdict(report)["tokens_out_total"] == sum(
+        int(r["completion_tokens"]) for r in rows if r["status"] == "ok"
+    )
