@@ -9,7 +9,9 @@ coalesced into one frame, so with ``itl=0`` a whole stream costs a handful of
 
 from __future__ import annotations
 
+import heapq
 import http
+import itertools
 import json
 import logging
 import math
@@ -211,6 +213,52 @@ class _Counters:
     internal_errors: int = 0
 
 
+class _Ticker:
+    """One timer task for every paced stream of a server.
+
+    ``trio.sleep_until`` builds a cancel scope and registers a deadline per call
+    (about 18 us of CPU each); a paced stream sleeps once per event, so with
+    hundreds of streams that dominates. Here streams park on a heap and a single
+    task wakes the due ones in one pass (about 4 us per sleep). Cancellation
+    works as for any trio sleep: a cancelled sleeper is removed (lazily) and
+    raises ``trio.Cancelled``.
+    """
+
+    __slots__ = ("_heap", "_next_due", "_seq", "_wake")
+
+    def __init__(self) -> None:
+        self._heap: list[list[Any]] = []
+        self._seq = itertools.count()
+        self._wake = trio.Event()
+        self._next_due = math.inf
+
+    async def sleep_until(self, due: float) -> None:
+        entry: list[Any] = [due, next(self._seq), trio.lowlevel.current_task()]
+        heapq.heappush(self._heap, entry)
+        if due < self._next_due:
+            self._next_due = due
+            self._wake.set()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            entry[2] = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def run(self) -> None:
+        heap = self._heap
+        while True:
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                task = heapq.heappop(heap)[2]
+                if task is not None:
+                    trio.lowlevel.reschedule(task)
+            self._next_due = heap[0][0] if heap else math.inf
+            self._wake = trio.Event()
+            with trio.move_on_at(self._next_due):
+                await self._wake.wait()
+
+
 @attrs.define(eq=False, kw_only=True)
 class FakeServer:
     """A running fake OpenAI-compatible server; get one from `open_fake_server`.
@@ -242,6 +290,7 @@ class FakeServer:
     models: tuple[str, ...]
     _faults: FaultPlan
     _counters: _Counters = attrs.field(factory=_Counters, init=False)
+    _ticker: _Ticker = attrs.field(factory=_Ticker, init=False)
     _created: int = attrs.field(factory=lambda: int(time.time()), init=False)
 
     @property
@@ -598,7 +647,7 @@ class _Connection:
                 if out:
                     await self._write(out, checkpoint=False)  # sleep_until checkpoints
                     out = bytearray()
-                await trio.sleep_until(due)
+                await self.server._ticker.sleep_until(due)
                 now = trio.current_time()
             pending += resp.content_event(sent, count)
             sent += count
@@ -655,7 +704,11 @@ class _Connection:
     async def _whole(self, resp: _Response, fault: Fault | None, arrived: float) -> None:
         timing = self.server.timing
         n = resp.completion_tokens
-        await trio.sleep_until(arrived + timing.ttft + timing.itl * max(0, n - 1))
+        due = arrived + timing.ttft + timing.itl * max(0, n - 1)
+        if due > trio.current_time():
+            await self.server._ticker.sleep_until(due)
+        else:
+            await trio.lowlevel.checkpoint()
         kind = fault.kind if fault is not None else None
         if kind is FaultKind.TRUNCATE:
             payload = resp.whole_body(text_tokens=n // 2, finish_reason=None)
@@ -1098,6 +1151,7 @@ async def serve_fake_server(
         )
         slots = trio.Semaphore(max_connections)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(server._ticker.run)
             for listener in listeners:
                 nursery.start_soon(_accept_loop, server, listener, slots, nursery)
             task_status.started(server)
