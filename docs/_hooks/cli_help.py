@@ -2,8 +2,8 @@
 
 A page writes ``<!-- shardline-help: report -->`` on a line of its own; the hook
 replaces it with the help text argparse prints for ``shardline report --help``,
-built from the subcommand's own module (``shardline._cli_report``), so the CLI
-reference cannot drift from the code. An unknown subcommand fails the build.
+built from the command's own parser (``shardline._cli.build_parser``), so the
+CLI reference cannot drift from the code. An unknown subcommand fails the build.
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ _WIDTH = "88"
 
 
 def _help(command: str) -> str:
-    module = importlib.import_module(f"shardline._cli_{command.replace('-', '_')}")
-    parser = argparse.ArgumentParser(prog="shardline")
-    subparsers = parser.add_subparsers(dest="command")
-    module.register(subparsers)
+    cli = importlib.import_module("shardline._cli")
     previous = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = _WIDTH
     try:
-        return subparsers.choices[command].format_help().rstrip()
+        parser = cli.build_parser()
+        if command == "shardline":
+            return str(parser.format_help()).rstrip()
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return str(subparsers.choices[command].format_help()).rstrip()
     finally:
         if previous is None:
             del os.environ["COLUMNS"]
@@ -35,6 +36,9 @@ def _help(command: str) -> str:
 
 
 def on_page_markdown(markdown: str, **_kwargs: Any) -> str:
-    return _MARKER.sub(
-        lambda m: f"```text\n$ shardline {m.group(1)} --help\n{_help(m.group(1))}\n```", markdown
-    )
+    def block(m: re.Match[str]) -> str:
+        name = m.group(1)
+        prompt = "shardline --help" if name == "shardline" else f"shardline {name} --help"
+        return f"```text\n$ {prompt}\n{_help(name)}\n```"
+
+    return _MARKER.sub(block, markdown)
