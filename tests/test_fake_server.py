@@ -268,3 +268,28 @@ def test_fake_text_and_prompt_rule() -> None:
     assert fake_text(2, start=1) == " quick brown"
     assert fake_text(0) == ""
     assert [count_prompt_tokens(n) for n in (0, 1, 4, 5)] == [1, 1, 1, 2]
+
+
+async def test_paced_streams_end_with_the_server(autojump_clock: trio.testing.MockClock) -> None:
+    """Leaving open_fake_server cancels a stream parked between two events."""
+    lines: list[str] = []
+    errors: list[Exception] = []
+    async with httpx.AsyncClient(timeout=None) as c, trio.open_nursery() as nursery:
+        async with open_fake_server(timing=TimingModel(itl=1000.0)) as server:
+
+            async def read() -> None:
+                try:
+                    url = f"{server.base_url}/chat/completions"
+                    async with c.stream("POST", url, json={**CHAT, "stream": True}) as r:
+                        async for line in r.aiter_lines():
+                            if line:
+                                lines.append(line)
+                except httpx.HTTPError as exc:
+                    errors.append(exc)
+
+            nursery.start_soon(read)
+            await trio.sleep(10)
+            assert server.statistics().in_flight == 1
+    assert len(lines) == 2  # the role chunk and the first token
+    assert len(errors) == 1
+    assert isinstance(errors[0], httpx.RemoteProtocolError)
