@@ -11,6 +11,8 @@ KIND is one of:
 * ``httpx`` -- a raw httpx-on-trio loop: one ``httpx.AsyncClient``, one
   ``trio.CapacityLimiter``, ``aiter_lines`` + ``json.loads`` per SSE event. No
   pipeline: shardline's overhead floor.
+* ``httpx-sharded`` -- the same loop with one ``AsyncClient`` + ``CapacityLimiter`` per
+  shard (pools of ``concurrency`` connections): the floor with shardline's pool layout.
 * ``raw`` -- the ceiling: asyncio ``Protocol`` over raw sockets, a hand-rolled HTTP/1.1
   keep-alive client with a chunked-body parser that counts SSE events and parses
   only the usage event. One connection per concurrency slot.
@@ -90,6 +92,10 @@ def run_shardline(p: dict[str, Any], out: Out) -> dict[str, Any]:
     from shardline._pipeline import PipelineConfig, open_pipeline
     from shardline._sinks import JsonlEventSink, MemoryEventSink, TeeSink
 
+    if p.get("opt"):
+        from _experiments import apply
+
+        apply(p["opt"])
     urls: list[str] = p["urls"]
     shards: int = p["shards"]
     transport = None
@@ -145,6 +151,13 @@ def run_shardline(p: dict[str, Any], out: Out) -> dict[str, Any]:
     first_token: dict[Any, float] = {}
     item_timing = bool(p.get("item_timing"))
 
+    class _NullSink:
+        def emit(self, event: Any) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
     class _Timing:
         def emit(self, event: Any) -> None:
             kind = event.kind
@@ -157,7 +170,13 @@ def run_shardline(p: dict[str, Any], out: Out) -> dict[str, Any]:
             pass
 
     async def main() -> None:
-        sink: Any = JsonlEventSink(events_path) if events_path else MemoryEventSink()
+        sink: Any
+        if p.get("sink") == "null":
+            sink = _NullSink()
+        elif events_path:
+            sink = JsonlEventSink(events_path)
+        else:
+            sink = MemoryEventSink()
         if item_timing:
             sink = TeeSink(sink, _Timing())
         send, recv = trio.open_memory_channel[Outcome](64)
@@ -200,7 +219,7 @@ def run_shardline(p: dict[str, Any], out: Out) -> dict[str, Any]:
             ticker.cancel_scope.cancel()
         sink.close()
         c1 = _cpu()
-        if p.get("no_report"):
+        if p.get("no_report") or p.get("sink") == "null":
             return
         if events_path:
             with EventFileReader(events_path) as reader:
@@ -338,74 +357,100 @@ def run_semaphore(p: dict[str, Any], out: Out) -> dict[str, Any]:
 # --------------------------------------------------------------------------- httpx on trio
 
 
-def run_httpx(p: dict[str, Any], out: Out) -> dict[str, Any]:
+def run_httpx(p: dict[str, Any], out: Out, *, per_shard: bool = False) -> dict[str, Any]:
+    """The raw httpx-on-trio loop; ``per_shard``: one client + limiter per shard."""
     import httpx
     import trio
 
     urls = [u.rstrip("/") + "/chat/completions" for u in p["urls"]]
     shards: int = p["shards"]
-    total = shards * p["concurrency"]
+    conc: int = p["concurrency"]
+    pools = shards if per_shard else 1
+    size = conc if per_shard else shards * conc
     stats: dict[str, Any] = {}
     loads = json.loads
 
     async def main() -> None:
-        limits = httpx.Limits(max_connections=total, max_keepalive_connections=total)
-        limiter = trio.CapacityLimiter(total)
+        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
         headers = {"authorization": "Bearer sk-bench"}
-        async with httpx.AsyncClient(limits=limits, timeout=None, headers=headers) as client:
+        clients = [
+            httpx.AsyncClient(limits=limits, timeout=None, headers=headers) for _ in range(pools)
+        ]
+        limiters = [trio.CapacityLimiter(size) for _ in range(pools)]
 
-            async def one(i: int, max_tokens: int) -> None:
-                try:
-                    start = time.monotonic()
-                    ttft = None
-                    parts: list[str] = []
-                    ct = 0
-                    async with client.stream(
-                        "POST", urls[(i % shards) % len(urls)], json=body(p, max_tokens)
-                    ) as r:
-                        if r.status_code != 200:
-                            await r.aread()
-                            record(
-                                out, False, 0, None, time.monotonic() - start, 1, str(r.status_code)
-                            )
-                            return
-                        async for line in r.aiter_lines():
-                            if not line.startswith("data: "):
-                                continue
-                            data = line[6:]
-                            if data == "[DONE]":
-                                break
-                            obj = loads(data)
-                            choices = obj.get("choices")
-                            if choices:
-                                c = choices[0].get("delta", {}).get("content")
-                                if c:
-                                    if ttft is None:
-                                        ttft = time.monotonic() - start
-                                    parts.append(c)
-                            u = obj.get("usage")
-                            if u:
-                                ct = u["completion_tokens"]
-                    record(out, True, ct, ttft, time.monotonic() - start, 1)
-                finally:
-                    limiter.release_on_behalf_of(i)
+        async def one(i: int, max_tokens: int) -> None:
+            k = i % shards
+            pool = k % pools
+            try:
+                start = time.monotonic()
+                ttft = None
+                parts: list[str] = []
+                ct = 0
+                async with clients[pool].stream(
+                    "POST", urls[k % len(urls)], json=body(p, max_tokens)
+                ) as r:
+                    if r.status_code != 200:
+                        await r.aread()
+                        record(out, False, 0, None, time.monotonic() - start, 1, str(r.status_code))
+                        return
+                    async for line in r.aiter_lines():
+                        if not line.startswith("data: "):
+                            continue
+                        data = line[6:]
+                        if data == "[DONE]":
+                            # No break: read to the end of the body so the
+                            # connection goes back to the pool (a break here
+                            # closes it and costs a reconnect per request).
+                            continue
+                        obj = loads(data)
+                        choices = obj.get("choices")
+                        if choices:
+                            c = choices[0].get("delta", {}).get("content")
+                            if c:
+                                if ttft is None:
+                                    ttft = time.monotonic() - start
+                                parts.append(c)
+                        u = obj.get("usage")
+                        if u:
+                            ct = u["completion_tokens"]
+                record(out, True, ct, ttft, time.monotonic() - start, 1)
+            finally:
+                limiters[pool].release_on_behalf_of(i)
 
-            async with trio.open_nursery() as ticker:
-                ticker.start_soon(_trio_ticker, out)
-                t0 = time.monotonic()
-                c0 = _cpu()
-                async with trio.open_nursery() as n:
-                    for i, mt in enumerate(p["tokens"]):
-                        await limiter.acquire_on_behalf_of(i)
-                        n.start_soon(one, i, mt)
-                stats["wall_s"] = time.monotonic() - t0
-                stats["cpu_s"] = _cpu() - c0
-                ticker.cancel_scope.cancel()
+        async with trio.open_nursery() as ticker:
+            ticker.start_soon(_trio_ticker, out)
+            t0 = time.monotonic()
+            c0 = _cpu()
+            async with trio.open_nursery() as n:
+                for i, mt in enumerate(p["tokens"]):
+                    await limiters[(i % shards) % pools].acquire_on_behalf_of(i)
+                    n.start_soon(one, i, mt)
+            stats["wall_s"] = time.monotonic() - t0
+            stats["cpu_s"] = _cpu() - c0
+            ticker.cancel_scope.cancel()
+        for c in clients:
+            await c.aclose()
 
     out.send({"ready": True})
     out.flush()
     trio.run(main)
     return stats
+
+
+def run_shardline_opt(p: dict[str, Any], out: Out) -> dict[str, Any]:
+    """shardline with every candidate optimisation of ``_experiments.py`` applied."""
+    from _experiments import PATCHES
+
+    return run_shardline({**p, "opt": p.get("opt") or list(PATCHES)}, out)
+
+
+def run_shardline_nosink(p: dict[str, Any], out: Out) -> dict[str, Any]:
+    """shardline with a sink that drops every event (what the JSONL events cost)."""
+    return run_shardline({**p, "sink": "null"}, out)
+
+
+def run_httpx_sharded(p: dict[str, Any], out: Out) -> dict[str, Any]:
+    return run_httpx(p, out, per_shard=True)
 
 
 # --------------------------------------------------------------------------- raw sockets
@@ -546,8 +591,11 @@ def run_raw(p: dict[str, Any], out: Out) -> dict[str, Any]:
 
 KINDS = {
     "shardline": run_shardline,
+    "shardline-opt": run_shardline_opt,
+    "shardline-nosink": run_shardline_nosink,
     "semaphore": run_semaphore,
     "httpx": run_httpx,
+    "httpx-sharded": run_httpx_sharded,
     "raw": run_raw,
 }
 

@@ -56,13 +56,22 @@ from _harness import (
     workload,
 )
 
-KINDS = ("shardline", "semaphore", "httpx", "raw")
+KINDS = (
+    "shardline",
+    "shardline-opt",
+    "shardline-nosink",
+    "semaphore",
+    "httpx",
+    "httpx-sharded",
+    "raw",
+)
+DEFAULT_KINDS = ("shardline", "semaphore", "httpx", "httpx-sharded", "raw")
 SCENARIOS = {
     "burst": {"ttft": 0.0, "itl": 0.0},
     "paced": {"ttft": 0.05, "itl": 0.002},
 }
 # The raw client is so cheap that it gets more requests, for a measurable wall time.
-SCALE = {"raw": 4.0, "semaphore": 1.0, "httpx": 1.0, "shardline": 1.0}
+SCALE = {"raw": 4.0}
 
 
 def measure(
@@ -72,11 +81,11 @@ def measure(
         "urls": [s.base_url for s in servers],
         "shards": shards,
         "concurrency": concurrency,
-        "tokens": workload(int(n * SCALE[kind])),
+        "tokens": workload(int(n * SCALE.get(kind, 1.0))),
         "prompt": PROMPT,
         "model": "shardline-fake",
     }
-    if kind == "shardline":
+    if kind.startswith("shardline"):
         params["events"] = str(tmp / f"events-{time.monotonic_ns()}.jsonl")
     return run_client(kind, params, cap_s=150, servers=servers)
 
@@ -124,10 +133,12 @@ def render(results: dict[str, dict[str, Any]], label: str) -> str:
         if r is None:
             continue
         if not r["finished"]:
-            rows.append([kind, "not finished", *["-"] * 8])
+            rows.append([kind, "not finished", *["-"] * 9])
             continue
         vs_sem = r["req_s"] / base["req_s"] if base.get("finished") else None
         vs_httpx = r["req_s"] / floor["req_s"] if floor.get("finished") else None
+        cpu_vs_sem = base["cpu_ms"] / r["cpu_ms"] if base.get("finished") else None
+        cpu_vs_httpx = floor["cpu_ms"] / r["cpu_ms"] if floor.get("finished") else None
         rows.append(
             [
                 kind,
@@ -137,8 +148,8 @@ def render(results: dict[str, dict[str, Any]], label: str) -> str:
                 fmt(r["client_util"], ".2f"),
                 fmt(r["server_util"], ".2f"),
                 fmt(r["tpm"], ",.0f") if r["tpm"] is not None else "-",
-                fmt(vs_sem, ".2f") + "x",
-                fmt(vs_httpx, ".2f") + "x",
+                f"{fmt(vs_sem)}x / {fmt(cpu_vs_sem)}x",
+                f"{fmt(vs_httpx)}x / {fmt(cpu_vs_httpx)}x",
                 f"{r['ok']}/{r['requests']}",
             ]
         )
@@ -150,8 +161,8 @@ def render(results: dict[str, dict[str, Any]], label: str) -> str:
         "client CPU (cores)",
         "server CPU (cores)",
         "TPM out (own report)",
-        "vs semaphore",
-        "vs raw httpx",
+        "vs semaphore (req/s / CPU)",
+        "vs raw httpx (req/s / CPU)",
         "ok/requests",
     ]
     return f"### {label}\n\n" + table(headers, rows)
@@ -174,13 +185,19 @@ def main() -> int:
         "--servers", type=int, default=1, help="fake-server processes (shards spread over them)"
     )
     ap.add_argument("--scenario", choices=[*SCENARIOS, "all"], default=None)
-    ap.add_argument("--clients", default=",".join(KINDS), help="comma-separated subset")
+    ap.add_argument("--clients", default=",".join(DEFAULT_KINDS), help="comma-separated subset")
+    ap.add_argument(
+        "--opt",
+        action="store_true",
+        help="add shardline-opt: shardline with the candidate patches of _experiments.py",
+    )
     args = ap.parse_args()
     n = args.requests or (400 if args.quick else 1500)
     rounds = args.rounds or (1 if args.quick else 2)
     scenario = args.scenario or ("burst" if args.quick else "all")
     scenarios = list(SCENARIOS) if scenario == "all" else [scenario]
-    kinds = [k for k in KINDS if k in args.clients.split(",")]
+    wanted = args.clients.split(",") + (["shardline-opt"] if args.opt else [])
+    kinds = [k for k in KINDS if k in wanted]
 
     print(f"# bench_throughput: {machine()}")
     print(
