@@ -1,5 +1,7 @@
 """Testing code built on shardline against the fake server (pytest, with trio_mode = true)."""
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 
 from shardline import (
@@ -57,13 +59,24 @@ async def test_summaries_survive_first_attempt_faults() -> None:
     assert stats.completed == 4
 
 
+@pytest.mark.fake_server(faults="rate_limit=0.3:retry_after=0.05", seed=4)
+async def test_summaries_under_rate_limits(fake_server: FakeServer) -> None:
+    """With 30 % of requests rate limited, every summary still arrives."""
+    async with open_pipeline(config_for(fake_server)) as pipeline:
+        summaries = [await summarize(pipeline, f"doc-{n}", "text") for n in range(10)]
+    assert all(summaries)
+    assert fake_server.statistics().faults["rate_limit"] > 0
+
+
 @pytest.mark.parametrize("kind", ["stall_headers", "drip", "reset", "truncate", "malformed"])
-async def test_each_fault_is_reported_with_its_cause(kind: str) -> None:
+async def test_each_fault_is_reported_with_its_cause(
+    kind: str, fake_server_factory: Callable[..., Awaitable[FakeServer]]
+) -> None:
     """Without retries, each fault surfaces as the error class of its cause."""
-    async with open_fake_server(faults=FaultPlan(items={"doc": kind})) as server:
-        config = config_for(server, retry=RetryPolicy(max_attempts=1))
-        async with open_pipeline(config) as pipeline:
-            with pytest.raises(AttemptError) as info:
-                await summarize(pipeline, "doc", "some text")
+    server = await fake_server_factory(faults=FaultPlan(items={"doc": kind}))
+    config = config_for(server, retry=RetryPolicy(max_attempts=1))
+    async with open_pipeline(config) as pipeline:
+        with pytest.raises(AttemptError) as info:
+            await summarize(pipeline, "doc", "some text")
     assert info.value.cause == expected_cause(kind)
     assert info.value.item_id == "doc"
