@@ -957,6 +957,7 @@ class _Response:
     __slots__ = (
         "_content_prefix",
         "_content_suffix",
+        "_events",
         "_head",
         "chat",
         "completion_tokens",
@@ -988,6 +989,7 @@ class _Response:
         self.completion_tokens = completion_tokens
         self.finish_reason = finish_reason
         self.include_usage = include_usage
+        self._events: dict[int, bytes] = {}
         obj = "chat.completion.chunk" if chat else "text_completion"
         self._head = (
             b'data: {"id":"%s","object":"%s","created":%d,"model":%s,'
@@ -1003,7 +1005,16 @@ class _Response:
             self._content_suffix = b'","logprobs":null,"finish_reason":null}]' + tail
 
     def content_event(self, start: int, count: int) -> bytes:
-        return self._content_prefix + _token_bytes(start, count) + self._content_suffix
+        # Token i's text depends only on i % len(_WORDS) (after token 0), so events
+        # repeat: build each distinct one once per response.
+        if start == 0:
+            return self._content_prefix + _token_bytes(start, count) + self._content_suffix
+        key = (start % len(_TOKENS)) * 1_000_003 + count
+        event = self._events.get(key)
+        if event is None:
+            event = self._content_prefix + _token_bytes(start, count) + self._content_suffix
+            self._events[key] = event
+        return event
 
     def empty_event(self) -> bytes:
         return self.content_event(0, 0)
