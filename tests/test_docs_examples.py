@@ -175,3 +175,42 @@ def test_event_field_types_are_json_types() -> None:
             is_union = isinstance(tp, types.UnionType)
             args = typing.get_args(tp) if is_union else (tp,)
             assert all(a in allowed or typing.get_origin(a) is dict for a in args), (cls, name)
+
+
+def test_every_public_name_has_a_docstring() -> None:
+    """Every class and function exported by shardline and shardline.testing has a docstring."""
+    import inspect
+
+    import shardline
+    import shardline.testing
+
+    missing = [
+        f"{module.__name__}.{name}"
+        for module in (shardline, shardline.testing)
+        for name in module.__all__
+        if (inspect.isclass(obj := getattr(module, name)) or inspect.isfunction(obj))
+        and not (obj.__doc__ or "").strip()
+    ]
+    assert missing == []
+
+
+def test_reference_pages_use_public_paths() -> None:
+    """The reference documents public paths only: no ``::: shardline._private`` directive."""
+    private = [
+        f"{page.name}: {line.strip()}"
+        for page in (DOCS / "reference").glob("*.md")
+        for line in page.read_text(encoding="utf-8").splitlines()
+        if line.startswith(":::") and "._" in line
+    ]
+    assert private == []
+
+
+def test_examples_import_public_names_only() -> None:
+    """Examples import from ``shardline`` and ``shardline.testing``, never a private module."""
+    private = [
+        f"{example.name}: {line.strip()}"
+        for example in EXAMPLES
+        for line in example.read_text(encoding="utf-8").splitlines()
+        if re.search(r"\bshardline\._", line)
+    ]
+    assert private == []

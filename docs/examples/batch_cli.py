@@ -9,7 +9,7 @@ from pathlib import Path
 
 from shardline import EventFileReader, compute_report
 
-SHARDLINE = [sys.executable, "-m", "shardline._cli"]  # the `shardline` command
+SHARDLINE = [str(Path(sys.executable).with_name("shardline"))]  # the installed command
 
 
 def run(*args: str) -> int:
