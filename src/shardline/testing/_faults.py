@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
@@ -246,7 +246,9 @@ class FaultPlan:
        and ``x-shardline-attempt`` request headers, or by a bare item id meaning
        every attempt of that item.
     2. ``requests``: keyed by the 1-based sequence number of the completion request
-       on this server; this works for clients that send no shardline headers.
+       on this server (valid ``POST .../chat/completions`` and ``.../completions``
+       requests count; ``/models`` and rejected requests do not); this works for
+       clients that send no shardline headers.
     3. ``rates``: each fault is drawn for that fraction of requests. The draw is a
        hash of the server's seed and the request's ``(item id, attempt)`` (or its
        sequence number when the headers are absent), so it does not depend on the
@@ -475,10 +477,3 @@ def expected_cause(fault: FaultLike, *, stream: bool = True) -> Cause:
     if fault.kind in (FaultKind.STALL_MID, FaultKind.DRIP):
         return Cause.STALL_TIMEOUT if fault.after_events > 0 else Cause.TTFT_TIMEOUT
     return EXPECTED_CAUSE[fault.kind]
-
-
-def fault_kinds_in(plan: FaultPlan) -> Iterable[FaultKind]:
-    """Every kind a plan can inject (for docs and summaries)."""
-    seen = {f.kind for f in plan.rates} | {f.kind for f in plan.items.values()}
-    seen |= {f.kind for f in plan.requests.values()}
-    return [kind for kind in FaultKind if kind in seen]

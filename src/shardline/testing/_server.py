@@ -1133,6 +1133,7 @@ async def serve_fake_server(
         task_status: Supplied by ``nursery.start``.
 
     Raises:
+        FaultSpecError: if ``faults`` is a text spec that does not parse.
         ValueError: for an invalid option (the message names it).
         OSError: if the address cannot be bound.
     """
