@@ -178,15 +178,16 @@ def test_event_field_types_are_json_types() -> None:
 
 
 def test_every_public_name_has_a_docstring() -> None:
-    """Every class and function exported by shardline and shardline.testing has a docstring."""
+    """Every class and function exported by shardline's public packages has a docstring."""
     import inspect
 
     import shardline
+    import shardline.ray
     import shardline.testing
 
     missing = [
         f"{module.__name__}.{name}"
-        for module in (shardline, shardline.testing)
+        for module in (shardline, shardline.testing, shardline.ray)
         for name in module.__all__
         if (inspect.isclass(obj := getattr(module, name)) or inspect.isfunction(obj))
         and not (obj.__doc__ or "").strip()
