@@ -7,9 +7,13 @@ These tests are synchronous on purpose: they stand where a Ray actor stands.
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +24,7 @@ import attrs
 import pytest
 import trio
 
+from shardline import _cli_run
 from shardline._backoff import Backoff, RetryPolicy
 from shardline._config import Deadlines, Endpoint
 from shardline._events import EventFileReader
@@ -28,9 +33,18 @@ from shardline._metrics import RunReport, compute_report
 from shardline._models import Outcome, request_from_json
 from shardline._pipeline import PipelineConfig, open_pipeline
 from shardline._sinks import MemoryEventSink
-from shardline.ray import COLUMNS, ShardlineBatch, batch_identity, merge_event_dir, merge_events
+from shardline.ray import (
+    COLUMNS,
+    ShardlineBatch,
+    add_ray_options,
+    batch_identity,
+    merge_event_dir,
+    merge_events,
+    run_on_ray,
+)
 from shardline.ray._batch import _interrupt_only
 from shardline.ray._merge import batch_end_line, batch_start_line, tag_event
+from shardline.ray._run import actor_config, default_batch_size, request_to_json
 from shardline.testing import FakeServer, FaultPlan, open_fake_server
 
 FAULTS = (
@@ -407,3 +421,63 @@ def test_merge_ignores_a_torn_last_line_and_rejects_garbage(tmp_path: Path) -> N
         merge_events([tmp_path / "b.jsonl"], tmp_path / "m2.jsonl")
     with pytest.raises(ValueError, match="no actor events files"):
         merge_event_dir(tmp_path / "nowhere", tmp_path / "m3.jsonl")
+
+
+# -- the CLI glue, without Ray -----------------------------------------------------------------
+
+
+def test_actor_config_splits_rate_limits_and_drops_the_key() -> None:
+    """Each actor gets rpm/tpm divided by the actor count, and no API key in its arguments."""
+    config = PipelineConfig(
+        endpoint=Endpoint(base_url="http://127.0.0.1:1/v1", api_key="sk-secret"),
+        rpm=600,
+        tpm=90_000,
+    )
+    per_actor = actor_config(config, 3)
+    assert per_actor.rpm == 200
+    assert per_actor.tpm == 30_000
+    assert per_actor.endpoint.api_key is None
+    assert actor_config(attrs.evolve(config, rpm=None, tpm=None), 3).rpm is None
+
+
+def test_request_to_json_round_trips() -> None:
+    """The driver's request rows parse back into the same request."""
+    for obj in (
+        {"id": 7, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "model": "x"},
+        {"id": "c", "prompt": "once", "temperature": 0.5},
+    ):
+        request = request_from_json(obj)
+        assert request_from_json(request_to_json(request)) == request
+
+
+def test_default_batch_size_spreads_small_inputs() -> None:
+    """Small inputs are split so every actor gets work; large ones use 4 x capacity."""
+    config = PipelineConfig(shard_count=2, concurrency=8)
+    assert default_batch_size(config, 2, 40) == 10
+    assert default_batch_size(config, 2, 1_000_000) == 64
+    assert default_batch_size(config, 4, 0) == 1
+
+
+def test_run_on_ray_rejects_bad_ray_options(tmp_path: Path) -> None:
+    """--ray-actors 0 is a usage error (exit 2) naming the option, before Ray is touched."""
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps(chat("x")) + "\n")
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    _cli_run.register(sub)
+    run = sub.choices["run"]
+    if not any(a.dest == "ray" for a in run._actions):
+        add_ray_options(run)
+    args = parser.parse_args(
+        ["run", str(source), "--base-url", "http://127.0.0.1:9/v1", "--ray", "--ray-actors", "0"]
+    )
+    err = io.StringIO()
+    assert run_on_ray(args, environ={}, stderr=err) == 2
+    assert "invalid value for --ray-actors: must be >= 1, got 0" in err.getvalue()
+    assert not (tmp_path / "in.out.jsonl").exists()
+
+
+def test_importing_shardline_ray_does_not_import_ray() -> None:
+    """Ray is optional: `import shardline` and `import shardline.ray` leave it unimported."""
+    code = "import sys, shardline, shardline.ray; assert 'ray' not in sys.modules, 'ray imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -29,17 +29,19 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import attrs
 
-from .._cli import EXIT_USAGE
+from .._cli import EXIT_FAILED_ITEMS, EXIT_USAGE
 from .._cli_run import (
     OUTPUT_FSYNC_INTERVAL,
     RunSettings,
@@ -238,9 +240,27 @@ def run_on_ray(
     except ImportError:
         _print_error(err, title, "--ray needs Ray Data: pip install 'shardline[ray]' (ray[data])")
         return EXIT_USAGE
-    return _run(
-        settings, ray_settings, ray, local=local, progress=settings.progress, out=out, err=err
-    )
+    with _sigterm_as_interrupt():
+        return _run(
+            settings, ray_settings, ray, local=local, progress=settings.progress, out=out, err=err
+        )
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the run like Ctrl-C (output kept, events merged, exit 130), as without Ray."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(
@@ -285,9 +305,18 @@ def _run(
             err, title, f"cannot write output file {settings.output}: {exc.strerror or exc}"
         )
         return EXIT_USAGE
+    if settings.resume and summary.resume is not None and summary.resume.kept:
+        r = summary.resume
+        print(
+            f"{title}: resuming {settings.output}: {r.kept} items already ok are skipped; "
+            f"dropped {r.dropped_failed} failed and {r.dropped_torn} torn lines (they run again)",
+            file=err,
+            flush=True,
+        )
 
     started_ray = False
     reason = "completed"
+    failure: str | None = None
     workdir = Path(tempfile.mkdtemp(prefix="shardline-ray-"))
     spools = _Spools(workdir)
     driver_started = time.time()
@@ -412,6 +441,9 @@ def _run(
     except KeyboardInterrupt:
         reason = "cancelled"
         summary.interrupted = True
+    except Exception as exc:  # the Ray job failed: keep what finished, report, exit 1
+        reason = "error"
+        failure = f"the Ray job failed: {type(exc).__name__}: {exc}"
     finally:
         writer.close()
         paths = spools.close()
@@ -445,6 +477,11 @@ def _run(
         )
     _finish_report(settings, merged.sha256, out, err)
     _print_summary(settings, summary, err)
+    if failure is not None:
+        _print_error(
+            err, title, f"{failure} (items without an output line run again with --resume)"
+        )
+        return max(summary.exit_status, EXIT_FAILED_ITEMS)
     return summary.exit_status
 
 
