@@ -273,6 +273,13 @@ class FakeServer:
     It is not a model: the text is a fixed word sequence (`fake_text`),
     and tools, logprobs and ``n > 1`` are not simulated.
 
+    Example::
+
+        async with open_fake_server(faults="http_503=0.2", seed=1) as server:
+            await run_my_pipeline(base_url=server.base_url)
+            stats = server.statistics()
+            print(stats.faults["http_503"], "failures injected,", stats.completed, "answered")
+
     Attributes:
         host: The address it listens on.
         port: The TCP port it listens on.
@@ -280,6 +287,8 @@ class FakeServer:
         timing: Its timing model.
         seed: The seed of rate-drawn faults.
         default_max_tokens: Completion tokens when a request sets no limit.
+        models: Model names `GET /v1/models` lists; the first is echoed when a request
+            names no model.
     """
 
     host: str
