@@ -293,3 +293,24 @@ async def test_paced_streams_end_with_the_server(autojump_clock: trio.testing.Mo
     assert len(lines) == 2  # the role chunk and the first token
     assert len(errors) == 1
     assert isinstance(errors[0], httpx.RemoteProtocolError)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "prompt_tokens"),
+    [("abcdefghi", 3), (["abcd"], 1), ([101, 102, 103, 104, 105], 5)],
+    ids=["string", "list-of-one", "token-ids"],
+)
+async def test_legacy_prompt_forms(prompt: Any, prompt_tokens: int) -> None:
+    """Legacy prompts may be a string, a one-string list or token ids; usage counts them."""
+    async with open_fake_server() as server, httpx.AsyncClient(base_url=server.base_url) as c:
+        answer = (await c.post("/completions", json={"prompt": prompt, "max_tokens": 2})).json()
+    assert answer["usage"]["prompt_tokens"] == prompt_tokens
+
+
+async def test_chat_content_parts_are_counted() -> None:
+    """List-of-parts message content counts the characters of its text parts."""
+    parts = [{"type": "text", "text": "abcd"}, {"type": "text", "text": "efgh"}]
+    body = {"messages": [{"role": "user", "content": parts}], "max_tokens": 1}
+    async with open_fake_server() as server, httpx.AsyncClient(base_url=server.base_url) as c:
+        answer = (await c.post("/chat/completions", json=body)).json()
+    assert answer["usage"]["prompt_tokens"] == count_prompt_tokens(8) == 2

@@ -562,3 +562,20 @@ async def test_timing_applies_after_a_finite_stall(autojump_clock: trio.testing.
     assert "".join(contents(lines)) == fake_text(6)
     assert elapsed == pytest.approx(5.0 + 4 * 1.0)  # the stall absorbs one itl
     assert lines[-1] == "data: [DONE]"
+
+
+async def test_unparsable_attempt_header_matches_every_attempt_rules_only() -> None:
+    """A non-integer x-shardline-attempt counts as no attempt: only bare item rules match."""
+    faults = FaultPlan(items={("a", 1): "http_500", "b": "http_502"})
+    async with open_fake_server(faults=faults) as server, client(server) as c:
+        a = await c.post(
+            "/chat/completions",
+            json=CHAT,
+            headers={"x-shardline-item-id": "a", "x-shardline-attempt": "first"},
+        )
+        b = await c.post(
+            "/chat/completions",
+            json=CHAT,
+            headers={"x-shardline-item-id": "b", "x-shardline-attempt": "first"},
+        )
+    assert (a.status_code, b.status_code) == (200, 502)
