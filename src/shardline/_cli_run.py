@@ -31,6 +31,7 @@ with a realistic fault mix, on generated input.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -47,7 +48,7 @@ import attrs
 import trio
 
 from ._cli import EXIT_FAILED_ITEMS, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from ._events import EventFileReader
+from ._events import Event, EventFileReader, ItemEnded
 from ._exceptions import ConfigError
 from ._jsonl import (
     InputEntry,
@@ -59,7 +60,7 @@ from ._jsonl import (
     read_input,
 )
 from ._metrics import LiveMetrics, ReportBuilder, render_text
-from ._models import Outcome, Status
+from ._models import ItemId, Outcome, Status
 from ._progress import ProgressDisplay, ProgressSnapshot, ShardRow, open_progress
 from ._sinks import EventSink, JsonlEventSink, TeeSink
 
@@ -324,11 +325,75 @@ class _Interrupt:
                 self.fire()
 
 
+class _OutputFirstSink:
+    """Holds each item's ``item_end`` event until its output line is written.
+
+    The output file and the events file cannot be updated atomically together.
+    The pipeline emits an item's ``item_end`` before handing its outcome to the
+    writer task, so a ``kill -9`` in between would leave an item that the
+    events call ended but the output lacks: ``--resume`` runs it again and the
+    report would count it twice. This sink reverses the order: a non-cancelled
+    ``item_end`` (and every event after it, to keep the file in order) waits
+    until :meth:`written` is called for that id right after its line is
+    written, so the events file never runs ahead of the output. The window
+    left is the few microseconds between the two ``write`` calls.
+
+    Memory: the events emitted while one outcome is on its way to the writer
+    (milliseconds of events).
+    """
+
+    def __init__(self, downstream: EventSink) -> None:
+        self._down = downstream
+        self._held: collections.deque[Event] = collections.deque()
+        self._credits: dict[ItemId, int] = {}
+
+    @staticmethod
+    def _needs_line(event: Event) -> bool:
+        return isinstance(event, ItemEnded) and event.status != Status.CANCELLED.value
+
+    def emit(self, event: Event) -> None:
+        if self._held or self._needs_line(event):
+            self._held.append(event)
+            self._release()
+        else:
+            self._down.emit(event)
+
+    def written(self, item_id: ItemId) -> None:
+        """The output line of ``item_id`` is written: release its ``item_end``."""
+        self._credits[item_id] = self._credits.get(item_id, 0) + 1
+        self._release()
+
+    def _release(self) -> None:
+        held = self._held
+        while held:
+            event = held[0]
+            if self._needs_line(event):
+                assert isinstance(event, ItemEnded)
+                credit = self._credits.get(event.item_id, 0)
+                if credit == 0:
+                    return
+                if credit == 1:
+                    del self._credits[event.item_id]
+                else:
+                    self._credits[event.item_id] = credit - 1
+            held.popleft()
+            self._down.emit(event)
+
+    def close(self) -> None:
+        """Release whatever is still held (the run failed before writing it), then close."""
+        try:
+            while self._held:
+                self._down.emit(self._held.popleft())
+        finally:
+            self._down.close()
+
+
 async def _feed(
     pipeline: Pipeline,
     entries: Iterator[InputEntry],
     send: trio.MemorySendChannel[Outcome],
     writer: OutputWriter,
+    gate: _OutputFirstSink,
     summary: RunSummary,
 ) -> None:
     async with send:
@@ -345,6 +410,7 @@ async def _feed(
                 outcome = pipeline.reject(entry.item_id, entry.error)
                 summary.record(outcome)
                 writer.write(outcome_to_json(outcome, line=entry.line))
+                gate.written(entry.item_id)
                 passed += 1
                 if passed % 64 == 0:
                     await trio.lowlevel.checkpoint()
@@ -355,6 +421,7 @@ async def _feed(
 async def _consume(
     recv: trio.MemoryReceiveChannel[Outcome],
     writer: OutputWriter,
+    gate: _OutputFirstSink,
     summary: RunSummary,
     done: trio.Event,
 ) -> None:
@@ -364,6 +431,7 @@ async def _consume(
             if outcome.status is Status.CANCELLED:
                 continue  # not written: --resume runs it again
             writer.write(outcome_to_json(outcome))
+            gate.written(outcome.id)
     done.set()
 
 
@@ -429,7 +497,7 @@ async def _run_pipeline(
     *,
     summary: RunSummary,
     writer: OutputWriter,
-    sink: EventSink,
+    sink: _OutputFirstSink,
     live: LiveMetrics,
     display: ProgressDisplay,
 ) -> None:
@@ -445,7 +513,7 @@ async def _run_pipeline(
         try:
             async with trio.open_nursery() as outer:
                 await outer.start(interrupt.watch)
-                outer.start_soon(_consume, recv, writer, summary, all_done)
+                outer.start_soon(_consume, recv, writer, sink, summary, all_done)
                 outer.start_soon(_sync_output, writer)
                 try:
                     async with open_pipeline(config, sink=sink) as pipeline:
@@ -458,7 +526,7 @@ async def _run_pipeline(
 
                         outer.start_soon(_show_progress, display, snapshot)
                         with interrupt.feed_scope:
-                            await _feed(pipeline, entries, send, writer, summary)
+                            await _feed(pipeline, entries, send, writer, sink, summary)
                         with interrupt.wait_scope:
                             await all_done.wait()
                         if interrupt.signals:
@@ -554,7 +622,7 @@ def execute_run(
         return EXIT_USAGE
     live = LiveMetrics()
     builder = _report_builder(settings, err)
-    sink = TeeSink(events_sink, live, builder)
+    sink = _OutputFirstSink(TeeSink(events_sink, live, builder))
     display = open_progress(enabled=settings.progress, stream=err)
 
     async def main() -> None:
