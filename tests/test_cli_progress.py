@@ -95,6 +95,22 @@ def test_rich_panel_renders_shards_and_retries() -> None:
     assert "Ctrl-C again" in text
 
 
+def test_rich_panel_folds_many_shards() -> None:
+    """With more shards than fit, cooling and busiest shards are shown and the rest summed."""
+    shards = tuple(
+        ShardRow(shard=i, in_flight=i % 3, queued=0, capacity=4, cooling=i == 40, done=1, retries=0)
+        for i in range(64)
+    )
+    console = Console(record=True, width=120, height=200, file=io.StringIO())
+    console.print(rich_panel(snap(shards=shards)))
+    text = console.export_text()
+    lines = [line.split() for line in text.splitlines()]
+    assert any(parts[:1] == ["40"] and parts[-1] == "cooling" for parts in lines)
+    assert any(parts[:1] == ["+49"] for parts in lines)
+    shard_rows = [p for p in lines if p and p[0].isdigit() and "/4" in " ".join(p)]
+    assert len(shard_rows) == 15
+
+
 def test_plain_progress_writes_lines() -> None:
     """PlainProgress prints one line per update, and the final snapshot on close."""
     buf = io.StringIO()

@@ -144,6 +144,27 @@ def test_read_input_is_lazy(tmp_path: Path) -> None:
     assert isinstance(gen, types.GeneratorType)
 
 
+def test_read_input_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
+    """Reading a 20 MB file holds about one line plus the id set, not the file."""
+    import tracemalloc
+
+    path = tmp_path / "big.jsonl"
+    filler = "x" * 2600
+    with open(path, "w") as f:
+        for i in range(8_000):
+            f.write(json.dumps({"id": f"item-{i}", "prompt": filler}) + "\n")
+    assert path.stat().st_size > 20_000_000
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in read_input(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 8_000
+    # The IdSet for 8k ids is 2 x 16384 slots x 8 bytes (256 KiB); a line is about 2.6 kB.
+    assert peak < 2_000_000
+
+
 def test_read_input_skip_set(tmp_path: Path) -> None:
     """Ids in the skip set are passed over (and reported to on_skip) but still count as seen."""
     path = write_lines(

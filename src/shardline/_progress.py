@@ -45,6 +45,8 @@ __all__ = [
 PLAIN_INTERVAL = 5.0
 #: Seconds between two redraws of the live panel on a terminal.
 LIVE_INTERVAL = 0.5
+#: Shard rows shown in the live panel; more shards are summed in one last row.
+MAX_SHARD_ROWS = 16
 
 
 @attrs.frozen(kw_only=True)
@@ -199,7 +201,16 @@ def rich_panel(snap: ProgressSnapshot) -> RenderableType:
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold dim")
     for name in ("shard", "in flight", "queued", "done", "retries", "state"):
         table.add_column(name, justify="right" if name != "state" else "left")
-    for row in snap.shards:
+    rows = list(snap.shards)
+    hidden: list[ShardRow] = []
+    if len(rows) > MAX_SHARD_ROWS:
+        # Show the shards worth looking at: cooling first, then the most loaded.
+        rows.sort(key=lambda r: (not r.cooling, -(r.in_flight + r.queued), r.shard))
+        rows, hidden = (
+            sorted(rows[: MAX_SHARD_ROWS - 1], key=lambda r: r.shard),
+            rows[MAX_SHARD_ROWS - 1 :],
+        )
+    for row in rows:
         table.add_row(
             str(row.shard),
             f"{row.in_flight}/{row.capacity}",
@@ -207,6 +218,15 @@ def rich_panel(snap: ProgressSnapshot) -> RenderableType:
             str(row.done),
             str(row.retries),
             Text("cooling", style="yellow") if row.cooling else Text("ok", style="dim"),
+        )
+    if hidden:
+        table.add_row(
+            f"+{len(hidden)}",
+            f"{sum(r.in_flight for r in hidden)}/{sum(r.capacity for r in hidden)}",
+            str(sum(r.queued for r in hidden)),
+            str(sum(r.done for r in hidden)),
+            str(sum(r.retries for r in hidden)),
+            Text(f"{sum(r.cooling for r in hidden)} cooling", style="dim"),
         )
     parts: list[RenderableType] = [head, tokens, retries]
     if snap.shards:
