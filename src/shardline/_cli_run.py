@@ -24,6 +24,14 @@ within ``--drain-grace`` seconds; queued ones are not sent). Ctrl-C again:
 cancel the in-flight requests now. Items that did not finish are not written
 to the output, so ``--resume`` runs them.
 
+Crash safety: each output line is flushed as it is written and fsynced every
+second (in a worker thread) and at exit; an item's ``item_end`` event is
+written only after its output line, so after ``kill -9`` the events never
+claim more than the output holds. ``--resume`` compacts the output to its ok
+lines (atomically, see :func:`shardline._jsonl.prepare_resume`), skips those
+ids and appends the rest: the final output holds every input id once, and only
+the requests that were in flight at the kill are sent again.
+
 ``shardline demo`` does the same against the fake server, started in-process
 with a realistic fault mix, on generated input.
 """
