@@ -47,6 +47,7 @@ import random
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
@@ -327,6 +328,10 @@ class _Interrupt:
                     shard.scope.cancel()
 
     async def watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            # Signals reach only the main thread; run embedded elsewhere, we have none.
+            task_status.started()
+            return
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             task_status.started()
             async for _ in signals:
