@@ -215,3 +215,20 @@ def test_examples_import_public_names_only() -> None:
         if re.search(r"\bshardline\._", line)
     ]
     assert private == []
+
+
+def test_every_public_name_is_in_the_reference() -> None:
+    """Each name exported by shardline's public packages has a ``:::`` entry in docs/reference."""
+    import shardline
+    import shardline.ray
+    import shardline.testing
+
+    text = "\n".join(p.read_text(encoding="utf-8") for p in (DOCS / "reference").glob("*.md"))
+    documented = set(re.findall(r"^::: ([\w.]+)", text, flags=re.MULTILINE))
+    missing = [
+        f"{module.__name__}.{name}"
+        for module in (shardline, shardline.testing, shardline.ray)
+        for name in module.__all__
+        if f"{module.__name__}.{name}" not in documented
+    ]
+    assert missing == []
