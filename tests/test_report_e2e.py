@@ -36,8 +36,7 @@ async def test_report_matches_the_server_and_the_faults(tmp_path: Path) -> None:
             ("4", 2): "http_503",
             ("5", 1): "truncate",
             ("6", 1): "reset",
-            # no "malformed": the fake server sends that response to the end and counts
-            # it (and its tokens) as completed, though a correct client rejects it.
+            ("7", 1): "malformed",
             ("8", 1): "error_event",
             ("9", 1): "stall_mid",
             ("10", 1): "http_502",

@@ -18,13 +18,18 @@ from ._faults import FaultSpecError as FaultSpecError
 from ._faults import expected_cause as expected_cause
 from ._server import DEFAULT_MAX_TOKENS as DEFAULT_MAX_TOKENS
 from ._server import DEFAULT_MODEL as DEFAULT_MODEL
+from ._server import STATS_PATH as STATS_PATH
 from ._server import FakeServer as FakeServer
 from ._server import FakeServerStatistics as FakeServerStatistics
 from ._server import TimingModel as TimingModel
 from ._server import count_prompt_tokens as count_prompt_tokens
 from ._server import fake_text as fake_text
+from ._server import fetch_statistics as fetch_statistics
 from ._server import open_fake_server as open_fake_server
 from ._server import serve_fake_server as serve_fake_server
+from ._transport import TRANSPORT_FAULTS as TRANSPORT_FAULTS
+from ._transport import FakeTransport as FakeTransport
+from ._transport import FaultPicker as FaultPicker
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -32,16 +37,21 @@ __all__ = [
     "EXPECTED_CAUSE",
     "EXPECTED_CAUSE_NON_STREAMING",
     "FAULT_KINDS",
+    "STATS_PATH",
+    "TRANSPORT_FAULTS",
     "FakeServer",
     "FakeServerStatistics",
+    "FakeTransport",
     "Fault",
     "FaultKind",
+    "FaultPicker",
     "FaultPlan",
     "FaultSpecError",
     "TimingModel",
     "count_prompt_tokens",
     "expected_cause",
     "fake_text",
+    "fetch_statistics",
     "open_fake_server",
     "serve_fake_server",
 ]

@@ -34,11 +34,13 @@ from ._faults import Fault, FaultKind, FaultPlan
 __all__ = [
     "DEFAULT_MAX_TOKENS",
     "DEFAULT_MODEL",
+    "STATS_PATH",
     "FakeServer",
     "FakeServerStatistics",
     "TimingModel",
     "count_prompt_tokens",
     "fake_text",
+    "fetch_statistics",
     "open_fake_server",
     "serve_fake_server",
 ]
@@ -172,7 +174,8 @@ class FakeServerStatistics:
         in_flight: Requests being answered now.
         max_in_flight: The most requests ever answered at once.
         faults: Fault kind name to the number of times it struck.
-        completed: Completion responses served successfully to the end.
+        completed: Completion responses served successfully to the end (a
+            response that carried a malformed event is not counted).
         prompt_tokens: Prompt tokens of the completed responses.
         completion_tokens: Completion tokens of the completed responses.
         internal_errors: Connections dropped because of a bug in the fake server
@@ -195,6 +198,45 @@ class FakeServerStatistics:
     def faults_total(self) -> int:
         """All faults served, of every kind."""
         return sum(self.faults.values())
+
+    def to_json(self) -> dict[str, Any]:
+        """The counters as a JSON object (what ``GET /_shardline/stats`` returns)."""
+        out = attrs.asdict(self)
+        out["requests_by_endpoint"] = dict(self.requests_by_endpoint)
+        out["faults"] = dict(self.faults)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FakeServerStatistics:
+        """The inverse of :meth:`to_json`."""
+        return cls(**{a.name: data[a.name] for a in attrs.fields(cls)})
+
+
+STATS_PATH: Final = "/_shardline/stats"
+"""``GET {host}/_shardline/stats`` returns the counters of a server running in
+another process (for example ``shardline fake-server``) as JSON; it is not
+counted as a request. :func:`fetch_statistics` reads it."""
+
+
+def fetch_statistics(base_url: str) -> FakeServerStatistics:
+    """Read the counters of a fake server running in another process.
+
+    Example::
+
+        stats = fetch_statistics("http://127.0.0.1:8123/v1")
+        assert stats.max_in_flight <= shards * concurrency
+
+    A blocking call (it uses :func:`httpx.get`): call it from tests or scripts,
+    or from trio through :func:`trio.to_thread.run_sync`.
+    """
+    import httpx
+
+    root = base_url.rstrip("/")
+    if root.endswith("/v1"):
+        root = root[: -len("/v1")]
+    response = httpx.get(root + STATS_PATH, timeout=10.0)
+    response.raise_for_status()
+    return FakeServerStatistics.from_json(response.json())
 
 
 @attrs.define(eq=False)
@@ -375,6 +417,7 @@ class _Closed(Exception):
 
 
 _logger = logging.getLogger("shardline")
+_STATS_PATH_BYTES: Final = STATS_PATH.encode()
 
 _REASONS: Final = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 _JSON_HEADERS: Final = [(b"content-type", b"application/json")]
@@ -466,6 +509,11 @@ class _Connection:
         c = server._counters
         c.requests += 1
         path = request.target.split(b"?", 1)[0].rstrip(b"/")
+        if path == _STATS_PATH_BYTES and request.method == b"GET":
+            c.requests -= 1  # reading the counters is not traffic
+            payload = json.dumps(server.statistics().to_json()).encode()
+            await self._send_json(200, payload)
+            return
         if path.endswith(b"/chat/completions"):
             endpoint = "chat.completions"
         elif path.endswith(b"/completions"):
@@ -633,6 +681,7 @@ class _Connection:
         now = trio.current_time()
         pending = bytearray()  # events not yet framed
         sent = 0
+        spoiled = False
         for index in range(n_events + 1):
             if index == strike:
                 assert fault is not None
@@ -643,6 +692,9 @@ class _Connection:
                 out = bytearray()
                 if outcome == "end":
                     return
+                # After a malformed event the rest is sent, but no correct client
+                # counts the response as a success, so neither does the server.
+                spoiled = fault.kind is FaultKind.MALFORMED
                 # a finite stall or drip: the rest arrives late, keep pacing from now
                 now = trio.current_time()
                 due = max(due, now)
@@ -673,7 +725,8 @@ class _Connection:
         _frame(out, pending)
         out += self.conn.send(h11.EndOfMessage()) or b""
         await self._write(out, checkpoint=True)
-        self._complete(resp)
+        if not spoiled:
+            self._complete(resp)
 
     async def _strike_stream(self, resp: _Response, fault: Fault, out: bytearray, sent: int) -> str:
         """Apply a mid-stream fault. Returns ``"end"`` or ``"continue"``."""
