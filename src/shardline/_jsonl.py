@@ -126,7 +126,20 @@ class IdSet:
 
     def add(self, item_id: ItemId) -> bool:
         """Add ``item_id``; return ``True`` if it was new, ``False`` if already present."""
-        hi, lo = self._key(item_id)
+        return self.add_key(self._key(item_id))
+
+    @staticmethod
+    def key(item_id: ItemId) -> tuple[int, int]:
+        """The digest that :meth:`add_key` and :meth:`contains_key` take (hash once, use twice)."""
+        return IdSet._key(item_id)
+
+    def contains_key(self, key: tuple[int, int]) -> bool:
+        """Membership by a key from :meth:`key`."""
+        return self._find(*key)[1]
+
+    def add_key(self, key: tuple[int, int]) -> bool:
+        """:meth:`add` by a key from :meth:`key`."""
+        hi, lo = key
         i, found = self._find(hi, lo)
         if found:
             return False
@@ -237,26 +250,29 @@ def read_input(
             item_id = _peek_id(obj)
             if item_id is None:
                 item_id = line_no
+            key = IdSet.key(item_id)
+            # Reserve the id even if the line is invalid, so a later line reusing it
+            # is a duplicate.
+            first = seen.add_key(key)
+            if first and skip is not None and skip.contains_key(key):
+                # Already done: no need to validate it again (the fast path of a resume).
+                if on_skip is not None:
+                    on_skip(item_id)
+                if yield_skipped:
+                    yield InputEntry(line=line_no, item_id=item_id, skipped=True)
+                continue
             try:
                 request = request_from_json(obj, source=source, line=line_no)
             except InputError as exc:
-                # Still reserve the id, so a later line reusing it is a duplicate.
-                seen.add(item_id)
                 yield InputEntry(line=line_no, item_id=item_id, error=exc)
                 continue
-            if not seen.add(item_id):
+            if not first:
                 error = InputError(
                     f"duplicate id {item_id!r} (ids must be unique in a file)",
                     source=source,
                     line=line_no,
                 )
                 yield InputEntry(line=line_no, item_id=item_id, error=error)
-                continue
-            if skip is not None and item_id in skip:
-                if on_skip is not None:
-                    on_skip(item_id)
-                if yield_skipped:
-                    yield InputEntry(line=line_no, item_id=item_id, skipped=True)
                 continue
             if request.id is None:
                 request = attrs.evolve(request, id=item_id)
