@@ -52,6 +52,14 @@ def test_idset_distinguishes_int_and_str() -> None:
     assert s.add("7") is True
 
 
+def test_idset_accepts_lone_surrogates() -> None:
+    """An id with a lone surrogate (valid JSON: "\\ud800") is hashed, not a crash."""
+    s = IdSet()
+    assert s.add("a\ud800")
+    assert "a\ud800" in s
+    assert "a" not in s
+
+
 def test_idset_grows_and_keeps_everything() -> None:
     """Growing past the initial capacity keeps every id and admits no false positives."""
     s = IdSet(capacity=4)

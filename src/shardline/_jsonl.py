@@ -44,6 +44,7 @@ import contextlib
 import hashlib
 import json
 import os
+import struct
 import tempfile
 import time
 from array import array
@@ -69,6 +70,8 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20
+_unpack_key = struct.Struct("<QQ").unpack
+_blake2b = hashlib.blake2b
 
 
 class IdSet:
@@ -105,12 +108,16 @@ class IdSet:
 
     @staticmethod
     def _key(item_id: ItemId) -> tuple[int, int]:
-        tag = b"i:" if isinstance(item_id, int) else b"s:"
-        digest = hashlib.blake2b(tag + str(item_id).encode(), digest_size=16).digest()
-        hi = int.from_bytes(digest[:8], "little")
-        lo = int.from_bytes(digest[8:], "little")
+        if isinstance(item_id, int):
+            data = b"i:" + str(item_id).encode()
+        else:
+            # surrogatepass: JSON can carry lone surrogates ("\\ud800") in an id.
+            data = b"s:" + item_id.encode("utf-8", "surrogatepass")
+        hi, lo = _unpack_key(_blake2b(data, digest_size=16).digest())
         # (0, 0) marks an empty slot; a real digest of all zeroes is nudged.
-        return hi, (lo or 1) if hi == 0 else lo
+        if hi == 0 and lo == 0:
+            lo = 1
+        return hi, lo
 
     def _find(self, hi: int, lo: int) -> tuple[int, bool]:
         mask = self._mask
