@@ -381,6 +381,29 @@ def test_resume_appends_events(tmp_path: Path, plain_server: str) -> None:
     assert kinds.count("attempt_start") == 4
 
 
+def test_internal_error_is_one_line_and_a_file(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    plain_server: str,
+) -> None:
+    """A bug surfaces as exit 70 with one line naming a traceback file, not a traceback."""
+    import shardline._cli_run as cli_run
+
+    def broken(*_args: object) -> dict[str, object]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli_run, "outcome_to_json", broken)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    inp = write_input(tmp_path / "in.jsonl", 3)
+    assert main(["run", str(inp), "--base-url", plain_server, *FAST]) == 70
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "internal error: RuntimeError: boom" in err
+    (crash,) = tmp_path.glob("shardline-crash-*.txt")
+    assert "RuntimeError: boom" in crash.read_text()
+
+
 def test_demo_small(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

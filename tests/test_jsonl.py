@@ -202,6 +202,26 @@ def test_read_input_invalid_utf8(tmp_path: Path) -> None:
     assert "invalid JSON" in str(entry.error)
 
 
+def test_read_input_lone_surrogate_is_invalid(tmp_path: Path) -> None:
+    """A lone surrogate escape cannot be sent or logged: the line is invalid input.
+
+    An escaped surrogate pair (an emoji written as two escapes) is fine.
+    """
+    path = tmp_path / "in.jsonl"
+    path.write_text(
+        '{"id": "a\\ud800", "prompt": "x"}\n'
+        '{"id": "b", "prompt": "\\udfff"}\n'
+        '{"id": "c", "prompt": "\\ud83d\\ude00"}\n'
+    )
+    entries = list(read_input(path))
+    assert [e.error is None for e in entries] == [False, False, True]
+    assert str(entries[0].error) == (
+        f"{path}:1: a \\uXXXX escape is a lone surrogate, which is not valid Unicode"
+    )
+    assert entries[2].request is not None
+    assert entries[2].request.prompt_text() == "\U0001f600"
+
+
 def test_count_lines_skips_blank_lines(tmp_path: Path) -> None:
     """count_lines counts non-blank lines, with or without a final newline."""
     path = tmp_path / "in.jsonl"

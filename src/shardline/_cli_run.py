@@ -17,7 +17,8 @@ start again.
 
 Exit status: 0 every item ok; 1 the run finished with failed items; 2 usage,
 config or file error (nothing was sent); 130 interrupted (Ctrl-C or SIGTERM),
-after the output, events and report were flushed.
+after the output, events and report were flushed; 70 a bug in shardline (one
+line on stderr, the traceback in a file it names).
 
 Ctrl-C once: stop admitting new items and drain (in-flight requests may finish
 within ``--drain-grace`` seconds; queued ones are not sent). Ctrl-C again:
@@ -49,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -90,6 +92,8 @@ __all__ = [
     "run_command",
 ]
 
+#: Exit status for a bug in shardline (sysexits' EX_SOFTWARE); the traceback goes to a file.
+EXIT_INTERNAL = 70
 #: Outcomes buffered between the pipeline and the output writer. Small, so
 #: that after ``kill -9`` little beyond the requests in flight is sent again.
 OUTCOME_BUFFER = 8
@@ -669,11 +673,28 @@ def execute_run(
                 if isinstance(e, OSError):
                     _print_error(err, title, str(e))
             return EXIT_USAGE
+        elif isinstance(exc, Exception):
+            return _internal_error(exc, title, err)
         else:
             raise
     _finish_report(settings, builder, events_sink.hexdigest(), out, err)
     _print_summary(settings, summary, err)
     return summary.exit_status
+
+
+def _internal_error(exc: Exception, title: str, err: IO[str]) -> int:
+    """A bug: one line for the user, the traceback in a file for the bug report."""
+    first = next((e for e in _leaves(exc) if not isinstance(e, KeyboardInterrupt)), exc)
+    fd, name = tempfile.mkstemp(prefix="shardline-crash-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        traceback.print_exception(exc, file=f)
+    _print_error(
+        err,
+        title,
+        f"internal error: {type(first).__name__}: {first} (output and events are flushed; "
+        f"traceback in {name}, please report it)",
+    )
+    return EXIT_INTERNAL
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -44,6 +44,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import struct
 import tempfile
 import time
@@ -257,6 +258,14 @@ def read_input(
             item_id = _peek_id(obj)
             if item_id is None:
                 item_id = line_no
+            if b"\\u" in raw and _SURROGATE_ESCAPE.search(raw) and not _encodable(obj):
+                reason = "a \\uXXXX escape is a lone surrogate, which is not valid Unicode"
+                yield InputEntry(
+                    line=line_no,
+                    item_id=line_no,
+                    error=InputError(reason, source=source, line=line_no),
+                )
+                continue
             key = IdSet.key(item_id)
             # Reserve the id even if the line is invalid, so a later line reusing it
             # is a duplicate.
@@ -284,6 +293,19 @@ def read_input(
             if request.id is None:
                 request = attrs.evolve(request, id=item_id)
             yield InputEntry(line=line_no, item_id=item_id, request=request)
+
+
+#: A JSON escape of a UTF-16 surrogate; a valid pair decodes to one character,
+#: a lone one to a string that cannot be encoded (nor sent, nor logged).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _encodable(obj: object) -> bool:
+    try:
+        json.dumps(obj, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def count_lines(path: str | os.PathLike[str]) -> int:
