@@ -61,11 +61,13 @@ from shardline import (
 from shardline.testing import (
     FakeServer,
     FakeServerStatistics,
+    FakeTransport,
     Fault,
     FaultKind,
     FaultPlan,
     TimingModel,
     expected_cause,
+    fetch_statistics,
     open_fake_server,
 )
 
@@ -200,3 +202,21 @@ async def check_testing() -> None:
         config = PipelineConfig(endpoint=Endpoint(base_url=server.base_url))
         async with open_pipeline(config) as pipeline:
             assert_type(pipeline.statistics().ok, int)
+
+
+async def check_virtual_time(config: PipelineConfig) -> None:
+    """FakeTransport: a pipeline with no sockets, for tests on trio's MockClock."""
+
+    def plan(item_id: str, attempt: int) -> str | None:
+        return "stall_mid" if attempt == 1 else None
+
+    transports: dict[int, FakeTransport] = {}
+
+    def transport(shard: int) -> FakeTransport:
+        transports[shard] = FakeTransport(plan=plan)
+        return transports[shard]
+
+    async with open_pipeline(config, transport=transport) as pipeline:
+        assert_type(pipeline.statistics().retries, int)
+    assert_type(transports[0].requests, int)
+    assert_type(fetch_statistics("http://127.0.0.1:8000/v1"), FakeServerStatistics)
