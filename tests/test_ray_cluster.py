@@ -1,13 +1,15 @@
 """End to end on a local Ray instance: `shardline run --ray` and `map_batches(ShardlineBatch)`.
 
 Skipped when Ray Data is not installed (the ``shardline[ray]`` extra). One Ray
-instance serves the whole session (two CPUs, no dashboard). Ray fails by
+instance serves every test here (two CPUs, no dashboard), and is shut down
+after them so that it does not outlive this module. Ray fails by
 hanging, so every test runs under a hard ``signal.alarm`` timeout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -56,32 +58,37 @@ class RayHang(Exception):
     """A Ray call did not return in time."""
 
 
-def _alarm(seconds: int) -> None:
+@contextlib.contextmanager
+def alarm(seconds: int) -> Iterator[None]:
+    """Raise RayHang in the main thread if the block takes longer than ``seconds``."""
+
     def fire(_sig: int, _frame: FrameType | None) -> None:
         raise RayHang(f"no progress in {seconds} s: Ray is hanging")
 
-    signal.signal(signal.SIGALRM, fire)
+    previous = signal.signal(signal.SIGALRM, fire)
     signal.alarm(seconds)
-
-
-@pytest.fixture(scope="session")
-def ray_session() -> Iterator[Any]:
-    """A local Ray instance with two CPUs for the whole session."""
-    _alarm(INIT_TIMEOUT)
     try:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield
     finally:
         signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(scope="module")
+def ray_session() -> Iterator[Any]:
+    """One local Ray instance with two CPUs for every Ray test (shut down after them)."""
+    with alarm(INIT_TIMEOUT):
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
-    ray.shutdown()
+    with alarm(INIT_TIMEOUT):
+        ray.shutdown()
 
 
 @pytest.fixture
 def hard_timeout() -> Iterator[None]:
-    _alarm(TEST_TIMEOUT)
-    yield
-    signal.alarm(0)
+    with alarm(TEST_TIMEOUT):
+        yield
 
 
 @pytest.fixture(scope="module")

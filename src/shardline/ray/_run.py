@@ -256,10 +256,9 @@ def run_on_ray(
     except ImportError:
         _print_error(err, title, "--ray needs Ray Data: pip install 'shardline[ray]' (ray[data])")
         return EXIT_USAGE
-    with _sigterm_as_interrupt():
-        return _run(
-            settings, ray_settings, ray, local=local, progress=settings.progress, out=out, err=err
-        )
+    return _run(
+        settings, ray_settings, ray, local=local, progress=settings.progress, out=out, err=err
+    )
 
 
 @contextlib.contextmanager
@@ -337,7 +336,9 @@ def _run(
     spools = _Spools(workdir)
     driver_started = time.time()
     config = settings.config
+    signals = contextlib.ExitStack()
     try:
+        signals.enter_context(_sigterm_as_interrupt())
         # 2. Read and validate the input into blocks of valid requests (Ray is not needed yet).
         driver = spools.driver()
         driver.write(
@@ -412,6 +413,8 @@ def _run(
                     log_to_driver=True,
                 )
                 started_ray = True
+            # After ray.init, which installs its own SIGTERM handlers (exit, abort).
+            signals.enter_context(_sigterm_as_interrupt())
             ray.data.DataContext.get_current().enable_progress_bars = progress
             ds = _dataset(ray, blocks).map_batches(
                 ShardlineBatch,
@@ -465,6 +468,7 @@ def _run(
         paths = spools.close()
         if started_ray:
             ray.shutdown()
+        signals.close()
     # 4. One events file for the run, and its report.
     try:
         merged = merge_events(
