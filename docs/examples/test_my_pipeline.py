@@ -3,6 +3,7 @@
 from collections.abc import Awaitable, Callable
 
 import pytest
+import trio
 
 from shardline import (
     AttemptError,
@@ -15,7 +16,14 @@ from shardline import (
     RetryPolicy,
     open_pipeline,
 )
-from shardline.testing import FakeServer, Fault, FaultPlan, expected_cause, open_fake_server
+from shardline.testing import (
+    FakeServer,
+    FakeTransport,
+    Fault,
+    FaultPlan,
+    expected_cause,
+    open_fake_server,
+)
 
 
 # --- the code under test: yours ------------------------------------------------------------
@@ -80,3 +88,21 @@ async def test_each_fault_is_reported_with_its_cause(
             await summarize(pipeline, "doc", "some text")
     assert info.value.cause == expected_cause(kind)
     assert info.value.item_id == "doc"
+
+
+async def test_production_deadlines_on_virtual_time(autojump_clock: trio.abc.Clock) -> None:
+    """The default 30 s stall deadline, tested in milliseconds with FakeTransport."""
+
+    def stall_first_attempts(item_id: str, attempt: int) -> str | None:
+        return "stall_mid" if attempt == 1 else None
+
+    config = PipelineConfig(endpoint=Endpoint(base_url="http://llm.invalid/v1", model="m"))
+    started = trio.current_time()
+    async with open_pipeline(
+        config, transport=lambda shard: FakeTransport(plan=stall_first_attempts)
+    ) as pipeline:
+        result = await pipeline.complete(
+            ChatRequest(id="doc", messages=[{"role": "user", "content": "Hi"}])
+        )
+    assert result.attempts == 2
+    assert trio.current_time() - started >= 30  # virtual seconds: the stall deadline
