@@ -188,6 +188,16 @@ def test_numpy_batch_comes_back_as_numpy_columns(batch_fn: ShardlineBatch) -> No
     assert out["status"].tolist() == ["ok", "ok"]
 
 
+def test_pyarrow_batch_comes_back_with_explicit_types(batch_fn: ShardlineBatch) -> None:
+    """A pyarrow batch gives typed columns: all-null `cause` is still a string column."""
+    pa = pytest.importorskip("pyarrow")
+    out = batch_fn(pa.table(requests_column(["t1", "t2"])))
+    assert isinstance(out, pa.Table)
+    assert out.column("status").to_pylist() == ["ok", "ok"]
+    assert out.schema.field("cause").type == pa.string()
+    assert out.schema.field("prompt_tokens").type == pa.int64()
+
+
 def test_records_output_is_the_run_output_line(fake: ServerThread) -> None:
     """output='records' gives the exact `shardline run` output line of each item."""
     with ShardlineBatch(config=make_config(fake.url), output="records") as fn:

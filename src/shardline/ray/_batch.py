@@ -258,7 +258,21 @@ def _build(like: Any, columns: dict[str, list[Any]]) -> Any:
         return frame
     if module == "pyarrow":
         pa = sys.modules["pyarrow"]
-        return pa.table(columns)
+        types = {
+            "id": None,  # as the input ids (string or integer)
+            "usage_estimated": pa.bool_(),
+            "ttft_s": pa.float64(),
+            "latency_s": pa.float64(),
+            **dict.fromkeys(_INT_COLUMNS, pa.int64()),
+        }
+        # Explicit types, so that a column that is all null in one batch (``cause``
+        # when every item succeeded) is not typed ``null`` there and ``string`` elsewhere.
+        return pa.table(
+            {
+                name: pa.array(values, type=types.get(name, pa.string()))
+                for name, values in columns.items()
+            }
+        )
     if isinstance(like, Mapping) and any(
         type(v).__module__.split(".", 1)[0] == "numpy" for v in like.values()
     ):
