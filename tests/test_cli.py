@@ -241,7 +241,24 @@ def test_output_in_missing_directory_exits_2(
     inp = write_input(tmp_path / "in.jsonl", 1)
     out = tmp_path / "no" / "out.jsonl"
     assert main(["run", str(inp), "--base-url", "http://127.0.0.1:9/v1", "-o", str(out)]) == 2
-    assert f"cannot write output file {out}" in capsys.readouterr().err
+    assert f"cannot write output file {out}: directory {out.parent} does not exist" in (
+        capsys.readouterr().err
+    )
+
+
+def test_bad_events_or_report_path_touches_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unwritable events or report path exits 2 before the output is truncated."""
+    inp = write_input(tmp_path / "in.jsonl", 1)
+    out = tmp_path / "in.out.jsonl"
+    out.write_text('{"id": "q0", "status": "ok"}\n')
+    base = ["run", str(inp), "--base-url", "http://127.0.0.1:9/v1", "--overwrite"]
+    assert main([*base, "--events", str(tmp_path / "no" / "e.jsonl")]) == 2
+    assert "cannot write events file" in capsys.readouterr().err
+    assert main([*base, "--report-json", str(tmp_path)]) == 2
+    assert f"cannot write report {tmp_path}: it is a directory" in capsys.readouterr().err
+    assert out.read_text() == '{"id": "q0", "status": "ok"}\n'
 
 
 # -- runs against the fake server ------------------------------------------------------------

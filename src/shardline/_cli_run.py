@@ -560,6 +560,20 @@ async def _run_pipeline(
             display.close(final)
 
 
+def _unwritable(path: Path | None) -> str | None:
+    """Why ``path`` cannot be written, checked before any file is touched (or ``None``)."""
+    if path is None:
+        return None
+    parent = path.parent
+    if path.is_dir():
+        return "it is a directory"
+    if not parent.is_dir():
+        return f"directory {parent} does not exist"
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return "permission denied"
+    return None
+
+
 def _print_error(stderr: IO[str], title: str, message: str) -> None:
     print(f"{title}: error: {message}", file=stderr, flush=True)
 
@@ -608,6 +622,15 @@ def execute_run(
             "or --overwrite to start again",
         )
         return EXIT_USAGE
+    for what, target in (
+        ("output file", settings.output),
+        ("events file", settings.events),
+        ("report", settings.report_json),
+    ):
+        problem = _unwritable(target)
+        if problem is not None:
+            _print_error(err, title, f"cannot write {what} {target}: {problem}")
+            return EXIT_USAGE
     try:
         if settings.resume:
             summary.resume = prepare_resume(settings.output)
