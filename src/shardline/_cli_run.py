@@ -892,8 +892,8 @@ def register(subparsers: Any) -> None:
         epilog=(
             "defaults: output INPUT.out.jsonl, events INPUT.events.jsonl (next to the input). "
             "exit status: 0 all ok, 1 some items failed, 2 usage/config/file error, "
-            "130 interrupted. Ctrl-C once drains, twice cancels; unfinished items are not "
-            "written, so --resume runs them."
+            "130 interrupted, 70 internal error. Ctrl-C once drains, twice cancels; "
+            "unfinished items are not written, so --resume runs them."
         ),
     )
     run.add_argument("input", metavar="INPUT.jsonl", help="requests, one JSON object per line")
