@@ -15,6 +15,7 @@ import io
 import json
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,9 +199,29 @@ def test_run_on_ray_gives_the_outputs_and_report_of_a_single_machine_run(
     assert "48 ok, 2 failed" in err.getvalue()
 
 
+class DiesOnce(ShardlineBatch):
+    """Finishes the batch holding ``m13``, then kills its process before returning, once.
+
+    Ray restarts the actor and runs the batch again: its events are then in the
+    actors' files twice (two complete executions), which the merge must count once.
+    """
+
+    def __init__(self, *, marker: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.marker = Path(marker)
+
+    def __call__(self, batch: Any) -> Any:
+        out = super().__call__(batch)
+        if "m13" in list(batch["id"]) and not self.marker.exists():
+            self.marker.touch()
+            os._exit(1)
+        return out
+
+
 @pytest.mark.usefixtures("hard_timeout")
 def test_map_batches_with_events_dir(ray_session: Any, fake_url: str, tmp_path: Path) -> None:
-    """The library route: pandas batches, two actors, events files merged into one report."""
+    """The library route: pandas batches, two actors, one killed after a batch; counted once."""
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     config = PipelineConfig(
         endpoint=Endpoint(base_url=fake_url, model="m"),
         shard_count=1,
@@ -209,8 +230,13 @@ def test_map_batches_with_events_dir(ray_session: Any, fake_url: str, tmp_path: 
     )
     items = [{"id": f"m{i}", "prompt": f"row {i}", "max_tokens": 5} for i in range(40)]
     ds = ray.data.from_items(items, override_num_blocks=4).map_batches(
-        ShardlineBatch,
-        fn_constructor_kwargs={"config": config, "events_dir": str(tmp_path), "run_id": "lib"},
+        DiesOnce,
+        fn_constructor_kwargs={
+            "config": config,
+            "events_dir": str(tmp_path / "events"),
+            "run_id": "lib",
+            "marker": str(tmp_path / "died"),
+        },
         compute=ray.data.ActorPoolStrategy(size=2),
         num_cpus=0.25,
         batch_size=10,
@@ -219,8 +245,10 @@ def test_map_batches_with_events_dir(ray_session: Any, fake_url: str, tmp_path: 
     rows = ds.take_all()
     assert sorted(r["id"] for r in rows) == sorted(i["id"] for i in items)
     assert {r["status"] for r in rows} <= {"ok", "failed"}
-    merged = merge_event_dir(tmp_path, tmp_path / "run.events.jsonl", run_id="lib")
+    assert (tmp_path / "died").exists()
+    merged = merge_event_dir(tmp_path / "events", tmp_path / "run.events.jsonl", run_id="lib")
     assert merged.batches == 4
+    assert merged.superseded == 1  # the batch Ray ran again
     report = report_of(tmp_path / "run.events.jsonl")
     assert report.items == 40
     assert report.succeeded == sum(r["status"] == "ok" for r in rows)
