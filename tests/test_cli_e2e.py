@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from shardline._cli_run import OUTCOME_BUFFER
+from shardline.testing import fetch_statistics
 
 pytestmark = pytest.mark.slow
 
@@ -133,6 +134,9 @@ def test_subprocess_run_with_faults(server: str, tmp_path: Path) -> None:
     assert sorted(r["id"] for r in records) == sorted(f"item-{i}" for i in range(100))
     assert {r["status"] for r in records} == {"ok"}
     assert "sk-test-SECRET" not in proc.stdout + proc.stderr
+    stats = fetch_statistics(server)
+    assert stats.max_in_flight <= SHARDS * CONCURRENCY
+    assert stats.requests_by_endpoint["chat.completions"] > 100  # faults were retried
     assert "sk-test-SECRET" not in (tmp_path / "in.events.jsonl").read_text()
 
 
@@ -214,6 +218,10 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(server: str, tmp_path: 
     # (or finished but still in the small outcome buffer) when the process died.
     assert not (sent_again & written_before)
     assert len(sent_again) <= SHARDS * CONCURRENCY + OUTCOME_BUFFER + 1
+    # The server's own count agrees: every item once, plus what was in flight at the kill
+    # (an attempt the killed process had started but not yet sent never reached it).
+    received = fetch_statistics(server).requests_by_endpoint["chat.completions"]
+    assert n <= received <= data["attempts"] <= n + SHARDS * CONCURRENCY
     assert "Traceback" not in resumed.stderr
 
 
