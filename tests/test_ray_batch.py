@@ -491,3 +491,23 @@ def test_importing_shardline_ray_does_not_import_ray() -> None:
     """Ray is optional: `import shardline` and `import shardline.ray` leave it unimported."""
     code = "import sys, shardline, shardline.ray; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_run_on_ray_checks_the_events_path_before_running(tmp_path: Path) -> None:
+    """An events file that cannot be written is a usage error before Ray or any request."""
+    pytest.importorskip("ray")
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps(chat("x")) + "\n")
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    _cli_run.register(sub)
+    run = sub.choices["run"]
+    if not any(a.dest == "ray" for a in run._actions):
+        add_ray_options(run)
+    missing = tmp_path / "no" / "such" / "events.jsonl"
+    base = ["run", str(source), "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]
+    args = parser.parse_args([*base, "--events", str(missing), "--ray"])
+    err = io.StringIO()
+    assert run_on_ray(args, environ={"RAY_ADDRESS": "127.0.0.1:9"}, stderr=err) == 2
+    assert f"cannot write events file {missing}: directory" in err.getvalue()
+    assert not (tmp_path / "in.out.jsonl").exists()

@@ -309,6 +309,16 @@ def _run(
             "or --overwrite to start again",
         )
         return EXIT_USAGE
+    for what, target in (
+        ("output file", settings.output),
+        ("events file", settings.events),
+        ("report", settings.report_json),
+    ):
+        # The events file is written at the end, after the Ray job: check it now.
+        problem = _unwritable(target)
+        if problem is not None:
+            _print_error(err, title, f"cannot write {what} {target}: {problem}")
+            return EXIT_USAGE
     try:
         if settings.resume:
             summary.resume = prepare_resume(settings.output)
@@ -320,6 +330,13 @@ def _run(
             err, title, f"cannot write output file {settings.output}: {exc.strerror or exc}"
         )
         return EXIT_USAGE
+    if settings.config.endpoint.model is None:
+        print(
+            f"{title}: warning: no model set (--model or OPENAI_MODEL): lines without a "
+            "'model' field are sent without one",
+            file=err,
+            flush=True,
+        )
     if settings.resume and summary.resume is not None and summary.resume.kept:
         r = summary.resume
         print(
@@ -503,6 +520,19 @@ def _run(
         )
         return max(summary.exit_status, EXIT_FAILED_ITEMS)
     return summary.exit_status
+
+
+def _unwritable(path: Path | None) -> str | None:
+    """Why ``path`` cannot be written (or ``None``), checked before anything runs."""
+    if path is None:
+        return None
+    if path.is_dir():
+        return "it is a directory"
+    if not path.parent.is_dir():
+        return f"directory {path.parent} does not exist"
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return "permission denied"
+    return None
 
 
 def _print_error(stderr: IO[str], title: str, message: str) -> None:
