@@ -226,8 +226,11 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(server: str, tmp_path: 
 
 
 @pytest.mark.parametrize("server", [SLOW_MODEL], indirect=True)
-def test_ctrl_c_drains_flushes_and_exits_130(server: str, tmp_path: Path) -> None:
-    """SIGINT mid-run: exit 130, no traceback, whole lines, report printed; resume finishes."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_drains_flushes_and_exits_130(
+    server: str, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """SIGINT or SIGTERM mid-run: exit 130, no traceback, whole lines, report; resume finishes."""
     n = 160
     inp = write_input(tmp_path / "in.jsonl", n)
     out = tmp_path / "in.out.jsonl"
@@ -251,7 +254,7 @@ def test_ctrl_c_drains_flushes_and_exits_130(server: str, tmp_path: Path) -> Non
     )
     try:
         wait_for_lines(out, 30, proc, timeout=20)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
