@@ -42,6 +42,7 @@ pytest.importorskip("ray.data")
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.ray,
     # Ray and its dependencies warn about their own internals.
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
     pytest.mark.filterwarnings("ignore::UserWarning"),
