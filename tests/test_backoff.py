@@ -391,11 +391,21 @@ def test_budget_refuses_when_spent_and_recovers_with_requests() -> None:
 
 def test_budget_repr_is_informative() -> None:
     """The repr shows used/allowed retries, the formula and refusals."""
-    budget = RetryPolicy(budget_ratio=0.2, budget_min_retries=3).new_budget()
+    budget = RetryPolicy(budget_ratio=0.2, budget_min_retries=3, budget_window=None).new_budget()
     for _ in range(10):
         budget.record_request()
     budget.try_acquire_retry()
     assert repr(budget) == "<RetryBudget 1/5 retries used (0.2 x 10 requests + 3), 0 refused>"
+
+
+async def test_windowed_budget_repr(autojump_clock: object) -> None:
+    """A windowed budget's repr names its window."""
+    budget = RetryBudget(ratio=0.2, min_retries=3, window=60)
+    for _ in range(10):
+        budget.record_request()
+    assert repr(budget) == (
+        "<RetryBudget 0/5 retries in the last 60s (0.2 x 10 requests + 3), 0 refused>"
+    )
 
 
 def test_budget_validation_messages() -> None:
@@ -409,3 +419,36 @@ def test_budget_validation_messages() -> None:
 def test_client_error_carries_no_retry() -> None:
     """A ClientError's cause is outside the default retry set (sanity of the mapping)."""
     assert ClientError("bad", status_code=400).cause not in DEFAULT_RETRY_ON
+
+
+async def test_windowed_budget_forgets_old_requests(autojump_clock: object) -> None:
+    """With a window, retries earned by old requests expire: no banked storm."""
+    import trio
+
+    budget = RetryBudget(ratio=0.5, min_retries=1, window=60.0)
+    for _ in range(100):
+        budget.record_request()
+    assert budget.available == 51
+    await trio.sleep(61)
+    # A minute later the 100 healthy requests no longer count: only the floor is left.
+    assert budget.available == 1
+    assert budget.try_acquire_retry()
+    assert not budget.try_acquire_retry()
+    assert budget.requests == 100
+    assert budget.retries == 1
+    assert budget.refused == 1
+
+
+async def test_policy_budget_is_windowed_by_default(autojump_clock: object) -> None:
+    """RetryPolicy.new_budget() counts over its budget_window (60 s by default)."""
+    budget = RetryPolicy().new_budget()
+    assert budget.window == 60.0
+    assert RetryPolicy(budget_window=None).new_budget().window is None
+
+
+def test_budget_window_validation() -> None:
+    """A non-positive window is a ConfigError naming the parameter."""
+    with pytest.raises(ConfigError, match=r"^budget_window must be > 0 seconds or None, got 0$"):
+        RetryPolicy(budget_window=0)
+    with pytest.raises(ConfigError, match=r"^window must be > 0 seconds or None, got -1$"):
+        RetryBudget(window=-1)

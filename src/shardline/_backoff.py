@@ -24,11 +24,13 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import attrs
+import trio
 
 from ._exceptions import AttemptError, Cause, ConfigError
 
@@ -39,6 +41,7 @@ __all__ = [
     "DEFAULT_BACKOFF_MULTIPLIER",
     "DEFAULT_BUDGET_MIN_RETRIES",
     "DEFAULT_BUDGET_RATIO",
+    "DEFAULT_BUDGET_WINDOW",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_RETRY_AFTER_CAP",
     "DEFAULT_RETRY_AFTER_JITTER",
@@ -75,6 +78,10 @@ DEFAULT_RETRY_AFTER_JITTER = 1.0
 DEFAULT_BUDGET_RATIO = 0.2
 #: ...plus this floor, so a small run can still retry (Finagle: 10 per second).
 DEFAULT_BUDGET_MIN_RETRIES = 10
+#: The retry budget counts the requests and retries of the last minute.
+DEFAULT_BUDGET_WINDOW = 60.0
+#: A windowed budget keeps this many counting buckets per window.
+WINDOW_BUCKETS = 60
 
 #: Causes retried by default: every attempt failure except ``client_error``
 #: (the request itself is wrong; sending it again cannot help). ``invalid_input``
@@ -338,6 +345,7 @@ class RetryPolicy:
             Retry-After (>= 0).
         budget_ratio: Retries allowed per request, for :meth:`new_budget` (>= 0).
         budget_min_retries: Retries always allowed on top, for :meth:`new_budget` (>= 0).
+        budget_window: Seconds over which the budget counts (``None``: the whole run).
     """
 
     max_attempts: int = attrs.field(
@@ -357,6 +365,14 @@ class RetryPolicy:
     budget_min_retries: int = attrs.field(
         default=DEFAULT_BUDGET_MIN_RETRIES, validator=_integer("budget_min_retries", ge=0)
     )
+    budget_window: float | None = attrs.field(default=DEFAULT_BUDGET_WINDOW)
+
+    @budget_window.validator
+    def _check_budget_window(self, _attr: object, value: float | None) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(f"budget_window must be > 0 seconds or None, got {value!r}")
 
     @retry_on.validator
     def _check_retry_on(self, _attr: object, value: frozenset[Cause]) -> None:
@@ -409,7 +425,11 @@ class RetryPolicy:
 
     def new_budget(self) -> RetryBudget:
         """A fresh :class:`RetryBudget` with this policy's ratio and floor."""
-        return RetryBudget(ratio=self.budget_ratio, min_retries=self.budget_min_retries)
+        return RetryBudget(
+            ratio=self.budget_ratio,
+            min_retries=self.budget_min_retries,
+            window=self.budget_window,
+        )
 
 
 @attrs.define(eq=False)
@@ -423,9 +443,14 @@ class RetryBudget:
     arrive. Call :meth:`record_request` once per new item (its first attempt),
     and :meth:`try_acquire_retry` before scheduling each retry.
 
-    The count is over the whole run, not a sliding window: simple to reason
-    about (the invariant ``retries <= ratio * requests + min_retries`` always
-    holds) and a batch run is one window. Not thread-safe; trio tasks are fine.
+    With ``window=None`` the count is over the whole run: the invariant
+    ``retries <= ratio * requests + min_retries`` always holds. With a
+    ``window`` in seconds (what :meth:`RetryPolicy.new_budget` uses, 60 s by
+    default) only the requests and retries of the last ``window`` seconds
+    count, as in Finagle: an hour of healthy traffic does not bank retries
+    that a failure storm at the end of the run could then spend all at once.
+    Time comes from ``clock`` (trio's clock by default, so it must then be used
+    inside ``trio.run``). Not thread-safe; trio tasks are fine.
 
     Example::
 
@@ -440,18 +465,29 @@ class RetryBudget:
     min_retries: int = attrs.field(
         default=DEFAULT_BUDGET_MIN_RETRIES, validator=_integer("min_retries", ge=0)
     )
+    window: float | None = attrs.field(default=None)
+    clock: Callable[[], float] = attrs.field(default=trio.current_time, repr=False)
     _requests: int = attrs.field(default=0, init=False)
     _retries: int = attrs.field(default=0, init=False)
     _refused: int = attrs.field(default=0, init=False)
+    # Windowed counts: (bucket start, requests, retries), WINDOW_BUCKETS per window.
+    _buckets: deque[list[float]] = attrs.field(factory=deque, init=False)
+
+    @window.validator
+    def _check_window(self, _attr: object, value: float | None) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(f"window must be > 0 seconds or None, got {value!r}")
 
     @property
     def requests(self) -> int:
-        """Requests recorded so far."""
+        """Requests recorded so far (the whole run)."""
         return self._requests
 
     @property
     def retries(self) -> int:
-        """Retries granted so far."""
+        """Retries granted so far (the whole run)."""
         return self._retries
 
     @property
@@ -459,32 +495,58 @@ class RetryBudget:
         """Retries refused so far because the budget was spent."""
         return self._refused
 
+    def _counts(self) -> tuple[float, float]:
+        """Requests and retries that count now: in the window, or in the whole run."""
+        if self.window is None:
+            return float(self._requests), float(self._retries)
+        horizon = self.clock() - self.window
+        buckets = self._buckets
+        while buckets and buckets[0][0] <= horizon:
+            buckets.popleft()
+        return sum(b[1] for b in buckets), sum(b[2] for b in buckets)
+
+    def _bucket(self) -> list[float]:
+        assert self.window is not None
+        width = self.window / WINDOW_BUCKETS
+        start = math.floor(self.clock() / width) * width
+        if not self._buckets or self._buckets[-1][0] != start:
+            self._buckets.append([start, 0.0, 0.0])
+        return self._buckets[-1]
+
     @property
     def allowed(self) -> int:
-        """Retries the budget allows in total at this moment."""
+        """Retries the budget allows at this moment (in the window, if there is one)."""
+        requests, _ = self._counts()
         # The epsilon keeps 0.2 * 5 == 1 from flooring to 0 through float error.
-        return math.floor(self.ratio * self._requests + 1e-9) + self.min_retries
+        return math.floor(self.ratio * requests + 1e-9) + self.min_retries
 
     @property
     def available(self) -> int:
         """Retries that could be granted right now."""
-        return max(0, self.allowed - self._retries)
+        _, retries = self._counts()
+        return max(0, self.allowed - int(retries))
 
     def record_request(self) -> None:
         """Count one new request (an item's first attempt), earning ``ratio`` of a retry."""
         self._requests += 1
+        if self.window is not None:
+            self._bucket()[1] += 1
 
     def try_acquire_retry(self) -> bool:
         """Take one retry from the budget: ``True`` if granted, ``False`` if spent."""
-        if self._retries < self.allowed:
+        if self.available > 0:
             self._retries += 1
+            if self.window is not None:
+                self._bucket()[2] += 1
             return True
         self._refused += 1
         return False
 
     def __repr__(self) -> str:
+        requests, retries = self._counts()
+        span = "used" if self.window is None else f"in the last {self.window:g}s"
         return (
-            f"<RetryBudget {self._retries}/{self.allowed} retries used "
-            f"({self.ratio:g} x {self._requests} requests + {self.min_retries}), "
+            f"<RetryBudget {int(retries)}/{self.allowed} retries {span} "
+            f"({self.ratio:g} x {int(requests)} requests + {self.min_retries}), "
             f"{self._refused} refused>"
         )
