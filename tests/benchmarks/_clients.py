@@ -149,6 +149,7 @@ def run_shardline(p: dict[str, Any], out: Out) -> dict[str, Any]:
     # token of its last attempt, retries included -- what a user waits.
     first_start: dict[Any, float] = {}
     first_token: dict[Any, float] = {}
+    last_end: dict[Any, float] = {}
     item_timing = bool(p.get("item_timing"))
 
     class _NullSink:
@@ -165,6 +166,8 @@ def run_shardline(p: dict[str, Any], out: Out) -> dict[str, Any]:
                 first_start.setdefault(event.item_id, event.t)
             elif kind == "first_token":
                 first_token[event.item_id] = event.t
+            elif kind == "attempt_end":
+                last_end[event.item_id] = event.t
 
         def close(self) -> None:
             pass
@@ -190,8 +193,11 @@ def run_shardline(p: dict[str, Any], out: Out) -> dict[str, Any]:
                     if item_timing:
                         t_first = first_start.pop(o.id, None)
                         t_tok = first_token.pop(o.id, None)
+                        t_end = last_end.pop(o.id, None)
                         if t_first is not None:
-                            lat = pipeline.now() - t_first
+                            # First send to the end of the last attempt (not to our
+                            # receipt of the outcome, which waits for this loop's turn).
+                            lat = (t_end if t_end is not None else pipeline.now()) - t_first
                             if o.result is not None and t_tok is not None:
                                 ttft_item = t_tok - t_first
                             else:

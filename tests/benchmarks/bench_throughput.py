@@ -175,7 +175,7 @@ def main() -> int:
     ap.add_argument(
         "--quick", action="store_true", help="one round, burst only, fewer requests (< 40 s)"
     )
-    ap.add_argument("--requests", type=int, default=None, help="requests per run (1500; quick 400)")
+    ap.add_argument("--requests", type=int, default=None, help="requests per run (600; quick 300)")
     ap.add_argument(
         "--rounds", type=int, default=None, help="rounds, medians reported (2; quick 1)"
     )
@@ -192,7 +192,7 @@ def main() -> int:
         help="add shardline-opt: shardline with the candidate patches of _experiments.py",
     )
     args = ap.parse_args()
-    n = args.requests or (400 if args.quick else 1500)
+    n = args.requests or (300 if args.quick else 600)
     rounds = args.rounds or (1 if args.quick else 2)
     scenario = args.scenario or ("burst" if args.quick else "all")
     scenarios = list(SCENARIOS) if scenario == "all" else [scenario]

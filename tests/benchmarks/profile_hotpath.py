@@ -8,6 +8,7 @@ top functions by self time and by inclusive time. Run it from the repository roo
 
     uv run --with py-spy python tests/benchmarks/profile_hotpath.py            # shardline
     uv run --with py-spy python tests/benchmarks/profile_hotpath.py --kind httpx
+    uv run --with py-spy python tests/benchmarks/profile_hotpath.py --ttft 0.05 --itl 0.002  # paced
 
 py-spy needs ptrace permission (root, or ``kernel.yama.ptrace_scope=0``).
 Samples taken while importing modules are left out.
@@ -130,6 +131,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--itl", type=float, default=0.0, help="fake server seconds per token")
+    ap.add_argument("--ttft", type=float, default=0.0, help="fake server time to first token")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--keep", metavar="FILE", help="also keep the raw collapsed stacks here")
     args = ap.parse_args()
@@ -140,7 +142,7 @@ def main() -> int:
     print(f"# profile_hotpath: {args.kind}, {machine()}")
     with tempfile.TemporaryDirectory(prefix="shardline-prof-") as tmpdir:
         tmp = Path(tmpdir)
-        with fake_servers(1, itl=args.itl) as servers:
+        with fake_servers(1, ttft=args.ttft, itl=args.itl) as servers:
             params = {
                 "urls": [s.base_url for s in servers],
                 "shards": args.shards,
