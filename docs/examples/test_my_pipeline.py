@@ -4,6 +4,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shardline import (
     AttemptError,
@@ -11,6 +14,7 @@ from shardline import (
     ChatRequest,
     Deadlines,
     Endpoint,
+    Outcome,
     Pipeline,
     PipelineConfig,
     RetryPolicy,
@@ -106,3 +110,42 @@ async def test_production_deadlines_on_virtual_time(autojump_clock: trio.abc.Clo
         )
     assert result.attempts == 2
     assert trio.current_time() - started >= 30  # virtual seconds: the stall deadline
+
+
+# --- a property, with hypothesis: any faults, on any attempts, never lose an item -----------
+FAULTS = st.sampled_from(["stall_mid", "drip", "reset", "truncate", "rate_limit", "http_503"])
+ITEMS = [str(n) for n in range(12)]
+
+
+@settings(max_examples=25, deadline=None)
+@given(plan=st.dictionaries(st.tuples(st.sampled_from(ITEMS), st.integers(1, 3)), FAULTS))
+def test_every_item_ends_exactly_once(plan: dict[tuple[str, int], str]) -> None:
+    """Whatever fault strikes whichever attempt, each item gets one outcome, with a cause."""
+
+    async def run() -> list[Outcome]:
+        config = PipelineConfig(
+            endpoint=Endpoint(base_url="http://llm.invalid/v1", model="m"),
+            shard_count=3,
+            concurrency=2,
+            retry=RetryPolicy(max_attempts=3),
+        )
+        requests = [ChatRequest(id=i, messages=[{"role": "user", "content": "Hi"}]) for i in ITEMS]
+        outcomes: list[Outcome] = []
+
+        def picker(item_id: str, attempt: int) -> str | None:
+            return plan.get((item_id, attempt))
+
+        async with open_pipeline(
+            config, transport=lambda shard: FakeTransport(plan=picker)
+        ) as pipeline:
+            send, recv = trio.open_memory_channel[Outcome](len(requests))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pipeline.map, requests, send)
+                outcomes = [outcome async for outcome in recv]
+        return outcomes
+
+    outcomes = trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert sorted(str(o.id) for o in outcomes) == sorted(ITEMS)  # none lost, none twice
+    for outcome in outcomes:
+        assert outcome.ok or outcome.cause is not None
+        assert outcome.attempts <= 3
