@@ -84,6 +84,7 @@ def check_config() -> None:
     )
     assert_type(policy.max_total_delay(), float)
     assert_type(policy.retry_on, frozenset[Cause])
+    assert_type(policy.budget_window, float | None)
     config = PipelineConfig(endpoint=endpoint, shard_count=4, deadlines=deadlines, retry=policy)
     assert_type(config.shard_count, int)
     assert_type(config.rpm, float | None)
