@@ -320,3 +320,22 @@ def test_config_from_env() -> None:
 def test_rate_limited_error_type() -> None:
     """RateLimited carries the cause vocabulary."""
     assert RateLimited("x").cause.value == "rate_limited"
+
+
+async def test_paced_429_retries_do_not_spend_the_budget(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Retries after a 429 with Retry-After bypass the budget; blind retries do not."""
+    no_budget = RetryPolicy(
+        max_attempts=3,
+        backoff=Backoff(initial=0.1, max=1.0, multiplier=2.0, jitter=0.1),
+        budget_ratio=0.0,
+        budget_min_retries=0,
+    )
+    rate_limited = Transports(plan=lambda item, attempt: "rate_limit" if attempt == 1 else None)
+    outcomes = await run_all(config(retry=no_budget), 12, rate_limited)
+    assert all(o.ok and o.attempts == 2 for o in outcomes)
+
+    failing = Transports(plan=lambda item, attempt: "http_503" if attempt == 1 else None)
+    outcomes = await run_all(config(retry=no_budget), 12, failing)
+    assert all(not o.ok and o.attempts == 1 for o in outcomes)

@@ -443,6 +443,12 @@ class RetryBudget:
     arrive. Call :meth:`record_request` once per new item (its first attempt),
     and :meth:`try_acquire_retry` before scheduling each retry.
 
+    The pipeline does not charge the budget for a retry after a 429 that
+    carried a Retry-After: the server set that pace, and the whole shard cools
+    down for it, so such retries cannot become a storm (they stay bounded by
+    ``max_attempts``). The budget guards the blind retries: 5xx, timeouts,
+    resets, truncations.
+
     With ``window=None`` the count is over the whole run: the invariant
     ``retries <= ratio * requests + min_retries`` always holds. With a
     ``window`` in seconds (what :meth:`RetryPolicy.new_budget` uses, 60 s by

@@ -388,11 +388,15 @@ class Shard:
                 # The attempt failed: back off and retry, or give up. A 429 with
                 # Retry-After cools the whole shard, so its other requests wait too.
                 delay = policy.delay(last_error, attempt, self.rng)
-                if isinstance(last_error, RateLimited) and last_error.retry_after is not None:
+                # A 429 that says when to come back is paced by the server: the
+                # whole shard waits it out, and the retry does not spend the
+                # budget, which guards the blind retries (5xx, timeouts, resets).
+                paced = isinstance(last_error, RateLimited) and last_error.retry_after is not None
+                if paced:
                     self._cool_for(delay)
                 if not (
                     policy.should_retry(last_error.cause, attempt)
-                    and pipeline.budget.try_acquire_retry()
+                    and (paced or pipeline.budget.try_acquire_retry())
                 ):
                     break
                 self.retries += 1
