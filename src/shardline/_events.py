@@ -259,6 +259,10 @@ def event_to_json(event: Event) -> dict[str, Any]:
     return out
 
 
+# One encoder for every line: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def encode_event(event: Event) -> bytes:
     """One JSONL line for ``event``: compact UTF-8 JSON terminated by ``\\n``.
 
@@ -266,9 +270,7 @@ def encode_event(event: Event) -> bytes:
         ValueError: if a float field is NaN or infinite (not valid JSON), naming the kind.
     """
     try:
-        text = json.dumps(
-            event_to_json(event), ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        )
+        text = _ENCODER.encode(event_to_json(event))
     except ValueError as exc:
         raise ValueError(f"cannot encode {event.kind} event: {exc}") from exc
     return (text + "\n").encode("utf-8")
