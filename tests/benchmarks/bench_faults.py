@@ -7,7 +7,7 @@ Not a timed test: it prints a table per fault scenario. Run it from the reposito
 
 Each scenario starts a fake server in its own process with a seeded fault mix,
 then runs each client against it, in its own process, with a hard wall-clock
-cap (``--cap``, 60 s; quick 15 s). A client still running at the cap is killed
+cap (``--cap``, 45 s; quick 15 s). A client still running at the cap is killed
 and reported as "not finished after N s" with what it had finished by then.
 
 * ``shardline``: ``open_pipeline`` with ``Deadlines(connect=5, ttft=10, stall=5)``
@@ -102,9 +102,9 @@ def main() -> int:
     ap.add_argument(
         "--quick", action="store_true", help="the hangs scenario only, 300 items, 15 s cap (< 40 s)"
     )
-    ap.add_argument("--requests", type=int, default=None, help="items per run (800; quick 300)")
+    ap.add_argument("--requests", type=int, default=None, help="items per run (500; quick 300)")
     ap.add_argument(
-        "--cap", type=float, default=None, help="wall-clock cap per client, s (60; quick 15)"
+        "--cap", type=float, default=None, help="wall-clock cap per client, s (45; quick 15)"
     )
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--concurrency", type=int, default=16, help="per shard")
@@ -115,8 +115,8 @@ def main() -> int:
         help="repeatable (default: all but mixed)",
     )
     args = ap.parse_args()
-    n = args.requests or (300 if args.quick else 800)
-    cap = args.cap or (15.0 if args.quick else 60.0)
+    n = args.requests or (300 if args.quick else 500)
+    cap = args.cap or (15.0 if args.quick else 45.0)
     scenarios = args.scenario or (
         ["hangs"] if args.quick else ["hangs", "429-storm", "resets-truncations"]
     )

@@ -78,9 +78,13 @@ def main() -> int:
                 run = run_client(kind, params, cap_s=90, servers=servers)
                 if not run.finished:
                     label = f"{shards} x {conc}"
-                    rows.append([label, str(total), kind, "not finished", *["-"] * 6])
+                    rows.append([label, str(total), kind, "not finished", *["-"] * 7])
                     continue
-                lat = statistics.median(r["lat"] for r in run.records if r["ok"])
+                lats = [r["lat"] for r in run.records if r["ok"]]
+                lat = statistics.median(lats)
+                lat_mean = statistics.fmean(lats)
+                # Little's law: the requests actually in flight on average.
+                busy = run.ok / run.wall_s * lat_mean
                 req_s = run.ok / run.wall_s
                 rows.append(
                     [
@@ -91,7 +95,8 @@ def main() -> int:
                         fmt(run.completion_tokens / run.wall_s, ",.0f"),
                         fmt(ideal, ",.0f"),
                         f"{100 * req_s / ideal:.0f} %",
-                        fmt(lat, ".2f"),
+                        f"{lat:.2f} / {lat_mean:.2f}",
+                        f"{busy:.0f}",
                         fmt(run.summary["cpu_s"] / run.wall_s, ".2f"),
                         fmt(run.server_cpu_s / run.wall_s, ".2f"),
                     ]
@@ -107,7 +112,8 @@ def main() -> int:
                 "completion tok/s",
                 "ideal req/s",
                 "of ideal",
-                "latency p50 s",
+                "latency p50 / mean s",
+                "busy slots (rate x mean latency)",
                 "client CPU (cores)",
                 "server CPU (cores)",
             ],
