@@ -137,11 +137,24 @@ def run_shardline(p: dict[str, Any], out: Out) -> dict[str, Any]:
     prompt = p["prompt"]
     tokens = p["tokens"]
 
+    duration = p.get("duration")
+
     def requests():  # type: ignore[no-untyped-def]
-        for i, mt in enumerate(tokens):
+        if duration is None:
+            for i, mt in enumerate(tokens):
+                yield ChatRequest(
+                    messages=[{"role": "user", "content": prompt}], id=i, params={"max_tokens": mt}
+                )
+            return
+        # Time-bounded: cycle through the workload until `duration` seconds have passed.
+        end = time.monotonic() + duration
+        i = 0
+        while time.monotonic() < end:
+            mt = tokens[i % len(tokens)]
             yield ChatRequest(
                 messages=[{"role": "user", "content": prompt}], id=i, params={"max_tokens": mt}
             )
+            i += 1
 
     stats: dict[str, Any] = {}
 
@@ -239,6 +252,8 @@ def run_shardline(p: dict[str, Any], out: Out) -> dict[str, Any]:
                 "peak_aggregate_tpm_total",
                 "peak_completion_tpm_out",
                 "peak_prompt_tpm_in",
+                "proof_minute_utc",
+                "items",
                 "tokens_out_total",
                 "tokens_in_total",
                 "succeeded",

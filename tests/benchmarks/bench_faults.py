@@ -138,12 +138,6 @@ def main() -> int:
                 ("shardline", "shardline", {}),
                 ("semaphore", "semaphore", {}),
             ]
-            if name == "429-storm":
-                # The default retry budget (20 % of requests + 10) is meant to stop
-                # storms; this row shows the same run with the budget opened up.
-                variants.insert(
-                    1, ("shardline (budget_ratio=1)", "shardline", {"budget_ratio": 1.0})
-                )
             for label, kind, retry in variants:
                 params: dict[str, Any] = {
                     "urls": [s.base_url for s in servers],
