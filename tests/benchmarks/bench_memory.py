@@ -159,8 +159,12 @@ def main() -> int:
     ap.add_argument("--complete", action="store_true", help="run every size to the end")
     ap.add_argument("--max-lines", type=int, default=1_000_000, help="largest input size to run")
     ap.add_argument("--cap", type=float, default=45.0, help="seconds per capped run (45)")
+    ap.add_argument(
+        "--sizes", default=None, help="comma-separated input sizes (default 10000,100000,1000000)"
+    )
     args = ap.parse_args()
-    sizes = [s for s in SIZES if s <= args.max_lines]
+    all_sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else list(SIZES)
+    sizes = [s for s in all_sizes if s <= args.max_lines]
     if args.quick:
         sizes = sizes[:1]
     print(f"# bench_memory: {machine()}")
