@@ -339,3 +339,35 @@ async def test_paced_429_retries_do_not_spend_the_budget(
     failing = Transports(plan=lambda item, attempt: "http_503" if attempt == 1 else None)
     outcomes = await run_all(config(retry=no_budget), 12, failing)
     assert all(not o.ok and o.attempts == 1 for o in outcomes)
+
+
+async def test_non_ascii_ids_are_sent_percent_encoded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An id the HTTP header cannot carry as-is is percent-encoded, and scripted faults find it."""
+    transports = Transports(
+        plan=lambda item, attempt: "http_503" if (item, attempt) == ("café ☕", 1) else None
+    )
+    async with open_pipeline(config(shard_count=1), transport=transports) as pipeline:
+        result = await pipeline.complete(req("café ☕"))
+    assert result.attempts == 2
+    assert transports.by_shard[0].faults["http_503"] == 1
+
+
+async def test_cancel_stops_in_flight_work_now(autojump_clock: trio.testing.MockClock) -> None:
+    """pipeline.cancel() ends in-flight and queued items as cancelled, without the grace."""
+    transports = Transports(plan=lambda i, a: "stall_headers")
+    cfg = config(shard_count=1, concurrency=2, queue_size=4, drain_grace=100.0,
+                 deadlines=Deadlines(connect=1, ttft=100, stall=100, attempt=100))  # fmt: skip
+    send, recv = trio.open_memory_channel[Outcome](10)
+    start = trio.current_time()
+    async with open_pipeline(cfg, transport=transports) as pipeline:
+        for i in range(5):
+            await pipeline.submit(req(i), send.clone())
+        await trio.testing.wait_all_tasks_blocked()
+        pipeline.cancel()
+    assert trio.current_time() - start < 1.0
+    send.close()
+    outcomes = [o async for o in recv]
+    assert len(outcomes) == 5
+    assert all(o.status is Status.CANCELLED for o in outcomes)

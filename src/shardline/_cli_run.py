@@ -328,8 +328,7 @@ class _Interrupt:
             self.feed_scope.cancel()
             self.wait_scope.cancel()
             if self.pipeline is not None:
-                for shard in self.pipeline.shards:
-                    shard.scope.cancel()
+                self.pipeline.cancel()
 
     async def watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if threading.current_thread() is not threading.main_thread():

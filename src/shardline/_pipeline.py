@@ -394,6 +394,19 @@ class Pipeline:
             shards=shards,
         )
 
+    def cancel(self) -> None:
+        """Stop now, without waiting for the drain grace.
+
+        Admission stops, queued items end as cancelled, and in-flight items are
+        cancelled at once; each still gets its one outcome (``cancelled``). The
+        ``async with`` block then exits as soon as the shards have recorded
+        them. Use it for a second Ctrl-C, or when the caller's own deadline is
+        up and a graceful drain would overrun it. Idempotent.
+        """
+        self._begin_drain()
+        for shard in self.shards:
+            shard.scope.cancel()
+
     def _begin_drain(self) -> None:
         if self.draining:
             return

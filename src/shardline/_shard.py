@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import attrs
 import httpx
@@ -168,30 +169,47 @@ class Shard:
             async with trio.open_nursery() as nursery:
                 task_status.started()
                 async with self._recv:
-                    while not self.pipeline.draining:
-                        token = object()
-                        acquired = False
-                        with trio.CancelScope() as self._acquire_scope:
-                            await self._limiter.acquire_on_behalf_of(token)
-                            acquired = True
-                        self._acquire_scope = None
-                        if not acquired:
-                            break
-                        try:
-                            item = await self._recv.receive()
-                        except trio.EndOfChannel:
-                            self._limiter.release_on_behalf_of(token)
-                            break
-                        self._slots.release()
-                        if item.scope.cancel_called or self.pipeline.draining:
-                            self._limiter.release_on_behalf_of(token)
-                            nursery.start_soon(self._end_unsent, item)
-                        else:
-                            nursery.start_soon(self._run_item, item, token)
-                    # Draining: what is still queued ends as cancelled, unsent.
-                    async for item in self._recv:
-                        self._slots.release()
-                        nursery.start_soon(self._end_unsent, item)
+                    try:
+                        await self._take_items(nursery)
+                    finally:
+                        # Draining (or cancelled by Pipeline.cancel()): what is still
+                        # queued ends as cancelled, unsent. Synchronous on purpose, so
+                        # it also runs when this shard's scope is cancelled.
+                        self._end_queued(nursery)
+
+    async def _take_items(self, nursery: trio.Nursery) -> None:
+        while not self.pipeline.draining:
+            token = object()
+            acquired = False
+            with trio.CancelScope() as self._acquire_scope:
+                await self._limiter.acquire_on_behalf_of(token)
+                acquired = True
+            self._acquire_scope = None
+            if not acquired:
+                return
+            try:
+                item = await self._recv.receive()
+            except trio.EndOfChannel:
+                self._limiter.release_on_behalf_of(token)
+                return
+            except BaseException:
+                self._limiter.release_on_behalf_of(token)
+                raise
+            self._slots.release()
+            if item.scope.cancel_called or self.pipeline.draining:
+                self._limiter.release_on_behalf_of(token)
+                nursery.start_soon(self._end_unsent, item)
+            else:
+                nursery.start_soon(self._run_item, item, token)
+
+    def _end_queued(self, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                item = self._recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            self._slots.release()
+            nursery.start_soon(self._end_unsent, item)
 
     async def _end_unsent(self, item: WorkItem) -> None:
         reason = (
@@ -308,7 +326,7 @@ class Shard:
                         request,
                         pipeline.config.deadlines,
                         headers={
-                            "x-shardline-item-id": str(item.id),
+                            "x-shardline-item-id": quote(str(item.id), safe=""),
                             "x-shardline-attempt": str(attempt),
                         },
                         on_first_token=first_token,

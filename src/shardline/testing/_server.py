@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import Any, Final
+from urllib.parse import unquote
 
 import attrs
 import h11
@@ -599,7 +600,8 @@ class _Connection:
         attempt: int | None = None
         for name, value in request.headers:
             if name == b"x-shardline-item-id":
-                item_id = value.decode("utf-8", "replace")
+                # shardline percent-encodes ids (headers are ASCII); plain ids pass as they are.
+                item_id = unquote(value.decode("ascii", "replace"))
             elif name == b"x-shardline-attempt":
                 try:
                     attempt = int(value)

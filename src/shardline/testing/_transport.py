@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from urllib.parse import unquote
 
 import attrs
 import httpx
@@ -126,7 +127,7 @@ class FakeTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.requests += 1
-        item = request.headers.get("x-shardline-item-id", str(self.requests))
+        item = unquote(request.headers.get("x-shardline-item-id", str(self.requests)))
         attempt = int(request.headers.get("x-shardline-attempt", "1"))
         fault = self.plan(item, attempt)
         body = json.loads(await request.aread())
