@@ -244,7 +244,7 @@ async def test_statistics_and_repr(autojump_clock: trio.testing.MockClock) -> No
         assert stats.in_flight == 3
         assert stats.queued == 5
         assert stats.shards[0].capacity == 3
-        assert "3/3 in flight, 5 queued" in repr(pipeline.shards[0])
+        assert "3/3 in flight, 5 queued" in repr(pipeline._shards[0])  # the internal shard's repr
         assert "SECRET" not in repr(pipeline) + repr(cfg)
         async with recv:
             send.close()

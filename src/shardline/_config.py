@@ -75,9 +75,7 @@ def env_int(name: str, environ: Mapping[str, str]) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise ConfigError(
-            f"environment variable {name} must be an integer, got {raw!r}"
-        ) from None
+        raise ConfigError(f"environment variable {name} must be an integer, got {raw!r}") from None
 
 
 @attrs.frozen(kw_only=True)
@@ -146,9 +144,7 @@ class Endpoint:
             raise ConfigError(f"base_url must start with http:// or https://, got {value!r}")
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Endpoint:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Endpoint:
         """Build from ``OPENAI_BASE_URL``, ``OPENAI_API_KEY`` and ``OPENAI_MODEL``.
 
         Keyword overrides that are not ``None`` win over the environment.

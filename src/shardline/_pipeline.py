@@ -189,12 +189,12 @@ class Pipeline:
     """
 
     config: PipelineConfig
-    sink: EventSink
+    _sink: EventSink
     run_id: str
-    budget: RetryBudget
-    default_max_tokens: int = DEFAULT_MAX_TOKENS
-    shards: list[Shard] = attrs.field(init=False, factory=list)
-    draining: bool = attrs.field(init=False, default=False)
+    _budget: RetryBudget
+    _default_max_tokens: int = DEFAULT_MAX_TOKENS
+    _shards: list[Shard] = attrs.field(init=False, factory=list)
+    _draining: bool = attrs.field(init=False, default=False)
     _t0: float = attrs.field(init=False, default=0.0)
     _rpm: SlidingWindowLimiter | None = attrs.field(init=False, default=None)
     _tpm: SlidingWindowLimiter | None = attrs.field(init=False, default=None)
@@ -210,11 +210,11 @@ class Pipeline:
             self._tpm = SlidingWindowLimiter(limit=self.config.tpm)
 
     def __repr__(self) -> str:
-        in_flight = sum(s.in_flight for s in self.shards)
-        queued = sum(s.queued for s in self.shards)
-        state = ", draining" if self.draining else ""
+        in_flight = sum(s.in_flight for s in self._shards)
+        queued = sum(s.queued for s in self._shards)
+        state = ", draining" if self._draining else ""
         return (
-            f"<Pipeline {self.run_id}: {len(self.shards)} shards, {in_flight} in flight, "
+            f"<Pipeline {self.run_id}: {len(self._shards)} shards, {in_flight} in flight, "
             f"{queued} queued, {sum(self._counts.values())} done{state}>"
         )
 
@@ -224,29 +224,29 @@ class Pipeline:
         """Seconds since the run started, on trio's clock."""
         return trio.current_time() - self._t0
 
-    def emit(self, event: Event) -> None:
-        self.sink.emit(event)
+    def _emit(self, event: Event) -> None:
+        self._sink.emit(event)
 
-    def admitted(self, item: WorkItem, shard: int) -> None:
+    def _record_admission(self, item: WorkItem, shard: int) -> None:
         self._admitted += 1
-        self.emit(ItemAdmitted(t=item.admitted_at, item_id=item.id, shard=shard))
+        self._emit(ItemAdmitted(t=item.admitted_at, item_id=item.id, shard=shard))
 
-    def ended(self, _item: WorkItem, outcome: Outcome) -> None:
+    def _record_end(self, _item: WorkItem, outcome: Outcome) -> None:
         self._counts[outcome.status] += 1
 
-    def retried(self) -> None:
+    def _record_retry(self) -> None:
         self._retries += 1
 
-    async def wait_rate(self, requests: int) -> None:
+    async def _wait_rate(self, requests: int) -> None:
         if self._rpm is not None:
             await self._rpm.acquire(requests)
 
-    async def charge_tokens(self, tokens: int) -> Charge | None:
+    async def _charge_tokens(self, tokens: int) -> Charge | None:
         if self._tpm is None:
             return None
         return await self._tpm.acquire(tokens)
 
-    def reconcile_tokens(self, charge: Charge | None, actual: int) -> None:
+    def _reconcile_tokens(self, charge: Charge | None, actual: int) -> None:
         if charge is not None and self._tpm is not None:
             self._tpm.reconcile(charge, actual)
 
@@ -254,9 +254,9 @@ class Pipeline:
 
     def _route(self, item_id: ItemId) -> Shard:
         if self.config.routing == "least_loaded":
-            return min(self.shards, key=lambda s: (s.load, s.index))
+            return min(self._shards, key=lambda s: (s.load, s.index))
         digest = zlib.crc32(str(item_id).encode("utf-8", "surrogatepass"))
-        return self.shards[digest % len(self.shards)]
+        return self._shards[digest % len(self._shards)]
 
     def _new_id(self) -> int:
         self._next_id += 1
@@ -277,7 +277,7 @@ class Pipeline:
         Raises:
             trio.ClosedResourceError: the pipeline is draining and admits nothing new.
         """
-        if self.draining:
+        if self._draining:
             outcomes.close()
             raise trio.ClosedResourceError("the pipeline is draining and admits no new items")
         item_id = request.id if request.id is not None else self._new_id()
@@ -311,7 +311,7 @@ class Pipeline:
             outcomes=send,
             admitted_at=0.0,
         )
-        if self.draining:
+        if self._draining:
             send.close()
             raise trio.ClosedResourceError("the pipeline is draining and admits no new items")
         with recv:
@@ -364,7 +364,7 @@ class Pipeline:
         """
         outcome = Outcome(id=item_id, status=Status.FAILED, error=error, attempts=0)
         self._counts[Status.FAILED] += 1
-        self.emit(
+        self._emit(
             ItemEnded(
                 t=self.now(),
                 item_id=item_id,
@@ -379,7 +379,7 @@ class Pipeline:
 
     def statistics(self) -> PipelineStatistics:
         """A frozen snapshot of queues, in-flight work and outcomes, per shard and in total."""
-        shards = tuple(s.statistics() for s in self.shards)
+        shards = tuple(s.statistics() for s in self._shards)
         return PipelineStatistics(
             admitted=self._admitted,
             queued=sum(s.queued for s in shards),
@@ -390,7 +390,7 @@ class Pipeline:
             failed=self._counts[Status.FAILED],
             cancelled=self._counts[Status.CANCELLED],
             retries=self._retries,
-            draining=self.draining,
+            draining=self._draining,
             shards=shards,
         )
 
@@ -404,15 +404,15 @@ class Pipeline:
         up and a graceful drain would overrun it. Idempotent.
         """
         self._begin_drain()
-        for shard in self.shards:
+        for shard in self._shards:
             shard.scope.cancel()
 
     def _begin_drain(self) -> None:
-        if self.draining:
+        if self._draining:
             return
-        self.draining = True
+        self._draining = True
         deadline = trio.current_time() + self.config.drain_grace
-        for shard in self.shards:
+        for shard in self._shards:
             shard.close_queue()
             shard.scope.deadline = min(shard.scope.deadline, deadline)
 
@@ -473,7 +473,7 @@ async def open_pipeline(
         budget=config.retry.new_budget(),
     )
     pipeline._t0 = trio.current_time()
-    pipeline.emit(
+    pipeline._emit(
         RunStarted(
             t=0.0,
             run_id=pipeline.run_id,
@@ -501,7 +501,7 @@ async def open_pipeline(
                         queue_size=config.queue_size,
                         rng=random.Random(rng.getrandbits(64)),
                     )
-                    pipeline.shards.append(shard)
+                    pipeline._shards.append(shard)
                     await nursery.start(shard.run)
                 try:
                     yield pipeline
@@ -518,4 +518,4 @@ async def open_pipeline(
             cleanup.deadline = trio.current_time() + CLEANUP_GRACE_S
             for client in clients:
                 await client.aclose()
-        pipeline.emit(RunEnded(t=pipeline.now(), reason=reason))
+        pipeline._emit(RunEnded(t=pipeline.now(), reason=reason))

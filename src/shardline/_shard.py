@@ -144,7 +144,7 @@ class Shard:
         await self._slots.acquire()
         try:
             item.admitted_at = self.pipeline.now()
-            self.pipeline.admitted(item, self.index)
+            self.pipeline._record_admission(item, self.index)
             self._send.send_nowait(item)
         except BaseException:
             self._slots.release()
@@ -178,7 +178,7 @@ class Shard:
                         self._end_queued(nursery)
 
     async def _take_items(self, nursery: trio.Nursery) -> None:
-        while not self.pipeline.draining:
+        while not self.pipeline._draining:
             token = object()
             acquired = False
             with trio.CancelScope() as self._acquire_scope:
@@ -196,7 +196,7 @@ class Shard:
                 self._limiter.release_on_behalf_of(token)
                 raise
             self._slots.release()
-            if item.scope.cancel_called or self.pipeline.draining:
+            if item.scope.cancel_called or self.pipeline._draining:
                 self._limiter.release_on_behalf_of(token)
                 nursery.start_soon(self._end_unsent, item)
             else:
@@ -270,7 +270,7 @@ class Shard:
                 await trio.sleep(self.rng.uniform(0.0, jitter))
         if self._cooling:
             self._cooling = False
-            self.pipeline.emit(
+            self.pipeline._emit(
                 ShardStateChanged(t=self.pipeline.now(), shard=self.index, state="resumed")
             )
 
@@ -279,7 +279,7 @@ class Shard:
         if until > self._cooling_until:
             self._cooling_until = until
             self._cooling = True
-            self.pipeline.emit(
+            self.pipeline._emit(
                 ShardStateChanged(
                     t=self.pipeline.now(), shard=self.index, state="cooling", cooldown_s=seconds
                 )
@@ -291,24 +291,24 @@ class Shard:
         policy = pipeline.config.retry
         request = item.request
         estimate_in = estimate_tokens(request.prompt_text())
-        estimate_out = request.max_tokens() or pipeline.default_max_tokens
-        pipeline.budget.record_request()
+        estimate_out = request.max_tokens() or pipeline._default_max_tokens
+        pipeline._budget.record_request()
         attempt = 0
         last_error: AttemptError | None = None
         with item.scope:
             while True:
                 attempt += 1
                 await self._wait_cooldown()
-                await pipeline.wait_rate(1)
-                tpm_charge = await pipeline.charge_tokens(estimate_in + estimate_out)
+                await pipeline._wait_rate(1)
+                tpm_charge = await pipeline._charge_tokens(estimate_in + estimate_out)
                 started = pipeline.now()
                 item.attempts = attempt
-                pipeline.emit(
+                pipeline._emit(
                     AttemptStarted(t=started, item_id=item.id, shard=self.index, attempt=attempt)
                 )
 
                 def first_token(ttft_s: float, _attempt: int = attempt) -> None:
-                    pipeline.emit(
+                    pipeline._emit(
                         FirstToken(
                             t=pipeline.now(),
                             item_id=item.id,
@@ -335,10 +335,10 @@ class Shard:
                     # A server that answered 200 has processed the prompt; one that
                     # refused (429, 5xx) or never answered has not.
                     accepted = err.status_code is not None and err.status_code < 300
-                    pipeline.reconcile_tokens(tpm_charge, estimate_in if accepted else 0)
+                    pipeline._reconcile_tokens(tpm_charge, estimate_in if accepted else 0)
                     last_error = err
                     err.item_id, err.shard, err.attempt = item.id, self.index, attempt
-                    pipeline.emit(
+                    pipeline._emit(
                         AttemptEnded(
                             t=pipeline.now(),
                             item_id=item.id,
@@ -353,8 +353,8 @@ class Shard:
                         )
                     )
                 except trio.Cancelled:
-                    pipeline.reconcile_tokens(tpm_charge, 0)
-                    pipeline.emit(
+                    pipeline._reconcile_tokens(tpm_charge, 0)
+                    pipeline._emit(
                         AttemptEnded(
                             t=pipeline.now(),
                             item_id=item.id,
@@ -367,8 +367,8 @@ class Shard:
                     )
                     raise
                 else:
-                    pipeline.reconcile_tokens(tpm_charge, result.usage.total_tokens)
-                    pipeline.emit(
+                    pipeline._reconcile_tokens(tpm_charge, result.usage.total_tokens)
+                    pipeline._emit(
                         AttemptEnded(
                             t=pipeline.now(),
                             item_id=item.id,
@@ -414,12 +414,12 @@ class Shard:
                     self._cool_for(delay)
                 if not (
                     policy.should_retry(last_error.cause, attempt)
-                    and (paced or pipeline.budget.try_acquire_retry())
+                    and (paced or pipeline._budget.try_acquire_retry())
                 ):
                     break
                 self.retries += 1
-                pipeline.retried()
-                pipeline.emit(
+                pipeline._record_retry()
+                pipeline._emit(
                     RetryScheduled(
                         t=pipeline.now(),
                         item_id=item.id,
@@ -453,9 +453,9 @@ class Shard:
     async def _finish(self, item: WorkItem, outcome: Outcome) -> None:
         """Record the item's one terminal outcome and hand it to its owner."""
         self.done += 1
-        self.pipeline.ended(item, outcome)
+        self.pipeline._record_end(item, outcome)
         usage: Usage | None = outcome.result.usage if outcome.result is not None else None
-        self.pipeline.emit(
+        self.pipeline._emit(
             ItemEnded(
                 t=self.pipeline.now(),
                 item_id=item.id,
