@@ -173,9 +173,11 @@ class Endpoint:
         return out
 
     def url_for(self, path: str) -> str:
+        """The full URL of an API path, for example ``chat/completions``."""
         return self.base_url.rstrip("/") + "/" + path.lstrip("/")
 
     def params(self) -> dict[str, str]:
+        """Query parameters sent with every request (Azure's ``api-version``)."""
         if self.azure_api_version is not None:
             return {"api-version": self.azure_api_version}
         return {}

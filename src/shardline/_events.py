@@ -509,6 +509,7 @@ class EventFileReader:
         return self._done
 
     def close(self) -> None:
+        """Close the file."""
         self._file.close()
 
     def __enter__(self) -> EventFileReader:

@@ -133,8 +133,9 @@ class AttemptError(ShardlineError):
         status_code: The HTTP status, when a response arrived.
         retry_after: Seconds the server asked us to wait (Retry-After), if any.
         partial: True when content had already arrived before the failure.
-        item_id, shard, attempt: Filled in by the pipeline when the error
-            reaches a caller.
+        item_id: The item's id, filled in by the pipeline when the error reaches a caller.
+        shard: The shard that sent the attempt, filled in by the pipeline.
+        attempt: The 1-based attempt number, filled in by the pipeline.
     """
 
     cause: ClassVar[Cause]

@@ -140,14 +140,17 @@ class Percentiles:
 
     @classmethod
     def of(cls, values: Iterable[float]) -> Percentiles:
+        """The p50, p95 and p99 of ``values`` (linear interpolation)."""
         s = sorted(values)
         return cls(p50=percentile(s, 50), p95=percentile(s, 95), p99=percentile(s, 99))
 
     def to_json(self) -> dict[str, float | None]:
+        """``{"p50": …, "p95": …, "p99": …}``."""
         return {"p50": self.p50, "p95": self.p95, "p99": self.p99}
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Percentiles:
+        """The inverse of :meth:`to_json`."""
         return cls(p50=obj["p50"], p95=obj["p95"], p99=obj["p99"])
 
 
@@ -162,9 +165,11 @@ class MinuteTokens:
 
     @property
     def total_tokens(self) -> int:
+        """Prompt plus completion tokens of the minute."""
         return self.prompt_tokens + self.completion_tokens
 
     def to_json(self) -> dict[str, Any]:
+        """The minute as a JSON object."""
         return {
             "minute_utc": self.minute_utc,
             "prompt_tokens": self.prompt_tokens,
@@ -175,6 +180,7 @@ class MinuteTokens:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> MinuteTokens:
+        """The inverse of :meth:`to_json`."""
         return cls(
             minute_utc=obj["minute_utc"],
             prompt_tokens=obj["prompt_tokens"],
@@ -202,6 +208,7 @@ class ShardReport:
     cooldown_s: float
 
     def to_json(self) -> dict[str, Any]:
+        """The shard's figures as a JSON object."""
         out: dict[str, Any] = {}
         for f in attrs.fields(ShardReport):
             value = getattr(self, f.name)
@@ -210,6 +217,7 @@ class ShardReport:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> ShardReport:
+        """The inverse of :meth:`to_json`."""
         kwargs = {f.name: obj[f.name] for f in attrs.fields(ShardReport)}
         kwargs["ttft_s"] = Percentiles.from_json(obj["ttft_s"])
         kwargs["latency_s"] = Percentiles.from_json(obj["latency_s"])

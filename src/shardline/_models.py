@@ -54,9 +54,11 @@ class Usage:
 
     @property
     def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
 
     def to_json(self) -> dict[str, Any]:
+        """The OpenAI ``usage`` object, plus ``estimated: true`` when it is an estimate."""
         out: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -108,6 +110,8 @@ class ChatRequest:
         return "\n".join(parts)
 
     def max_tokens(self) -> int | None:
+        """The completion-token limit the request sets (``max_completion_tokens`` or
+        ``max_tokens``), or ``None``."""
         value = self.params.get("max_completion_tokens", self.params.get("max_tokens"))
         return value if isinstance(value, int) else None
 
@@ -141,13 +145,16 @@ class CompletionRequest:
     path: str = attrs.field(default="completions", init=False)
 
     def prompt_text(self) -> str:
+        """The prompt: what prompt-token estimates count."""
         return self.prompt
 
     def max_tokens(self) -> int | None:
+        """The ``max_tokens`` the request sets, or ``None``."""
         value = self.params.get("max_tokens")
         return value if isinstance(value, int) else None
 
     def body(self, *, model: str | None, stream: bool) -> dict[str, Any]:
+        """The JSON body to send."""
         body: dict[str, Any] = dict(self.params)
         body["model"] = self.model or model
         body["prompt"] = self.prompt
@@ -162,6 +169,7 @@ class CompletionRequest:
 
 
 Request: TypeAlias = ChatRequest | CompletionRequest
+"""A chat or a legacy completion request: what a pipeline sends."""
 
 
 def request_from_json(
@@ -265,6 +273,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
+        """True when the item succeeded (``status`` is ``ok``)."""
         return self.status is Status.OK
 
     @property

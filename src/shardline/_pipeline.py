@@ -161,7 +161,10 @@ class PipelineStatistics:
         queued: Items waiting in shard queues.
         in_flight: HTTP attempts under way.
         cooling_shards: Shards waiting out a Retry-After.
-        done, ok, failed, cancelled: Items that ended, and how.
+        done: Items that ended, however they ended.
+        ok: Items that ended with a result.
+        failed: Items that ended with an error.
+        cancelled: Items that ended cancelled (drained or cancelled by their caller).
         retries: Retries scheduled.
         draining: True once the pipeline is being left.
         shards: One :class:`ShardStatistics` per shard.

@@ -76,11 +76,13 @@ class MemoryEventSink:
         self.closed = False
 
     def emit(self, event: Event) -> None:
+        """Append ``event`` to :attr:`events`."""
         if self.closed:
             raise ValueError("emit() on a closed MemoryEventSink")
         self.events.append(event)
 
     def close(self) -> None:
+        """Mark the sink closed; a later ``emit`` raises."""
         self.closed = True
 
     def __iter__(self) -> Iterator[Event]:
@@ -173,6 +175,7 @@ class JsonlEventSink:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
         return self._file is None
 
     def emit(self, event: Event) -> None:
@@ -253,10 +256,12 @@ class TeeSink:
         self.sinks: tuple[EventSink, ...] = sinks
 
     def emit(self, event: Event) -> None:
+        """Pass ``event`` to every sink, in order."""
         for sink in self.sinks:
             sink.emit(event)
 
     def close(self) -> None:
+        """Close every sink, even if one fails; then raise the first failure."""
         first: BaseException | None = None
         for sink in self.sinks:
             try:
