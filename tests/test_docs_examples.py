@@ -232,3 +232,29 @@ def test_every_public_name_is_in_the_reference() -> None:
         if f"{module.__name__}.{name}" not in documented
     ]
     assert missing == []
+
+
+def test_every_public_member_has_a_docstring() -> None:
+    """Public methods and properties of exported classes have a docstring (or inherit one)."""
+    import inspect
+
+    import shardline
+    import shardline.ray
+    import shardline.testing
+
+    missing = []
+    for module in (shardline, shardline.testing, shardline.ray):
+        for name in module.__all__:
+            cls = getattr(module, name)
+            if not inspect.isclass(cls):
+                continue
+            for attr, value in vars(cls).items():
+                routine = isinstance(value, property | classmethod | staticmethod)
+                if attr.startswith("_") or not (routine or inspect.isfunction(value)):
+                    continue
+                foreign = [b for b in cls.__mro__[1:] if not b.__module__.startswith("shardline")]
+                if any(attr in vars(base) for base in foreign):
+                    continue  # implements another library's interface (httpx transport ...)
+                if not (inspect.getdoc(getattr(cls, attr)) or "").strip():
+                    missing.append(f"{module.__name__}.{name}.{attr}")
+    assert missing == []
