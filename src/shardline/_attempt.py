@@ -34,7 +34,7 @@ import math
 import ssl
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import attrs
 import httpx
@@ -96,6 +96,13 @@ TAIL_GRACE = 1.0
 
 _USER_AGENT = "shardline (httpx; trio)"
 
+
+try:  # The shardline[fast] extra: orjson parses stream chunks about 2.5x faster.
+    from orjson import loads as _orjson_loads
+except ImportError:  # pragma: no cover - depends on the installed extras
+    _json_loads: Callable[[str], Any] = json.loads
+else:
+    _json_loads = _orjson_loads
 
 #: A stall is detected at most ``min(STALL_SLACK_MAX, stall * STALL_SLACK_RATIO)``
 #: seconds after the stall deadline (never before it); see ``_read_stream``.
@@ -511,7 +518,7 @@ class _TrackingAccumulator(StreamAccumulator):
     __slots__ = ("events_seen", "keepalives", "last_progress_at")
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(loads=_json_loads)
         self.events_seen = 0
         self.keepalives = 0
         self.last_progress_at: float | None = None
