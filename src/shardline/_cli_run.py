@@ -577,32 +577,14 @@ def _print_error(stderr: IO[str], title: str, message: str) -> None:
     print(f"{title}: error: {message}", file=stderr, flush=True)
 
 
-def _file_error(exc: OSError, what: str, path: Path) -> str:
-    reason = exc.strerror or str(exc)
-    return f"cannot {what} {path}: {reason}"
+def check_files(settings: RunSettings, summary: RunSummary, err: IO[str]) -> int | None:
+    """Check the input, output, events and report paths before anything is sent.
 
-
-def execute_run(
-    settings: RunSettings,
-    *,
-    stdout: IO[str] | None = None,
-    stderr: IO[str] | None = None,
-    server: Callable[[], contextlib.AbstractAsyncContextManager[str]] | None = None,
-) -> int:
-    """Run a batch file end to end and return the exit status.
-
-    Args:
-        settings: What to run.
-        stdout: Where the report goes (default ``sys.stdout``).
-        stderr: Where progress and errors go (default ``sys.stderr``).
-        server: For the demo: an async context manager factory yielding a base
-            URL that replaces the configured one (the in-process fake server).
+    Counts the input's lines into ``summary.total``. Returns ``None`` when all is
+    well, else prints one line naming the file and returns the exit status (2).
+    Shared by the single-machine run and ``--ray``.
     """
-    out = sys.stdout if stdout is None else stdout
-    err = sys.stderr if stderr is None else stderr
     title = settings.title
-    summary = RunSummary()
-    # 1. Everything that can be wrong with files, before anything is sent.
     try:
         summary.total = count_lines(settings.input)
     except OSError as exc:
@@ -630,6 +612,38 @@ def execute_run(
         if problem is not None:
             _print_error(err, title, f"cannot write {what} {target}: {problem}")
             return EXIT_USAGE
+    return None
+
+
+def _file_error(exc: OSError, what: str, path: Path) -> str:
+    reason = exc.strerror or str(exc)
+    return f"cannot {what} {path}: {reason}"
+
+
+def execute_run(
+    settings: RunSettings,
+    *,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+    server: Callable[[], contextlib.AbstractAsyncContextManager[str]] | None = None,
+) -> int:
+    """Run a batch file end to end and return the exit status.
+
+    Args:
+        settings: What to run.
+        stdout: Where the report goes (default ``sys.stdout``).
+        stderr: Where progress and errors go (default ``sys.stderr``).
+        server: For the demo: an async context manager factory yielding a base
+            URL that replaces the configured one (the in-process fake server).
+    """
+    out = sys.stdout if stdout is None else stdout
+    err = sys.stderr if stderr is None else stderr
+    title = settings.title
+    summary = RunSummary()
+    # 1. Everything that can be wrong with files, before anything is sent.
+    status = check_files(settings, summary, err)
+    if status is not None:
+        return status
     try:
         if settings.resume:
             summary.resume = prepare_resume(settings.output)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import attrs
@@ -338,50 +338,38 @@ class Shard:
                     pipeline._reconcile_tokens(tpm_charge, estimate_in if accepted else 0)
                     last_error = err
                     err.item_id, err.shard, err.attempt = item.id, self.index, attempt
-                    pipeline._emit(
-                        AttemptEnded(
-                            t=pipeline.now(),
-                            item_id=item.id,
-                            shard=self.index,
-                            attempt=attempt,
-                            outcome="failed",
-                            cause=err.cause.value,
-                            status_code=err.status_code,
-                            duration_s=pipeline.now() - started,
-                            retry_after_s=err.retry_after,
-                            message=err.message,
-                        )
+                    self._attempt_ended(
+                        item,
+                        attempt,
+                        "failed",
+                        cause=err.cause.value,
+                        status_code=err.status_code,
+                        duration_s=pipeline.now() - started,
+                        retry_after_s=err.retry_after,
+                        message=err.message,
                     )
                 except trio.Cancelled:
                     pipeline._reconcile_tokens(tpm_charge, 0)
-                    pipeline._emit(
-                        AttemptEnded(
-                            t=pipeline.now(),
-                            item_id=item.id,
-                            shard=self.index,
-                            attempt=attempt,
-                            outcome="cancelled",
-                            cause=Cause.CANCELLED.value,
-                            duration_s=pipeline.now() - started,
-                        )
+                    self._attempt_ended(
+                        item,
+                        attempt,
+                        "cancelled",
+                        cause=Cause.CANCELLED.value,
+                        duration_s=pipeline.now() - started,
                     )
                     raise
                 else:
                     pipeline._reconcile_tokens(tpm_charge, result.usage.total_tokens)
-                    pipeline._emit(
-                        AttemptEnded(
-                            t=pipeline.now(),
-                            item_id=item.id,
-                            shard=self.index,
-                            attempt=attempt,
-                            outcome="ok",
-                            status_code=result.status_code,
-                            prompt_tokens=result.usage.prompt_tokens,
-                            completion_tokens=result.usage.completion_tokens,
-                            usage_estimated=result.usage.estimated,
-                            ttft_s=result.ttft_s,
-                            duration_s=result.duration_s,
-                        )
+                    self._attempt_ended(
+                        item,
+                        attempt,
+                        "ok",
+                        status_code=result.status_code,
+                        prompt_tokens=result.usage.prompt_tokens,
+                        completion_tokens=result.usage.completion_tokens,
+                        usage_estimated=result.usage.estimated,
+                        ttft_s=result.ttft_s,
+                        duration_s=result.duration_s,
                     )
                     return Outcome(
                         id=item.id,
@@ -448,6 +436,18 @@ class Shard:
             attempts=attempt,
             shard=self.index,
             latency_s=pipeline.now() - item.admitted_at,
+        )
+
+    def _attempt_ended(self, item: WorkItem, attempt: int, outcome: str, **fields: Any) -> None:
+        self.pipeline._emit(
+            AttemptEnded(
+                t=self.pipeline.now(),
+                item_id=item.id,
+                shard=self.index,
+                attempt=attempt,
+                outcome=outcome,
+                **fields,
+            )
         )
 
     async def _finish(self, item: WorkItem, outcome: Outcome) -> None:

@@ -50,10 +50,11 @@ from .._cli_run import (
     RunSettings,
     RunSummary,
     UsageError,
+    check_files,
     resolve_run_settings,
 )
 from .._events import EventFileReader, ItemEnded, event_to_json
-from .._jsonl import OutputWriter, count_lines, outcome_to_json, prepare_resume, read_input
+from .._jsonl import OutputWriter, outcome_to_json, prepare_resume, read_input
 from .._metrics import compute_report, render_text
 from .._models import ChatRequest, Outcome, Request, Status
 from .._pipeline import PipelineConfig
@@ -290,35 +291,11 @@ def _run(
 ) -> int:
     title = settings.title
     summary = RunSummary()
-    # 1. Everything that can be wrong with files, before anything is sent (as without Ray).
-    try:
-        summary.total = count_lines(settings.input)
-    except OSError as exc:
-        _print_error(err, title, f"cannot read input file {settings.input}: {exc.strerror or exc}")
-        return EXIT_USAGE
-    if (
-        not settings.resume
-        and not settings.overwrite
-        and settings.output.exists()
-        and settings.output.stat().st_size > 0
-    ):
-        _print_error(
-            err,
-            title,
-            f"output file {settings.output} already exists; pass --resume to continue it "
-            "or --overwrite to start again",
-        )
-        return EXIT_USAGE
-    for what, target in (
-        ("output file", settings.output),
-        ("events file", settings.events),
-        ("report", settings.report_json),
-    ):
-        # The events file is written at the end, after the Ray job: check it now.
-        problem = _unwritable(target)
-        if problem is not None:
-            _print_error(err, title, f"cannot write {what} {target}: {problem}")
-            return EXIT_USAGE
+    # 1. Everything that can be wrong with files, before anything is sent (as without
+    #    Ray). The events file is written at the end, after the Ray job: checked now too.
+    status = check_files(settings, summary, err)
+    if status is not None:
+        return status
     try:
         if settings.resume:
             summary.resume = prepare_resume(settings.output)
