@@ -615,6 +615,46 @@ def check_files(settings: RunSettings, summary: RunSummary, err: IO[str]) -> int
     return None
 
 
+def open_output(
+    settings: RunSettings, summary: RunSummary, err: IO[str], *, fsync_interval: float | None
+) -> OutputWriter | int:
+    """Check the files (:func:`check_files`), prepare a resume, and open the output.
+
+    Prints the no-model warning and the resume summary. Returns the writer, or
+    the exit status (2) after printing one line naming the file. Shared by the
+    single-machine run and ``--ray``.
+    """
+    status = check_files(settings, summary, err)
+    if status is not None:
+        return status
+    title = settings.title
+    try:
+        if settings.resume:
+            summary.resume = prepare_resume(settings.output)
+        writer = OutputWriter(
+            settings.output, truncate=not settings.resume, fsync_interval=fsync_interval
+        )
+    except OSError as exc:
+        _print_error(err, title, _file_error(exc, "write output file", settings.output))
+        return EXIT_USAGE
+    if settings.config.endpoint.model is None:
+        print(
+            f"{title}: warning: no model set (--model or OPENAI_MODEL): lines without a "
+            "'model' field are sent without one",
+            file=err,
+            flush=True,
+        )
+    if settings.resume and summary.resume is not None and summary.resume.kept:
+        r = summary.resume
+        print(
+            f"{title}: resuming {settings.output}: {r.kept} items already ok are skipped; "
+            f"dropped {r.dropped_failed} failed and {r.dropped_torn} torn lines (they run again)",
+            file=err,
+            flush=True,
+        )
+    return writer
+
+
 def _file_error(exc: OSError, what: str, path: Path) -> str:
     reason = exc.strerror or str(exc)
     return f"cannot {what} {path}: {reason}"
@@ -641,32 +681,11 @@ def execute_run(
     title = settings.title
     summary = RunSummary()
     # 1. Everything that can be wrong with files, before anything is sent.
-    status = check_files(settings, summary, err)
-    if status is not None:
-        return status
-    try:
-        if settings.resume:
-            summary.resume = prepare_resume(settings.output)
-        # fsync runs in a worker thread (_sync_output) and at close, not inline.
-        writer = OutputWriter(settings.output, truncate=not settings.resume, fsync_interval=None)
-    except OSError as exc:
-        _print_error(err, title, _file_error(exc, "write output file", settings.output))
-        return EXIT_USAGE
-    if settings.config.endpoint.model is None:
-        print(
-            f"{title}: warning: no model set (--model or OPENAI_MODEL): lines without a "
-            "'model' field are sent without one",
-            file=err,
-            flush=True,
-        )
-    if settings.resume and summary.resume is not None and summary.resume.kept:
-        r = summary.resume
-        print(
-            f"{title}: resuming {settings.output}: {r.kept} items already ok are skipped; "
-            f"dropped {r.dropped_failed} failed and {r.dropped_torn} torn lines (they run again)",
-            file=err,
-            flush=True,
-        )
+    # fsync runs in a worker thread (_sync_output) and at close, not inline.
+    opened = open_output(settings, summary, err, fsync_interval=None)
+    if isinstance(opened, int):
+        return opened
+    writer = opened
     try:
         events_sink = JsonlEventSink(settings.events, append=settings.resume)
     except OSError as exc:

@@ -50,11 +50,11 @@ from .._cli_run import (
     RunSettings,
     RunSummary,
     UsageError,
-    check_files,
+    open_output,
     resolve_run_settings,
 )
 from .._events import EventFileReader, ItemEnded, event_to_json
-from .._jsonl import OutputWriter, outcome_to_json, prepare_resume, read_input
+from .._jsonl import outcome_to_json, read_input
 from .._metrics import compute_report, render_text
 from .._models import ChatRequest, Outcome, Request, Status
 from .._pipeline import PipelineConfig
@@ -293,35 +293,10 @@ def _run(
     summary = RunSummary()
     # 1. Everything that can be wrong with files, before anything is sent (as without
     #    Ray). The events file is written at the end, after the Ray job: checked now too.
-    status = check_files(settings, summary, err)
-    if status is not None:
-        return status
-    try:
-        if settings.resume:
-            summary.resume = prepare_resume(settings.output)
-        writer = OutputWriter(
-            settings.output, truncate=not settings.resume, fsync_interval=OUTPUT_FSYNC_INTERVAL
-        )
-    except OSError as exc:
-        _print_error(
-            err, title, f"cannot write output file {settings.output}: {exc.strerror or exc}"
-        )
-        return EXIT_USAGE
-    if settings.config.endpoint.model is None:
-        print(
-            f"{title}: warning: no model set (--model or OPENAI_MODEL): lines without a "
-            "'model' field are sent without one",
-            file=err,
-            flush=True,
-        )
-    if settings.resume and summary.resume is not None and summary.resume.kept:
-        r = summary.resume
-        print(
-            f"{title}: resuming {settings.output}: {r.kept} items already ok are skipped; "
-            f"dropped {r.dropped_failed} failed and {r.dropped_torn} torn lines (they run again)",
-            file=err,
-            flush=True,
-        )
+    opened = open_output(settings, summary, err, fsync_interval=OUTPUT_FSYNC_INTERVAL)
+    if isinstance(opened, int):
+        return opened
+    writer = opened
 
     started_ray = False
     reason = "completed"
