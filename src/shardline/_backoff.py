@@ -311,6 +311,18 @@ def _nonneg_float(raw: str) -> float | None:
     return value
 
 
+def _window(name: str) -> Any:
+    """An attrs validator: ``None`` (the whole run) or a number of seconds > 0."""
+
+    def check(_inst: object, _attr: object, value: object) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(f"{name} must be > 0 seconds or None, got {value!r}")
+
+    return check
+
+
 def _causes(value: object) -> frozenset[Cause]:
     if isinstance(value, str | Cause):
         value = [value]
@@ -365,14 +377,9 @@ class RetryPolicy:
     budget_min_retries: int = attrs.field(
         default=DEFAULT_BUDGET_MIN_RETRIES, validator=_integer("budget_min_retries", ge=0)
     )
-    budget_window: float | None = attrs.field(default=DEFAULT_BUDGET_WINDOW)
-
-    @budget_window.validator
-    def _check_budget_window(self, _attr: object, value: float | None) -> None:
-        if value is None:
-            return
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ConfigError(f"budget_window must be > 0 seconds or None, got {value!r}")
+    budget_window: float | None = attrs.field(
+        default=DEFAULT_BUDGET_WINDOW, validator=_window("budget_window")
+    )
 
     @retry_on.validator
     def _check_retry_on(self, _attr: object, value: frozenset[Cause]) -> None:
@@ -471,20 +478,13 @@ class RetryBudget:
     min_retries: int = attrs.field(
         default=DEFAULT_BUDGET_MIN_RETRIES, validator=_integer("min_retries", ge=0)
     )
-    window: float | None = attrs.field(default=None)
+    window: float | None = attrs.field(default=None, validator=_window("window"))
     clock: Callable[[], float] = attrs.field(default=trio.current_time, repr=False)
     _requests: int = attrs.field(default=0, init=False)
     _retries: int = attrs.field(default=0, init=False)
     _refused: int = attrs.field(default=0, init=False)
     # Windowed counts: (bucket start, requests, retries), WINDOW_BUCKETS per window.
     _buckets: deque[list[float]] = attrs.field(factory=deque, init=False)
-
-    @window.validator
-    def _check_window(self, _attr: object, value: float | None) -> None:
-        if value is None:
-            return
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ConfigError(f"window must be > 0 seconds or None, got {value!r}")
 
     @property
     def requests(self) -> int:

@@ -38,7 +38,7 @@ from typing import IO, Any, ClassVar
 
 import attrs
 
-from ._exceptions import ShardlineError
+from ._exceptions import ShardlineError, located
 from ._models import ItemId
 
 __all__ = [
@@ -228,14 +228,7 @@ class EventDecodeError(ShardlineError, ValueError):
         self.reason = reason
         self.source = source
         self.line = line
-        where = ""
-        if source is not None and line is not None:
-            where = f"{source}:{line}: "
-        elif source is not None:
-            where = f"{source}: "
-        elif line is not None:
-            where = f"line {line}: "
-        super().__init__(f"{where}{reason}")
+        super().__init__(located(reason, source=source, line=line))
 
 
 # --- encoding -------------------------------------------------------------------------

@@ -80,6 +80,17 @@ class Cause(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+def located(message: str, *, source: str | None, line: int | None) -> str:
+    """Prefix ``message`` with where it happened: ``file:line: ``, ``file: `` or ``line N: ``."""
+    if source is not None and line is not None:
+        return f"{source}:{line}: {message}"
+    if source is not None:
+        return f"{source}: {message}"
+    if line is not None:
+        return f"line {line}: {message}"
+    return message
+
+
 class ShardlineError(Exception):
     """Root of every exception shardline raises on purpose."""
 
@@ -107,12 +118,7 @@ class InputError(ShardlineError, ValueError):
         self.source = source
         self.line = line
         self.reason = message
-        where = ""
-        if source is not None and line is not None:
-            where = f"{source}:{line}: "
-        elif line is not None:
-            where = f"line {line}: "
-        super().__init__(f"{where}{message}")
+        super().__init__(located(message, source=source, line=line))
 
 
 class ItemCancelled(ShardlineError):
