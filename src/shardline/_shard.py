@@ -217,17 +217,7 @@ class Shard:
             if item.scope.cancel_called
             else "pipeline closed before the item was sent"
         )
-        await self._finish(
-            item,
-            Outcome(
-                id=item.id,
-                status=Status.CANCELLED,
-                error=ItemCancelled(reason, item_id=item.id),
-                attempts=0,
-                shard=self.index,
-                latency_s=self.pipeline.now() - item.admitted_at,
-            ),
-        )
+        await self._finish(item, self._unfinished(item, ItemCancelled(reason, item_id=item.id)))
 
     async def _run_item(self, item: WorkItem, token: object) -> None:
         self.busy += 1
@@ -238,20 +228,10 @@ class Shard:
                 # The drain grace ran out: the item still gets its one outcome.
                 with trio.CancelScope(shield=True) as cleanup:
                     cleanup.deadline = trio.current_time() + CLEANUP_GRACE_S
-                    await self._finish(
-                        item,
-                        Outcome(
-                            id=item.id,
-                            status=Status.CANCELLED,
-                            error=ItemCancelled(
-                                "cancelled in flight when the drain grace ran out",
-                                item_id=item.id,
-                            ),
-                            attempts=item.attempts,
-                            shard=self.index,
-                            latency_s=self.pipeline.now() - item.admitted_at,
-                        ),
+                    error = ItemCancelled(
+                        "cancelled in flight when the drain grace ran out", item_id=item.id
                     )
+                    await self._finish(item, self._unfinished(item, error))
                 raise
             await self._finish(item, outcome)
         finally:
@@ -420,22 +400,21 @@ class Shard:
                 await trio.sleep(delay)
 
         if item.scope.cancelled_caught:
-            return Outcome(
-                id=item.id,
-                status=Status.CANCELLED,
-                error=ItemCancelled("cancelled while in flight", item_id=item.id),
-                attempts=attempt,
-                shard=self.index,
-                latency_s=pipeline.now() - item.admitted_at,
+            return self._unfinished(
+                item, ItemCancelled("cancelled while in flight", item_id=item.id)
             )
         assert last_error is not None
+        return self._unfinished(item, last_error)
+
+    def _unfinished(self, item: WorkItem, error: AttemptError | ItemCancelled) -> Outcome:
+        """The outcome of an item that ends without a result: failed, or cancelled."""
         return Outcome(
             id=item.id,
-            status=Status.FAILED,
-            error=last_error,
-            attempts=attempt,
+            status=Status.CANCELLED if isinstance(error, ItemCancelled) else Status.FAILED,
+            error=error,
+            attempts=item.attempts,
             shard=self.index,
-            latency_s=pipeline.now() - item.admitted_at,
+            latency_s=self.pipeline.now() - item.admitted_at,
         )
 
     def _attempt_ended(self, item: WorkItem, attempt: int, outcome: str, **fields: Any) -> None:
