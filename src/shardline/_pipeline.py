@@ -204,7 +204,6 @@ class Pipeline:
     _next_id: int = attrs.field(init=False, default=0)
     _admitted: int = attrs.field(init=False, default=0)
     _counts: dict[Status, int] = attrs.field(init=False, factory=lambda: dict.fromkeys(Status, 0))
-    _retries: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         if self.config.rpm is not None:
@@ -236,9 +235,6 @@ class Pipeline:
 
     def _record_end(self, _item: WorkItem, outcome: Outcome) -> None:
         self._counts[outcome.status] += 1
-
-    def _record_retry(self) -> None:
-        self._retries += 1
 
     async def _wait_rate(self, requests: int) -> None:
         if self._rpm is not None:
@@ -280,18 +276,20 @@ class Pipeline:
         Raises:
             trio.ClosedResourceError: the pipeline is draining and admits nothing new.
         """
+        return (await self._admit(request, outcomes)).id
+
+    async def _admit(self, request: Request, outcomes: trio.MemorySendChannel[Outcome]) -> WorkItem:
         if self._draining:
             outcomes.close()
             raise trio.ClosedResourceError("the pipeline is draining and admits no new items")
         item_id = request.id if request.id is not None else self._new_id()
         item = WorkItem(id=item_id, request=request, outcomes=outcomes, admitted_at=0.0)
-        shard = self._route(item_id)
         try:
-            await shard.put(item)
+            await self._route(item_id).put(item)
         except BaseException:
             outcomes.close()
             raise
-        return item_id
+        return item
 
     async def complete(self, request: Request) -> Result:
         """Send one request through admission, its shard and retries; return its result.
@@ -307,19 +305,9 @@ class Pipeline:
             ItemCancelled: the pipeline drained before the item ended.
         """
         send, recv = trio.open_memory_channel[Outcome](1)
-        item_id = request.id if request.id is not None else self._new_id()
-        item = WorkItem(
-            id=item_id,
-            request=attrs.evolve(request, id=item_id),
-            outcomes=send,
-            admitted_at=0.0,
-        )
-        if self._draining:
-            send.close()
-            raise trio.ClosedResourceError("the pipeline is draining and admits no new items")
         with recv:
+            item = await self._admit(request, send)
             try:
-                await self._route(item_id).put(item)
                 outcome = await recv.receive()
             except trio.Cancelled:
                 item.scope.cancel()
@@ -392,7 +380,7 @@ class Pipeline:
             ok=self._counts[Status.OK],
             failed=self._counts[Status.FAILED],
             cancelled=self._counts[Status.CANCELLED],
-            retries=self._retries,
+            retries=sum(s.retries for s in shards),
             draining=self._draining,
             shards=shards,
         )

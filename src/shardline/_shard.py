@@ -386,7 +386,6 @@ class Shard:
                 ):
                     break
                 self.retries += 1
-                pipeline._record_retry()
                 pipeline._emit(
                     RetryScheduled(
                         t=pipeline.now(),
