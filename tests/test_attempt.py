@@ -25,10 +25,9 @@ from shardline._attempt import (
     STALL_SLACK_RATIO,
     TAIL_GRACE,
     AttemptResult,
-    make_client,
-    map_exceptions,
     send_attempt,
 )
+from shardline._http import make_client, map_exceptions
 from shardline._config import Deadlines, Endpoint
 from shardline._exceptions import (
     AttemptError,

@@ -17,7 +17,8 @@ import httpx
 import pytest
 import trio
 
-from shardline._attempt import AttemptResult, make_client, send_attempt
+from shardline._attempt import AttemptResult, send_attempt
+from shardline._http import make_client
 from shardline._config import Deadlines, Endpoint
 from shardline._exceptions import (
     AttemptError,

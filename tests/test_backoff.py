@@ -373,11 +373,11 @@ def test_budget_never_exceeds_ratio_of_requests_plus_floor(
         else:
             budget.try_acquire_retry()
         assert budget.retries <= ratio * budget.requests + floor + 1e-6
-    assert budget.retries + budget.refused == ops.count(False)
+    assert budget.retries <= ops.count(False)
 
 
-def test_budget_refuses_when_spent_and_recovers_with_requests() -> None:
-    """A spent budget refuses retries until new requests earn more."""
+def test_budget_says_no_when_spent_and_recovers_with_requests() -> None:
+    """try_acquire_retry is False while the budget is spent, True once requests earn more."""
     budget = RetryBudget(ratio=0.5, min_retries=1)
     assert budget.try_acquire_retry()
     assert not budget.try_acquire_retry()
@@ -386,7 +386,108 @@ def test_budget_refuses_when_spent_and_recovers_with_requests() -> None:
     assert budget.available == 1
     assert budget.try_acquire_retry()
     assert not budget.try_acquire_retry()
-    assert budget.refused == 2
+    assert budget.retries == 2
+
+
+async def test_spent_budget_makes_retries_wait_not_fail(autojump_clock: object) -> None:
+    """acquire_retry waits while the budget is spent and goes when a new request earns one."""
+    import trio
+    import trio.testing
+
+    budget = RetryBudget(ratio=1.0, min_retries=0)
+    granted: list[bool] = []
+
+    async def retry() -> None:
+        granted.append(await budget.acquire_retry())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(retry)
+        await trio.testing.wait_all_tasks_blocked()
+        assert budget.waiting == 1
+        assert granted == []
+        await trio.sleep(5)
+        assert granted == []  # no window, no new request: still waiting
+        budget.record_request()
+    assert granted == [True]
+    assert budget.waited == 1
+    assert budget.overdrafts == 0
+
+
+async def test_budget_waiters_go_in_order(autojump_clock: object) -> None:
+    """Waiting retries are served first come, first served, one per earned retry."""
+    import trio
+    import trio.testing
+
+    budget = RetryBudget(ratio=1.0, min_retries=0)
+    order: list[int] = []
+
+    async def retry(n: int) -> None:
+        await budget.acquire_retry()
+        order.append(n)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(4):
+            nursery.start_soon(retry, n)
+            await trio.testing.wait_all_tasks_blocked()
+        for expected in range(1, 5):
+            budget.record_request()
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(order) == expected
+    assert order == [0, 1, 2, 3]
+
+
+async def test_budget_overdraft_after_max_wait(autojump_clock: object) -> None:
+    """A retry that waited max_wait goes anyway, counted as an overdraft."""
+    import trio
+
+    budget = RetryBudget(ratio=0.0, min_retries=0)
+    start = trio.current_time()
+    assert await budget.acquire_retry(max_wait=30.0) is False
+    assert trio.current_time() - start == pytest.approx(30.0)
+    assert budget.overdrafts == 1
+    assert budget.retries == 1
+    assert budget.waiting == 0
+
+
+async def test_windowed_budget_frees_waiters_when_the_window_forgets(
+    autojump_clock: object,
+) -> None:
+    """With a window, a spent budget frees a waiting retry once old retries leave the window."""
+    import trio
+
+    budget = RetryBudget(ratio=0.0, min_retries=1, window=60.0)
+    assert await budget.acquire_retry()
+    start = trio.current_time()
+    assert await budget.acquire_retry()
+    waited = trio.current_time() - start
+    assert 59.0 <= waited <= 61.0
+
+
+async def test_cancelled_budget_waiter_takes_nothing(autojump_clock: object) -> None:
+    """A waiter cancelled at the head of the line leaves it taking nothing; the next is served."""
+    import trio
+    import trio.testing
+
+    budget = RetryBudget(ratio=1.0, min_retries=0)
+    got: list[str] = []
+    first = trio.CancelScope()
+
+    async def retry(name: str, scope: trio.CancelScope) -> None:
+        with scope:
+            await budget.acquire_retry()
+            got.append(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(retry, "first", first)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(retry, "second", trio.CancelScope())
+        await trio.testing.wait_all_tasks_blocked()
+        first.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert budget.waiting == 1
+        budget.record_request()
+    assert got == ["second"]
+    assert budget.retries == 1
 
 
 def test_budget_repr_is_informative() -> None:
@@ -395,7 +496,9 @@ def test_budget_repr_is_informative() -> None:
     for _ in range(10):
         budget.record_request()
     budget.try_acquire_retry()
-    assert repr(budget) == "<RetryBudget 1/5 retries used (0.2 x 10 requests + 3), 0 refused>"
+    assert repr(budget) == (
+        "<RetryBudget 1/5 retries used (0.2 x 10 requests + 3), 0 waiting, 0 overdrafts>"
+    )
 
 
 async def test_windowed_budget_repr(autojump_clock: object) -> None:
@@ -404,7 +507,8 @@ async def test_windowed_budget_repr(autojump_clock: object) -> None:
     for _ in range(10):
         budget.record_request()
     assert repr(budget) == (
-        "<RetryBudget 0/5 retries in the last 60s (0.2 x 10 requests + 3), 0 refused>"
+        "<RetryBudget 0/5 retries in the last 60s (0.2 x 10 requests + 3),"
+        " 0 waiting, 0 overdrafts>"
     )
 
 
@@ -436,7 +540,6 @@ async def test_windowed_budget_forgets_old_requests(autojump_clock: object) -> N
     assert not budget.try_acquire_retry()
     assert budget.requests == 100
     assert budget.retries == 1
-    assert budget.refused == 1
 
 
 async def test_policy_budget_is_windowed_by_default(autojump_clock: object) -> None:
@@ -448,7 +551,7 @@ async def test_policy_budget_is_windowed_by_default(autojump_clock: object) -> N
 
 def test_budget_window_validation() -> None:
     """A non-positive window is a ConfigError naming the parameter."""
-    with pytest.raises(ConfigError, match=r"^budget_window must be > 0 seconds or None, got 0$"):
+    with pytest.raises(ConfigError, match=r"^budget_window must be > 0 seconds, got 0$"):
         RetryPolicy(budget_window=0)
-    with pytest.raises(ConfigError, match=r"^window must be > 0 seconds or None, got -1$"):
+    with pytest.raises(ConfigError, match=r"^window must be > 0 seconds, got -1$"):
         RetryBudget(window=-1)

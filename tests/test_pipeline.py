@@ -292,8 +292,16 @@ def test_config_validation_messages() -> None:
         PipelineConfig(shard_count=0)
     with pytest.raises(ConfigError, match=r"^routing must be 'hash' or 'least_loaded'"):
         PipelineConfig(routing="random")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=r"^rpm must be > 0, got 0$"):
+    with pytest.raises(ConfigError, match=r"^rpm must be > 0 requests per minute, got 0$"):
         PipelineConfig(rpm=0)
+    with pytest.raises(ConfigError, match=r"^tpm must be a number of tokens per minute or None"):
+        PipelineConfig(tpm="lots")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^shard_count must be an integer, got 2.5$"):
+        PipelineConfig(shard_count=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^drain_grace must be finite, got nan$"):
+        PipelineConfig(drain_grace=float("nan"))
+    with pytest.raises(ConfigError, match=r"^stall must be finite, got inf$"):
+        Deadlines(stall=float("inf"))
 
 
 def test_config_from_env() -> None:
@@ -325,20 +333,27 @@ def test_rate_limited_error_type() -> None:
 async def test_paced_429_retries_do_not_spend_the_budget(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Retries after a 429 with Retry-After bypass the budget; blind retries do not."""
+    """Retries after a 429 with Retry-After bypass the budget; blind retries wait for it."""
     no_budget = RetryPolicy(
         max_attempts=3,
         backoff=Backoff(initial=0.1, max=1.0, multiplier=2.0, jitter=0.1),
         budget_ratio=0.0,
         budget_min_retries=0,
+        budget_max_wait=30.0,
     )
     rate_limited = Transports(plan=lambda item, attempt: "rate_limit" if attempt == 1 else None)
+    start = trio.current_time()
     outcomes = await run_all(config(retry=no_budget), 12, rate_limited)
     assert all(o.ok and o.attempts == 2 for o in outcomes)
+    assert trio.current_time() - start < 30.0
 
     failing = Transports(plan=lambda item, attempt: "http_503" if attempt == 1 else None)
+    start = trio.current_time()
     outcomes = await run_all(config(retry=no_budget), 12, failing)
-    assert all(not o.ok and o.attempts == 1 for o in outcomes)
+    # A spent budget paces the blind retries (here: each waits budget_max_wait);
+    # it never turns them into failures.
+    assert all(o.ok and o.attempts == 2 for o in outcomes)
+    assert trio.current_time() - start >= 30.0
 
 
 async def test_non_ascii_ids_are_sent_percent_encoded(

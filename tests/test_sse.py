@@ -16,14 +16,8 @@ from shardline._exceptions import (
     ServerError,
 )
 from shardline._models import Usage
-from shardline._sse import (
-    DONE,
-    SSEDecoder,
-    SSEEvent,
-    StreamAccumulator,
-    error_from_payload,
-    usage_from_json,
-)
+from shardline._openai import StreamAccumulator, error_from_payload, usage_from_json
+from shardline._sse import DONE, SSEDecoder, SSEEvent
 
 
 def decode_all(data: bytes, **kwargs: int) -> list[SSEEvent]:
@@ -328,7 +322,7 @@ def test_only_choice_zero_makes_the_text() -> None:
         ('{"error": {"message": "too long", "code": 400}}', "message", ClientError),
         ('{"object": "error", "message": "bad", "code": 500}', "message", ServerError),
         ('{"message": "boom"}', "error", ServerError),
-        ('{"error": "plain text"}', "message", ServerError),
+        ('{"error": "plain text"}', "message", ProtocolError),  # `error` must be an object
         ("upstream overloaded", "error", ServerError),
     ],
 )
@@ -360,14 +354,28 @@ def test_error_from_payload_message_is_bounded() -> None:
     [
         ({"prompt_tokens": 3, "completion_tokens": 4}, Usage(prompt_tokens=3, completion_tokens=4)),
         ({"prompt_tokens": 3, "total_tokens": 3}, Usage(prompt_tokens=3, completion_tokens=0)),
-        ({"prompt_tokens": -1, "completion_tokens": 4}, None),
-        ({"prompt_tokens": "3", "completion_tokens": 4}, None),
+        ({"completion_tokens": 4}, None),
         (None, None),
     ],
 )
 def test_usage_from_json(obj: object, expected: Usage | None) -> None:
-    """Well-formed usage objects become Usage; malformed ones are ignored."""
+    """Well-formed usage objects become Usage; one without prompt tokens is no usage."""
     assert usage_from_json(obj) == expected
+
+
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        ({"prompt_tokens": -1, "completion_tokens": 4}, "usage.prompt_tokens must be an integer"),
+        ({"prompt_tokens": "3"}, "usage.prompt_tokens must be an integer >= 0 or null, got string"),
+        ({"prompt_tokens": 3, "completion_tokens": True}, "usage.completion_tokens must be"),
+        ([1, 2], "usage must be an object or null, got array"),
+    ],
+)
+def test_malformed_usage_is_a_protocol_error(obj: object, message: str) -> None:
+    """A usage object with counts of the wrong type is a ProtocolError naming the field."""
+    with pytest.raises(ProtocolError, match=message):
+        usage_from_json(obj)
 
 
 def test_null_error_field_is_not_an_error() -> None:

@@ -1,8 +1,9 @@
-"""Retries: backoff, Retry-After that cools a whole shard, and a budget that stops storms."""
+"""Retries: backoff, Retry-After that cools a whole shard, and a budget that paces storms."""
 
 import trio
 
 from shardline import (
+    AttemptStarted,
     Backoff,
     ChatRequest,
     Endpoint,
@@ -22,7 +23,8 @@ POLICY = RetryPolicy(
     retry_after_cap=1.0,  # honour Retry-After up to 1 s
     retry_after_jitter=0.05,
     budget_ratio=0.2,  # retries <= 20 % of requests ...
-    budget_min_retries=2,  # ... plus 2
+    budget_min_retries=2,  # ... plus 2; the others wait for the budget ...
+    budget_max_wait=0.5,  # ... at most 0.5 s here (60 s by default), then go anyway
 )
 
 
@@ -53,13 +55,16 @@ async def main() -> None:
     assert all(o.ok for o in outcomes)
     assert all(0.2 <= r.delay_s <= 0.25 for r in retries)  # Retry-After plus its jitter
 
-    # 2. A dead backend: every request fails with 503. The budget caps the retries.
+    # 2. A dead backend: every request fails with 503. The budget paces the retries:
+    #    before anyone has waited budget_max_wait, at most 20 % x 40 + 2 retries are sent.
     outcomes, sink = await run("http_503=1.0", n=40)
-    retries = [e for e in sink if isinstance(e, RetryScheduled)]
-    print(f"dead backend: {sum(o.ok for o in outcomes)}/40 ok, {len(retries)} retries")
-    print(f"  (without a budget: up to {40 * (POLICY.max_attempts - 1)})")
-    assert len(retries) <= 0.2 * 40 + 2
+    retry_sends = [e for e in sink if isinstance(e, AttemptStarted) and e.attempt > 1]
+    early = [e for e in retry_sends if e.t < retry_sends[0].t + 0.4]
+    print(f"dead backend: {sum(o.ok for o in outcomes)}/40 ok, {len(retry_sends)} retries,")
+    print(f"  {len(early)} of them in the first 0.4 s (the budget allows 0.2 x 40 + 2 = 10)")
+    assert len(early) <= 0.2 * 40 + 2
     assert {o.cause for o in outcomes} == {"server_error"}
+    assert all(o.attempts == POLICY.max_attempts for o in outcomes)  # paced, never dropped
 
 
 trio.run(main)

@@ -27,7 +27,8 @@ async def monitor(pipeline: Pipeline) -> None:
         print(f"{stats.done:>3} done | " + " | ".join(cells))
         for s in stats.shards:
             assert s.in_flight <= s.capacity  # the bounds hold
-            assert s.queued <= 16
+            assert s.queued <= 16 + 2 * 4  # the queue, plus items taken but not sent
+            assert s.busy <= 2 * 4  # items in progress: sending or between attempts
         await trio.sleep(0.25)
 
 
@@ -39,7 +40,7 @@ async def main() -> None:
             endpoint=Endpoint(base_url=server.base_url, model="fake-model"),
             shard_count=3,
             concurrency=4,  # per shard: 12 requests in flight at most
-            queue_size=16,  # per shard: 48 requests waiting at most
+            queue_size=16,  # per shard: 16 queued, plus 2 x 4 in progress at most
             retry=RetryPolicy(backoff=Backoff(initial=0.05, jitter=0.05), retry_after_jitter=0.05),
         )
         requests = [

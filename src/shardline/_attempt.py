@@ -31,7 +31,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import ssl
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -46,11 +45,6 @@ from ._exceptions import (
     AttemptError,
     AttemptTimeout,
     ClientError,
-    ConfigError,
-    ConnectError,
-    ConnectionLost,
-    ConnectTimeout,
-    PoolTimeout,
     ProtocolError,
     RateLimited,
     ServerError,
@@ -58,31 +52,20 @@ from ._exceptions import (
     Truncated,
     TTFTTimeout,
 )
+from ._http import map_exceptions, scrub
 from ._models import Request, Usage, estimate_tokens
-from ._sse import (
-    DEFAULT_MAX_LINE_BYTES,
-    SSEDecoder,
-    StreamAccumulator,
-    error_from_payload,
-    usage_from_json,
-)
+from ._openai import StreamAccumulator, parse_whole
+from ._sse import DEFAULT_MAX_LINE_BYTES, SSEDecoder
 
 __all__ = [
-    "DEFAULT_KEEPALIVE_EXPIRY",
     "ERROR_BODY_GRACE",
     "MAX_ERROR_BODY_BYTES",
     "MAX_RESPONSE_BYTES",
     "TAIL_GRACE",
     "AttemptResult",
-    "make_client",
-    "map_exceptions",
     "send_attempt",
 ]
 
-#: Seconds an idle pooled connection is kept (httpx's default is 5 s; LLM
-#: endpoints behind load balancers usually keep idle connections 60 s or more,
-#: and a batch run reuses them within milliseconds).
-DEFAULT_KEEPALIVE_EXPIRY = 30.0
 #: How much of an error response's body is read for its message.
 MAX_ERROR_BODY_BYTES = 64 * 1024
 #: Seconds spent reading an error response's body before raising without it.
@@ -93,8 +76,6 @@ MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 #: allowed for its remaining bytes (usage chunk, ``[DONE]``, end of body). If they
 #: do not come, the attempt still succeeds; only the connection is not reused.
 TAIL_GRACE = 1.0
-
-_USER_AGENT = "shardline (httpx; trio)"
 
 
 try:  # The shardline[fast] extra: orjson parses stream chunks about 2.5x faster.
@@ -108,69 +89,6 @@ else:
 #: seconds after the stall deadline (never before it); see ``_read_stream``.
 STALL_SLACK_RATIO = 0.05
 STALL_SLACK_MAX = 1.0
-
-
-def make_client(
-    endpoint: Endpoint, *, max_connections: int, deadlines: Deadlines
-) -> httpx.AsyncClient:
-    """A pooled :class:`httpx.AsyncClient` for one shard.
-
-    The pool holds at most ``max_connections`` sockets, all of which may stay
-    alive between requests (``max_keepalive_connections`` is the same number),
-    so a shard whose in-flight cap equals ``max_connections`` never waits for
-    the pool and never opens a socket per request. Use it with
-    ``async with client:`` and close it when the shard ends.
-
-    Timeouts: ``connect`` and ``pool`` come from ``deadlines.connect``;
-    ``read`` is ``None`` on purpose. A read timeout restarts at every byte, so a
-    server that drips keep-alive comments never trips it (openai-python's
-    600 s read timeout lets such a stream live forever), and on a healthy
-    stream it only races :func:`send_attempt`'s stall deadline and reports the
-    wrong cause. ``write`` is ``None`` too: sending the request is covered by
-    the TTFT deadline, which runs from the moment the request is sent.
-
-    Args:
-        endpoint: Where to connect; ``endpoint.http2`` selects HTTP/2 (needs
-            the ``shardline[http2]`` extra).
-        max_connections: The shard's in-flight cap (>= 1).
-        deadlines: Supplies the connect/pool timeout.
-
-    Raises:
-        ConfigError: for a bad ``max_connections``, or HTTP/2 without ``h2``.
-    """
-    if isinstance(max_connections, bool) or not isinstance(max_connections, int):
-        raise ConfigError(f"max_connections must be an integer, got {max_connections!r}")
-    if max_connections < 1:
-        raise ConfigError(f"max_connections must be >= 1, got {max_connections!r}")
-    limits = httpx.Limits(
-        max_connections=max_connections,
-        max_keepalive_connections=max_connections,
-        keepalive_expiry=DEFAULT_KEEPALIVE_EXPIRY,
-    )
-    timeout = httpx.Timeout(
-        connect=deadlines.connect, read=None, write=None, pool=deadlines.connect
-    )
-    try:
-        return httpx.AsyncClient(
-            limits=limits,
-            timeout=timeout,
-            verify=_default_ssl_context(),
-            http2=endpoint.http2,
-            follow_redirects=False,
-            headers={"user-agent": _USER_AGENT},
-        )
-    except ImportError as exc:  # http2=True without the h2 package
-        raise ConfigError("http2=True needs the h2 package: install shardline[http2]") from exc
-
-
-@functools.cache
-def _default_ssl_context() -> ssl.SSLContext:
-    """httpx's default verifying context, built once per process.
-
-    Building one loads the CA bundle (about 80 ms here); every shard's client
-    shares it instead of paying that per client. Contexts are safe to share.
-    """
-    return httpx.create_ssl_context()
 
 
 @attrs.frozen(kw_only=True)
@@ -217,79 +135,6 @@ class _State:
         if self.first_token_at is not None:
             return True
         return self.acc is not None and self.acc.progress_events > 0
-
-
-@contextmanager
-def map_exceptions(
-    *, partial: Callable[[], bool] = lambda: False, secret: str | None = None
-) -> Iterator[None]:
-    """Translate httpx's exceptions into shardline's, chained with ``raise ... from``.
-
-    The shape of httpcore's ``map_exceptions``: a small table at the boundary,
-    so everything above it only knows :class:`~shardline.AttemptError`.
-    ``trio.Cancelled`` passes through untouched; shardline's own errors pass
-    through with ``partial`` filled in and the secret scrubbed.
-
-    ============================================  ====================
-    httpx                                         shardline
-    ============================================  ====================
-    ``PoolTimeout``                               ``PoolTimeout``
-    ``ConnectTimeout``                            ``ConnectTimeout``
-    ``ConnectError``                              ``ConnectError``
-    ``ReadError``, ``WriteError``, ``CloseError``  ``ConnectionLost``
-    ``RemoteProtocolError``, peer closed          ``ConnectionLost``
-    ``RemoteProtocolError``, other                ``ProtocolError``
-    ``DecodingError``, other ``HTTPError``         ``ProtocolError``
-    ``ReadTimeout``, ``WriteTimeout``             ``StallTimeout`` / ``TTFTTimeout``
-    ============================================  ====================
-
-    Args:
-        partial: Called at translation time: did content arrive already?
-        secret: A string (the API key) to scrub from messages, just in case.
-    """
-    try:
-        yield
-    except AttemptError as exc:  # ours (SSE/JSON/status): fill in partial, scrub
-        if partial():
-            exc.partial = True
-        scrubbed = _scrub(exc.message, secret)
-        if scrubbed != exc.message:
-            exc.message = scrubbed
-            exc.args = (scrubbed,)
-        raise
-    except httpx.HTTPError as exc:
-        error = _translate(exc, partial=partial(), secret=secret)
-        raise error from exc
-
-
-def _translate(exc: httpx.HTTPError, *, partial: bool, secret: str | None) -> AttemptError:
-    detail = _scrub(str(exc) or type(exc).__name__, secret)
-    if isinstance(exc, httpx.PoolTimeout):
-        return PoolTimeout(f"no pooled connection became free in time: {detail}")
-    if isinstance(exc, httpx.ConnectTimeout):
-        return ConnectTimeout(f"connecting took too long: {detail}")
-    if isinstance(exc, httpx.ConnectError):
-        return ConnectError(f"could not connect: {detail}")
-    if isinstance(exc, httpx.TimeoutException):  # only with a client not made by make_client
-        if partial:
-            return StallTimeout(f"httpx timeout mid-stream: {detail}", partial=True)
-        return TTFTTimeout(f"httpx timeout before the first token: {detail}")
-    if isinstance(exc, httpx.RemoteProtocolError):
-        lowered = detail.lower()
-        if "peer closed" in lowered or "disconnected" in lowered or "incomplete" in lowered:
-            return ConnectionLost(f"connection closed mid-response: {detail}", partial=partial)
-        return ProtocolError(f"malformed HTTP from server: {detail}", partial=partial)
-    if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.CloseError):
-        return ConnectionLost(f"connection lost: {detail}", partial=partial)
-    if isinstance(exc, httpx.TransportError):
-        return ConnectionLost(f"transport error: {detail}", partial=partial)
-    return ProtocolError(f"{type(exc).__name__}: {detail}", partial=partial)
-
-
-def _scrub(message: str, secret: str | None) -> str:
-    if secret and len(secret) >= 4 and secret in message:
-        return message.replace(secret, "***")
-    return message
 
 
 async def send_attempt(
@@ -388,10 +233,8 @@ async def send_attempt(
 
 @functools.lru_cache(maxsize=64)
 def _url(base_url: str, path: str, api_version: str | None) -> httpx.URL:
-    url = httpx.URL(base_url.rstrip("/") + "/" + path.lstrip("/"))
-    if api_version is not None:
-        url = url.copy_merge_params({"api-version": api_version})
-    return url
+    # httpx parses a str URL on every request: cache the parsed one per endpoint and path.
+    return httpx.URL(Endpoint(base_url=base_url, azure_api_version=api_version).url_for(path))
 
 
 def _at(start: float, seconds: float | None) -> float:
@@ -438,8 +281,17 @@ async def _exchange(
         if response.status_code >= 300:
             await _raise_for_status(response, endpoint, body_deadline=state.body_deadline)
         content_type = response.headers.get("content-type", "")
-        if stream and "json" not in content_type:
+        media = content_type.partition(";")[0].strip().lower()
+        is_json = media == "application/json" or media.endswith("+json")
+        if stream and (media == "text/event-stream" or not media):
             return await _read_stream(response, request, deadlines, on_first_token, state, progress)
+        if media and not is_json:
+            # A gateway's HTML error page with a 200, a proxy's plain text...
+            expected = "an event stream or JSON" if stream else "JSON"
+            raise ProtocolError(
+                f"expected {expected}, got content-type {content_type[:100]!r}",
+                status_code=response.status_code,
+            )
         # Non-streamed, or a server that ignored stream=true and answered JSON.
         raw = await _read_bounded(response, MAX_RESPONSE_BYTES, what="response body")
         result = _parse_whole(raw, request, state, response.status_code)
@@ -472,9 +324,10 @@ async def _read_stream(
     def handle(chunk: bytes) -> None:
         nonlocal tail_deadline
         progressed = False
-        for event in decoder.feed(chunk):
-            if acc.feed(event):
-                progressed = True
+        with _decoding(f"stream event {acc.position + 1}"):
+            for event in decoder.feed(chunk):
+                if acc.feed(event):
+                    progressed = True
         acc.events_seen = decoder.events
         acc.keepalives = decoder.comments
         if progressed:
@@ -499,8 +352,9 @@ async def _read_stream(
 
     await _consume(response, handle)
     pending = decoder.pending_bytes
-    for event in decoder.end():
-        acc.feed(event)
+    with _decoding(f"stream event {acc.position + 1}"):
+        for event in decoder.end():
+            acc.feed(event)
     if not acc.complete:
         raise Truncated(
             "stream ended without a finish reason or [DONE]"
@@ -616,7 +470,7 @@ async def _raise_for_status(
     with trio.move_on_at(give_up):
         await _consume(response, handle)
     raw = b"".join(parts)[:MAX_ERROR_BODY_BYTES]
-    message = _scrub(_error_message(raw), endpoint.api_key)
+    message = scrub(_error_message(raw), endpoint.api_key)
     text = f"HTTP {status} {response.reason_phrase}".rstrip() + (f": {message}" if message else "")
     retry_after = parse_retry_after(response.headers)
     if status == 429:
@@ -647,35 +501,38 @@ def _error_message(raw: bytes) -> str:
 
 
 def _parse_whole(raw: bytes, request: Request, state: _State, status_code: int) -> AttemptResult:
-    try:
-        obj = json.loads(raw)
-    except ValueError as exc:
-        raise ProtocolError(
-            f"response body is not JSON: {raw[:80]!r}", status_code=status_code
-        ) from exc
-    if not isinstance(obj, dict):
-        raise ProtocolError("response body is not a JSON object", status_code=status_code)
-    if obj.get("error") or obj.get("object") == "error":
-        raise error_from_payload(obj, status_code=status_code)
-    choices = obj.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise ProtocolError("response has no choices", status_code=status_code)
-    choice = choices[0]
-    message = choice.get("message")
-    content = message.get("content") if isinstance(message, dict) else choice.get("text")
-    text = content if isinstance(content, str) else ""
-    reason = choice.get("finish_reason")
-    if not reason:
+    with _decoding("response body"):
+        whole = parse_whole(raw, status_code=status_code, loads=_json_loads)
+    if not whole.finish_reason:
         raise Truncated(
-            "response has no finish reason", status_code=status_code, partial=bool(text)
+            "response has no finish reason", status_code=status_code, partial=bool(whole.text)
         )
-    usage = usage_from_json(obj.get("usage")) or _estimate_usage(request, text)
+    usage = whole.usage or _estimate_usage(request, whole.text)
     elapsed = trio.current_time() - state.start
     return AttemptResult(
-        text=text,
-        finish_reason=str(reason),
+        text=whole.text,
+        finish_reason=whole.finish_reason,
         usage=usage,
         ttft_s=elapsed,
         duration_s=elapsed,
         status_code=status_code,
     )
+
+
+@contextmanager
+def _decoding(where: str) -> Iterator[None]:
+    """The catch-all of the boundary: nothing the decoder or parser raises leaves as itself.
+
+    :mod:`shardline._openai` checks every field it reads, so this should never
+    fire; if server data still trips an unexpected exception there, it is a
+    :class:`~shardline.ProtocolError` (the data is what was wrong), chained to
+    the original for debugging.
+    """
+    try:
+        yield
+    except AttemptError:
+        raise
+    except Exception as exc:
+        raise ProtocolError(
+            f"{where}: could not be decoded ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc

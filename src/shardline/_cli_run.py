@@ -300,10 +300,6 @@ class RunSummary:
         return EXIT_OK
 
 
-class _Interrupted(Exception):
-    """Raised inside the pipeline block after Ctrl-C, so the run ends as ``cancelled``."""
-
-
 @attrs.define(eq=False)
 class _Interrupt:
     """Ctrl-C handling: the first signal drains, the second cancels in-flight work."""
@@ -546,9 +542,9 @@ async def _run_pipeline(
                         with interrupt.wait_scope:
                             await all_done.wait()
                         if interrupt.signals:
-                            # Leave by an exception so run_end records reason "cancelled".
-                            raise _Interrupted
-                except* _Interrupted:
+                            # Leave as Ctrl-C does, so run_end records reason "cancelled".
+                            raise KeyboardInterrupt
+                except* KeyboardInterrupt:
                     pass
                 # Leaving the pipeline drained it: every admitted item has its outcome.
                 await all_done.wait()

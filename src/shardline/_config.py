@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 import attrs
 
 from ._exceptions import ConfigError
+from ._validate import number
 
 __all__ = [
     "DEFAULT_ATTEMPT_TIMEOUT",
@@ -30,42 +32,6 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_TTFT_TIMEOUT = 60.0
 DEFAULT_STALL_TIMEOUT = 30.0
 DEFAULT_ATTEMPT_TIMEOUT = 600.0
-
-
-def positive_or_none(name: str) -> Any:
-    """An attrs validator: ``None`` or a number > 0, with a message naming ``name``."""
-
-    def check(_inst: object, _attr: object, value: float | None) -> None:
-        if value is None:
-            return
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{name} must be a number of seconds or None, got {value!r}")
-        if not value > 0:
-            raise ConfigError(f"{name} must be > 0, got {value!r}")
-
-    return check
-
-
-def at_least(name: str, bound: int | float) -> Any:
-    """An attrs validator: a number >= ``bound``, with a message naming ``name``."""
-
-    def check(_inst: object, _attr: object, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
-        if value < bound:
-            raise ConfigError(f"{name} must be >= {bound}, got {value!r}")
-
-    return check
-
-
-def env_float(name: str, environ: Mapping[str, str]) -> float | None:
-    raw = environ.get(name)
-    if raw is None or raw.strip() == "":
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"environment variable {name} must be a number, got {raw!r}") from None
 
 
 def env_int(name: str, environ: Mapping[str, str]) -> int | None:
@@ -97,16 +63,19 @@ class Deadlines:
     """
 
     connect: float | None = attrs.field(
-        default=DEFAULT_CONNECT_TIMEOUT, validator=positive_or_none("connect")
+        default=DEFAULT_CONNECT_TIMEOUT,
+        validator=number("connect", gt=0, unit="seconds", optional=True),
     )
     ttft: float | None = attrs.field(
-        default=DEFAULT_TTFT_TIMEOUT, validator=positive_or_none("ttft")
+        default=DEFAULT_TTFT_TIMEOUT, validator=number("ttft", gt=0, unit="seconds", optional=True)
     )
     stall: float | None = attrs.field(
-        default=DEFAULT_STALL_TIMEOUT, validator=positive_or_none("stall")
+        default=DEFAULT_STALL_TIMEOUT,
+        validator=number("stall", gt=0, unit="seconds", optional=True),
     )
     attempt: float | None = attrs.field(
-        default=DEFAULT_ATTEMPT_TIMEOUT, validator=positive_or_none("attempt")
+        default=DEFAULT_ATTEMPT_TIMEOUT,
+        validator=number("attempt", gt=0, unit="seconds", optional=True),
     )
 
 
@@ -173,14 +142,14 @@ class Endpoint:
         return out
 
     def url_for(self, path: str) -> str:
-        """The full URL of an API path, for example ``chat/completions``."""
-        return self.base_url.rstrip("/") + "/" + path.lstrip("/")
+        """The full URL of an API path, for example ``chat/completions``.
 
-    def params(self) -> dict[str, str]:
-        """Query parameters sent with every request (Azure's ``api-version``)."""
+        With ``azure_api_version`` set it carries the ``api-version`` query parameter.
+        """
+        url = self.base_url.rstrip("/") + "/" + path.lstrip("/")
         if self.azure_api_version is not None:
-            return {"api-version": self.azure_api_version}
-        return {}
+            url += "?" + urlencode({"api-version": self.azure_api_version})
+        return url
 
     def safe_dict(self) -> dict[str, Any]:
         """A JSON-able description without secrets (for the run-start event)."""

@@ -146,7 +146,11 @@ class RetryScheduled:
 
 @attrs.frozen(kw_only=True)
 class ItemEnded:
-    """An item reached its one terminal status: ``ok``, ``failed`` or ``cancelled``."""
+    """An item reached its one terminal status: ``ok``, ``failed`` or ``cancelled``.
+
+    ``message`` says why an item that is not ``ok`` ended (for ``internal_error``:
+    the traceback).
+    """
 
     kind: ClassVar[str] = "item_end"
     t: float
@@ -160,6 +164,7 @@ class ItemEnded:
     completion_tokens: int | None = None
     ttft_s: float | None = None
     usage_estimated: bool = False
+    message: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -9,6 +9,7 @@ exceptions (httpx, h11, json) are translated where they occur and chained with
     ├── ConfigError (also ValueError)          bad option or environment value
     ├── InputError (also ValueError)           bad input line; cause invalid_input
     ├── ItemCancelled                          the pipeline drained before the item ended
+    ├── InternalError                          a defect in shardline hit this item
     └── AttemptError                           one HTTP exchange failed; .cause names why
         ├── HTTPStatusError
         │   ├── RateLimited                    rate_limited (429)
@@ -48,6 +49,7 @@ __all__ = [
     "DeadlineExceeded",
     "HTTPStatusError",
     "InputError",
+    "InternalError",
     "ItemCancelled",
     "PoolTimeout",
     "ProtocolError",
@@ -78,6 +80,7 @@ class Cause(enum.StrEnum):
     POOL_TIMEOUT = "pool_timeout"
     INVALID_INPUT = "invalid_input"
     CANCELLED = "cancelled"
+    INTERNAL_ERROR = "internal_error"
 
 
 def located(message: str, *, source: str | None, line: int | None) -> str:
@@ -128,6 +131,28 @@ class ItemCancelled(ShardlineError):
 
     def __init__(self, message: str = "cancelled before completion", *, item_id: object = None):
         self.item_id = item_id
+        super().__init__(message)
+
+
+class InternalError(ShardlineError):
+    """A defect in shardline itself hit this item (please report it).
+
+    Only that item pays: it ends ``failed`` with cause ``internal_error``, the
+    other items go on, and the defect stays loud: the traceback is logged on
+    the ``shardline`` logger and written to the events (``message``), the
+    pipeline counts it (``PipelineStatistics.internal_errors``) and
+    ``shardline run`` exits 70 at the end. ``__cause__`` is the original exception.
+
+    Attributes:
+        item_id: The item it hit.
+        traceback: The formatted traceback of the original exception.
+    """
+
+    cause: ClassVar[Cause] = Cause.INTERNAL_ERROR
+
+    def __init__(self, message: str, *, item_id: object = None, traceback: str = "") -> None:
+        self.item_id = item_id
+        self.traceback = traceback
         super().__init__(message)
 
 

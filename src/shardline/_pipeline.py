@@ -1,7 +1,10 @@
 """The pipeline: shards owned by one nursery, bounded admission, drain.
 
-Data flows one way: admission (rate limits, routing) → a shard's queue → an
-attempt → retry or outcome. Nothing outlives ``async with open_pipeline(...)``.
+Data flows one way: admission (request check, ids, routing) → a shard's queue
+→ attempts → outcome. The limits every shard shares (RPM, TPM, the retry
+budget) are objects the pipeline builds into one :class:`RunState` record and
+hands to each shard, which consults them before each attempt; no shard ever
+calls back into the pipeline. Nothing outlives ``async with open_pipeline(...)``.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import os
 import random
 import time
 import uuid
+import weakref
 import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -19,15 +23,16 @@ import attrs
 import httpx
 import trio
 
-from ._attempt import make_client
-from ._backoff import RetryBudget, RetryPolicy
-from ._config import Deadlines, Endpoint, at_least, env_int, positive_or_none
-from ._events import Event, ItemAdmitted, ItemEnded, RunEnded, RunStarted
+from ._backoff import RetryPolicy
+from ._config import Deadlines, Endpoint, env_int
+from ._events import Event, ItemEnded, RunEnded, RunStarted
 from ._exceptions import ConfigError, ShardlineError
-from ._models import ItemId, Outcome, Request, Result, Status
-from ._ratelimit import Charge, SlidingWindowLimiter
-from ._shard import CLEANUP_GRACE_S, Shard, ShardStatistics, WorkItem
+from ._http import make_client
+from ._models import ChatRequest, CompletionRequest, ItemId, Outcome, Request, Result, Status
+from ._ratelimit import SlidingWindowLimiter
+from ._shard import CLEANUP_GRACE_S, DEFAULT_MAX_TOKENS, RunState, Shard, ShardStatistics, WorkItem
 from ._sinks import EventSink
+from ._validate import integer, number
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -45,8 +50,6 @@ DEFAULT_SHARD_COUNT = 1
 DEFAULT_CONCURRENCY = 16
 DEFAULT_QUEUE_SIZE = 64
 DEFAULT_DRAIN_GRACE = 30.0
-#: Completion tokens assumed for TPM admission when a request sets no max_tokens.
-DEFAULT_MAX_TOKENS = 256
 
 
 class _NullSink:
@@ -96,19 +99,23 @@ class PipelineConfig:
 
     endpoint: Endpoint = attrs.field(factory=Endpoint)
     shard_count: int = attrs.field(
-        default=DEFAULT_SHARD_COUNT, validator=at_least("shard_count", 1)
+        default=DEFAULT_SHARD_COUNT, validator=integer("shard_count", ge=1)
     )
     concurrency: int = attrs.field(
-        default=DEFAULT_CONCURRENCY, validator=at_least("concurrency", 1)
+        default=DEFAULT_CONCURRENCY, validator=integer("concurrency", ge=1)
     )
-    queue_size: int = attrs.field(default=DEFAULT_QUEUE_SIZE, validator=at_least("queue_size", 1))
+    queue_size: int = attrs.field(default=DEFAULT_QUEUE_SIZE, validator=integer("queue_size", ge=1))
     routing: Literal["hash", "least_loaded"] = attrs.field(default="hash", validator=_routing)
-    rpm: float | None = attrs.field(default=None, validator=positive_or_none("rpm"))
-    tpm: float | None = attrs.field(default=None, validator=positive_or_none("tpm"))
+    rpm: float | None = attrs.field(
+        default=None, validator=number("rpm", gt=0, unit="requests per minute", optional=True)
+    )
+    tpm: float | None = attrs.field(
+        default=None, validator=number("tpm", gt=0, unit="tokens per minute", optional=True)
+    )
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     deadlines: Deadlines = attrs.field(factory=Deadlines)
     drain_grace: float = attrs.field(
-        default=DEFAULT_DRAIN_GRACE, validator=at_least("drain_grace", 0)
+        default=DEFAULT_DRAIN_GRACE, validator=number("drain_grace", ge=0, unit="seconds")
     )
     seed: int | None = None
 
@@ -160,12 +167,17 @@ class PipelineStatistics:
         admitted: Items accepted so far.
         queued: Items waiting in shard queues.
         in_flight: HTTP attempts under way.
+        retrying: Items waiting between two attempts (backoff or retry budget).
         cooling_shards: Shards waiting out a Retry-After.
         done: Items that ended, however they ended.
         ok: Items that ended with a result.
         failed: Items that ended with an error.
         cancelled: Items that ended cancelled (drained or cancelled by their caller).
+        internal_errors: Failed items whose cause is ``internal_error``: a
+            defect in shardline hit them (each is logged, with its traceback in
+            the events). Anything but 0 deserves a bug report.
         retries: Retries scheduled.
+        budget_waiting: Retries waiting for the retry budget right now.
         draining: True once the pipeline is being left.
         shards: One :class:`ShardStatistics` per shard.
     """
@@ -173,12 +185,15 @@ class PipelineStatistics:
     admitted: int
     queued: int
     in_flight: int
+    retrying: int
     cooling_shards: int
     done: int
     ok: int
     failed: int
     cancelled: int
+    internal_errors: int
     retries: int
+    budget_waiting: int
     draining: bool
     shards: tuple[ShardStatistics, ...]
 
@@ -192,62 +207,26 @@ class Pipeline:
     """
 
     config: PipelineConfig
-    _sink: EventSink
     run_id: str
-    _budget: RetryBudget
-    _default_max_tokens: int = DEFAULT_MAX_TOKENS
+    _state: RunState
     _shards: list[Shard] = attrs.field(init=False, factory=list)
-    _draining: bool = attrs.field(init=False, default=False)
-    _t0: float = attrs.field(init=False, default=0.0)
-    _rpm: SlidingWindowLimiter | None = attrs.field(init=False, default=None)
-    _tpm: SlidingWindowLimiter | None = attrs.field(init=False, default=None)
     _next_id: int = attrs.field(init=False, default=0)
-    _admitted: int = attrs.field(init=False, default=0)
-    _counts: dict[Status, int] = attrs.field(init=False, factory=lambda: dict.fromkeys(Status, 0))
-
-    def __attrs_post_init__(self) -> None:
-        if self.config.rpm is not None:
-            self._rpm = SlidingWindowLimiter(limit=self.config.rpm)
-        if self.config.tpm is not None:
-            self._tpm = SlidingWindowLimiter(limit=self.config.tpm)
+    _handed: weakref.WeakSet[trio.MemorySendChannel[Outcome]] = attrs.field(
+        init=False, factory=weakref.WeakSet
+    )
 
     def __repr__(self) -> str:
         in_flight = sum(s.in_flight for s in self._shards)
         queued = sum(s.queued for s in self._shards)
-        state = ", draining" if self._draining else ""
+        state = ", draining" if self._state.draining else ""
         return (
             f"<Pipeline {self.run_id}: {len(self._shards)} shards, {in_flight} in flight, "
-            f"{queued} queued, {sum(self._counts.values())} done{state}>"
+            f"{queued} queued, {sum(self._state.counts.values())} done{state}>"
         )
-
-    # -- time and events (used by shards) ---------------------------------
 
     def now(self) -> float:
         """Seconds since the run started, on trio's clock."""
-        return trio.current_time() - self._t0
-
-    def _emit(self, event: Event) -> None:
-        self._sink.emit(event)
-
-    def _record_admission(self, item: WorkItem, shard: int) -> None:
-        self._admitted += 1
-        self._emit(ItemAdmitted(t=item.admitted_at, item_id=item.id, shard=shard))
-
-    def _record_end(self, _item: WorkItem, outcome: Outcome) -> None:
-        self._counts[outcome.status] += 1
-
-    async def _wait_rate(self, requests: int) -> None:
-        if self._rpm is not None:
-            await self._rpm.acquire(requests)
-
-    async def _charge_tokens(self, tokens: int) -> Charge | None:
-        if self._tpm is None:
-            return None
-        return await self._tpm.acquire(tokens)
-
-    def _reconcile_tokens(self, charge: Charge | None, actual: int) -> None:
-        if charge is not None and self._tpm is not None:
-            self._tpm.reconcile(charge, actual)
+        return self._state.now()
 
     # -- admission --------------------------------------------------------
 
@@ -257,32 +236,64 @@ class Pipeline:
         digest = zlib.crc32(str(item_id).encode("utf-8", "surrogatepass"))
         return self._shards[digest % len(self._shards)]
 
-    def _new_id(self) -> int:
+    @property
+    def _auto_prefix(self) -> str:
+        return f"{self.run_id}#"
+
+    def _new_id(self) -> str:
         self._next_id += 1
-        return self._next_id
+        return f"{self._auto_prefix}{self._next_id}"
 
     async def submit(self, request: Request, outcomes: trio.MemorySendChannel[Outcome]) -> ItemId:
         """Admit one request; its :class:`Outcome` is later sent to ``outcomes``.
 
         Waits while the item's shard queue is full (backpressure). The pipeline
         takes ownership of ``outcomes`` and closes it after sending the one
-        outcome, so pass a clone (``send.clone()``) and close your own handle
-        when you are done submitting: the receiver then sees the end of the
-        stream exactly when every outcome has arrived.
+        outcome, so pass a fresh clone each time (``send.clone()``) and close
+        your own handle when you are done submitting: the receiver then sees
+        the end of the stream exactly when every outcome has arrived. Passing
+        the same handle twice is an error, not a lost outcome.
 
         Returns:
-            The item id (the request's, or a generated integer).
+            The item id: the request's, or one the pipeline made up (a string
+            starting with the run id and ``#``, which cannot collide with yours).
 
         Raises:
-            trio.ClosedResourceError: the pipeline is draining and admits nothing new.
+            TypeError: ``request`` is not a :class:`ChatRequest` or
+                :class:`CompletionRequest`.
+            ValueError: ``outcomes`` was already given to the pipeline, or the
+                request's id has the form of a generated one.
+            trio.ClosedResourceError: the pipeline is draining and admits no new items.
         """
-        return (await self._admit(request, outcomes)).id
+        return (await self._admit(request, outcomes, "submit")).id
 
-    async def _admit(self, request: Request, outcomes: trio.MemorySendChannel[Outcome]) -> WorkItem:
-        if self._draining:
+    async def _admit(
+        self, request: Request, outcomes: trio.MemorySendChannel[Outcome], caller: str
+    ) -> WorkItem:
+        if not isinstance(request, ChatRequest | CompletionRequest):
+            raise TypeError(
+                f"{caller}() takes a ChatRequest or CompletionRequest,"
+                f" got {type(request).__name__}: {request!r:.80}"
+            )
+        if outcomes in self._handed:
+            raise ValueError(
+                f"{caller}() was given an outcomes channel it already owns: the pipeline"
+                " closes the channel it is given after sending one outcome, so pass a"
+                " fresh clone each time (send.clone())"
+            )
+        item_id = request.id
+        if isinstance(item_id, str) and item_id.startswith(self._auto_prefix):
+            raise ValueError(
+                f"item id {item_id!r} has the form of the ids this pipeline generates"
+                f" ({self._auto_prefix}N); choose another"
+            )
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._state.draining:
             outcomes.close()
             raise trio.ClosedResourceError("the pipeline is draining and admits no new items")
-        item_id = request.id if request.id is not None else self._new_id()
+        self._handed.add(outcomes)
+        if item_id is None:
+            item_id = self._new_id()
         item = WorkItem(id=item_id, request=request, outcomes=outcomes, admitted_at=0.0)
         try:
             await self._route(item_id).put(item)
@@ -299,14 +310,17 @@ class Pipeline:
         the overall budget across all attempts.
 
         Raises:
+            TypeError: ``request`` is not a :class:`ChatRequest` or
+                :class:`CompletionRequest`.
             AttemptError: the subclass for the cause of the last attempt
                 (for example :class:`StallTimeout`), with ``item_id``, ``shard``
                 and ``attempt`` filled in, when the item failed.
             ItemCancelled: the pipeline drained before the item ended.
+            InternalError: a defect in shardline hit this item (please report it).
         """
         send, recv = trio.open_memory_channel[Outcome](1)
         with recv:
-            item = await self._admit(request, send)
+            item = await self._admit(request, send, "complete")
             try:
                 outcome = await recv.receive()
             except trio.Cancelled:
@@ -342,10 +356,10 @@ class Pipeline:
         async with outcomes:
             if isinstance(requests, AsyncIterable):
                 async for request in requests:
-                    await self.submit(request, outcomes.clone())
+                    await self._admit(request, outcomes.clone(), "map")
             else:
                 for request in requests:
-                    await self.submit(request, outcomes.clone())
+                    await self._admit(request, outcomes.clone(), "map")
 
     def reject(self, item_id: ItemId, error: ShardlineError) -> Outcome:
         """Record an item that never reaches the network (for example bad input).
@@ -354,16 +368,18 @@ class Pipeline:
         counted in events and in the report like any other item.
         """
         outcome = Outcome(id=item_id, status=Status.FAILED, error=error, attempts=0)
-        self._counts[Status.FAILED] += 1
-        self._emit(
+        state = self._state
+        state.counts[Status.FAILED] += 1
+        state.emit(
             ItemEnded(
-                t=self.now(),
+                t=state.now(),
                 item_id=item_id,
                 shard=None,
                 status=outcome.status.value,
                 attempts=0,
                 latency_s=0.0,
                 cause=None if outcome.cause is None else outcome.cause.value,
+                message=str(error),
             )
         )
         return outcome
@@ -371,17 +387,21 @@ class Pipeline:
     def statistics(self) -> PipelineStatistics:
         """A frozen snapshot of queues, in-flight work and outcomes, per shard and in total."""
         shards = tuple(s.statistics() for s in self._shards)
+        state = self._state
         return PipelineStatistics(
-            admitted=self._admitted,
+            admitted=state.admitted,
             queued=sum(s.queued for s in shards),
             in_flight=sum(s.in_flight for s in shards),
+            retrying=sum(s.retrying for s in shards),
             cooling_shards=sum(1 for s in shards if s.cooling),
-            done=sum(self._counts.values()),
-            ok=self._counts[Status.OK],
-            failed=self._counts[Status.FAILED],
-            cancelled=self._counts[Status.CANCELLED],
+            done=sum(state.counts.values()),
+            ok=state.counts[Status.OK],
+            failed=state.counts[Status.FAILED],
+            cancelled=state.counts[Status.CANCELLED],
+            internal_errors=state.internal_errors,
             retries=sum(s.retries for s in shards),
-            draining=self._draining,
+            budget_waiting=state.budget.waiting,
+            draining=state.draining,
             shards=shards,
         )
 
@@ -394,14 +414,15 @@ class Pipeline:
         them. Use it for a second Ctrl-C, or when the caller's own deadline is
         up and a graceful drain would overrun it. Idempotent.
         """
+        self._state.cancelled = True
         self._begin_drain()
         for shard in self._shards:
             shard.scope.cancel()
 
     def _begin_drain(self) -> None:
-        if self._draining:
+        if self._state.draining:
             return
-        self._draining = True
+        self._state.draining = True
         deadline = trio.current_time() + self.config.drain_grace
         for shard in self._shards:
             shard.close_queue()
@@ -422,6 +443,22 @@ def _unwrap_single() -> Iterator[None]:
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
+
+
+#: Hosts that never answer without an API key.
+_KEYED_HOSTS = ("api.openai.com",)
+_KEYED_SUFFIXES = (".openai.azure.com",)
+
+
+def _check_key(endpoint: Endpoint) -> None:
+    if endpoint.api_key:
+        return
+    host = (httpx.URL(endpoint.base_url).host or "").lower()
+    if host in _KEYED_HOSTS or host.endswith(_KEYED_SUFFIXES):
+        raise ConfigError(
+            f"{endpoint.base_url} needs an API key and none is set"
+            " (set OPENAI_API_KEY, or Endpoint(api_key=...))"
+        )
 
 
 @asynccontextmanager
@@ -453,18 +490,29 @@ async def open_pipeline(
         transport: ``transport(shard_index)`` returns the httpx transport of that
             shard's client, replacing the default connection pool (for example
             :class:`shardline.testing.FakeTransport` in tests on virtual time).
+
+    Raises:
+        ConfigError: before anything is sent, for an endpoint that cannot work
+            (OpenAI's URL without an API key).
     """
     if config is None:
         config = PipelineConfig.from_env()
+    if transport is None:
+        _check_key(config.endpoint)
     rng = random.Random(config.seed)
-    pipeline = Pipeline(
-        config=config,
-        sink=sink if sink is not None else _NullSink(),
-        run_id=run_id or uuid.uuid4().hex[:12],
+    out: EventSink = sink if sink is not None else _NullSink()
+    state = RunState(
+        endpoint=config.endpoint,
+        deadlines=config.deadlines,
+        retry=config.retry,
+        emit=out.emit,
         budget=config.retry.new_budget(),
+        rpm=None if config.rpm is None else SlidingWindowLimiter(limit=config.rpm),
+        tpm=None if config.tpm is None else SlidingWindowLimiter(limit=config.tpm),
+        t0=trio.current_time(),
     )
-    pipeline._t0 = trio.current_time()
-    pipeline._emit(
+    pipeline = Pipeline(config=config, run_id=run_id or uuid.uuid4().hex[:12], state=state)
+    state.emit(
         RunStarted(
             t=0.0,
             run_id=pipeline.run_id,
@@ -473,20 +521,25 @@ async def open_pipeline(
             config=config.safe_dict(),
         )
     )
-    clients = [
-        make_client(config.endpoint, max_connections=config.concurrency, deadlines=config.deadlines)
-        if transport is None
-        else httpx.AsyncClient(transport=transport(index), timeout=None)
-        for index in range(config.shard_count)
-    ]
+    clients: list[httpx.AsyncClient] = []
     reason = "completed"
     try:
+        for index in range(config.shard_count):
+            clients.append(
+                make_client(
+                    config.endpoint,
+                    max_connections=config.concurrency,
+                    deadlines=config.deadlines,
+                )
+                if transport is None
+                else httpx.AsyncClient(transport=transport(index), timeout=None)
+            )
         with _unwrap_single():
             async with trio.open_nursery() as nursery:
                 for index, client in enumerate(clients):
                     shard = Shard(
                         index=index,
-                        pipeline=pipeline,
+                        state=state,
                         client=client,
                         capacity=config.concurrency,
                         queue_size=config.queue_size,
@@ -496,17 +549,24 @@ async def open_pipeline(
                     await nursery.start(shard.run)
                 try:
                     yield pipeline
-                except BaseException:
-                    reason = "cancelled"
-                    raise
                 finally:
                     pipeline._begin_drain()
-    except BaseException:
-        reason = "cancelled" if reason == "cancelled" else "error"
+    except (trio.Cancelled, KeyboardInterrupt):
+        reason = "cancelled"
+        raise
+    except BaseException as exc:
+        reason = "cancelled" if _only_cancellation(exc) else "error"
         raise
     finally:
         with trio.CancelScope(shield=True) as cleanup:
             cleanup.deadline = trio.current_time() + CLEANUP_GRACE_S
             for client in clients:
                 await client.aclose()
-        pipeline._emit(RunEnded(t=pipeline.now(), reason=reason))
+        state.emit(RunEnded(t=state.now(), reason=reason))
+
+
+def _only_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is cancellation or Ctrl-C (alone, or a group of nothing else)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_cancellation(e) for e in exc.exceptions)
+    return isinstance(exc, trio.Cancelled | KeyboardInterrupt)

@@ -4,13 +4,33 @@ A shard is deliberately boring: a bounded memory channel (its queue), a
 :class:`trio.CapacityLimiter` (its in-flight cap) and one
 :class:`httpx.AsyncClient` whose pool is sized to that cap. A shard that is
 stuck, cooling down after a 429, or full blocks only its own items.
+
+What a shard needs from the pipeline that owns it comes in one small record,
+:class:`RunState`, which the pipeline builds and both sides share (as trio's
+memory channels share one ``MemoryChannelState``): the settings, the event
+sink, the run's clock, and the limits shared by every shard (RPM, TPM, retry
+budget). A shard never sees the pipeline itself.
+
+The life of an item on a shard::
+
+    queue ──(an active slot)──▶ item task
+        per attempt: cooldown → in-flight slot → RPM → TPM → send_attempt
+        failed:      release the slot → backoff → retry budget → next attempt
+        finally:     one Outcome, to its owner's channel
+
+Items between attempts hold no in-flight slot, so a retry waiting for its
+backoff or for the budget does not stop the shard's other items; the number
+of items in progress on a shard is bounded all the same (``2 * capacity``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
-from typing import TYPE_CHECKING, Any
+import traceback
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 import attrs
@@ -18,26 +38,73 @@ import httpx
 import trio
 
 from ._attempt import AttemptResult, send_attempt
-from ._backoff import is_testing
+from ._backoff import RetryBudget, RetryPolicy, is_testing
+from ._config import Deadlines, Endpoint
 from ._events import (
     AttemptEnded,
     AttemptStarted,
+    Event,
     FirstToken,
+    ItemAdmitted,
     ItemEnded,
     RetryScheduled,
     ShardStateChanged,
 )
-from ._exceptions import AttemptError, Cause, ItemCancelled, RateLimited
+from ._exceptions import AttemptError, Cause, InternalError, ItemCancelled, RateLimited
 from ._models import ItemId, Outcome, Request, Result, Status, Usage, estimate_tokens
+from ._ratelimit import Charge, SlidingWindowLimiter
 
-if TYPE_CHECKING:
-    from ._pipeline import Pipeline
+__all__ = ["CLEANUP_GRACE_S", "DEFAULT_MAX_TOKENS", "RunState", "Shard", "ShardStatistics"]
 
-__all__ = ["Shard", "ShardStatistics"]
+log = logging.getLogger("shardline")
 
 #: How long cleanup after cancellation (recording and handing over a cancelled
 #: item's outcome) may take, under a shielded scope.
 CLEANUP_GRACE_S = 1.0
+#: Completion tokens assumed for TPM admission when a request sets no max_tokens.
+DEFAULT_MAX_TOKENS = 256
+#: Items in progress on a shard (sending, or between attempts) per unit of its
+#: in-flight cap: room for as many items waiting to retry as are sending.
+ACTIVE_PER_SLOT = 2
+
+
+@attrs.define(eq=False)
+class RunState:
+    """What a pipeline and its shards share; built by the pipeline, handed to each shard.
+
+    Attributes:
+        endpoint: Where requests go.
+        deadlines: Per-attempt deadlines.
+        retry: The retry policy.
+        emit: Writes one event to the run's sink.
+        budget: The retry budget shared by every shard.
+        rpm: The requests-per-minute limit shared by every shard, if any.
+        tpm: The tokens-per-minute limit shared by every shard, if any.
+        t0: trio's clock at the start of the run (event times count from it).
+        draining: Set by the pipeline when it stops admitting.
+        cancelled: Set by ``Pipeline.cancel()``: in-flight items are being cancelled now.
+        admitted: Items admitted so far.
+        counts: Items ended so far, by status.
+        internal_errors: Items ended by a defect in shardline (cause ``internal_error``).
+    """
+
+    endpoint: Endpoint
+    deadlines: Deadlines
+    retry: RetryPolicy
+    emit: Callable[[Event], None]
+    budget: RetryBudget
+    rpm: SlidingWindowLimiter | None = None
+    tpm: SlidingWindowLimiter | None = None
+    t0: float = 0.0
+    draining: bool = False
+    cancelled: bool = False
+    admitted: int = 0
+    counts: dict[Status, int] = attrs.field(factory=lambda: dict.fromkeys(Status, 0))
+    internal_errors: int = 0
+
+    def now(self) -> float:
+        """Seconds since the run started, on trio's clock."""
+        return trio.current_time() - self.t0
 
 
 @attrs.frozen(kw_only=True)
@@ -46,10 +113,14 @@ class ShardStatistics:
 
     Attributes:
         shard: The shard's index.
-        queued: Items waiting in the shard's queue.
-        in_flight: HTTP attempts under way right now.
-        busy: Items holding one of the shard's slots (sending, waiting for a
-            retry, or waiting out a cooldown); never above ``capacity``.
+        queued: Items not sent yet: in the shard's queue (at most ``queue_size``),
+            or taken from it and waiting for their first in-flight slot (at
+            most ``2 * capacity``).
+        in_flight: HTTP attempts under way right now; never above ``capacity``.
+        busy: Items taken from the queue and not yet ended: sending, waiting
+            for an in-flight slot, or waiting between attempts (backoff, retry
+            budget, cooldown); never above ``2 * capacity``.
+        retrying: Items waiting between two attempts (backoff or retry budget).
         capacity: The shard's in-flight cap.
         cooling: True while the shard waits out a server's Retry-After.
         done: Items that reached a terminal outcome on this shard.
@@ -60,6 +131,7 @@ class ShardStatistics:
     queued: int
     in_flight: int
     busy: int
+    retrying: int
     capacity: int
     cooling: bool
     done: int
@@ -83,7 +155,7 @@ class Shard:
     """A queue, an in-flight cap and a connection pool, run by one task."""
 
     index: int
-    pipeline: Pipeline
+    state: RunState
     client: httpx.AsyncClient
     capacity: int
     queue_size: int
@@ -91,12 +163,16 @@ class Shard:
     _send: trio.MemorySendChannel[WorkItem] = attrs.field(init=False)
     _recv: trio.MemoryReceiveChannel[WorkItem] = attrs.field(init=False)
     _slots: trio.Semaphore = attrs.field(init=False)
+    _active: trio.CapacityLimiter = attrs.field(init=False)
     _limiter: trio.CapacityLimiter = attrs.field(init=False)
     _acquire_scope: trio.CancelScope | None = attrs.field(init=False, default=None)
+    # Items taken from the queue, still waiting for the slot of their first attempt.
+    _unsent: set[trio.CancelScope] = attrs.field(init=False, factory=set)
     _cooling_until: float = attrs.field(init=False, default=-math.inf)
     _cooling: bool = attrs.field(init=False, default=False)
     in_flight: int = attrs.field(init=False, default=0)
     busy: int = attrs.field(init=False, default=0)
+    retrying: int = attrs.field(init=False, default=0)
     done: int = attrs.field(init=False, default=0)
     retries: int = attrs.field(init=False, default=0)
     scope: trio.CancelScope = attrs.field(init=False)
@@ -104,6 +180,7 @@ class Shard:
     def __attrs_post_init__(self) -> None:
         self._send, self._recv = trio.open_memory_channel[WorkItem](self.queue_size)
         self._slots = trio.Semaphore(self.queue_size)
+        self._active = trio.CapacityLimiter(ACTIVE_PER_SLOT * self.capacity)
         self._limiter = trio.CapacityLimiter(self.capacity)
         # Shielded: the pipeline, not the caller's cancellation, decides when a
         # shard stops, so leaving the pipeline can drain with a grace period.
@@ -113,17 +190,18 @@ class Shard:
         cooling = ", cooling" if self._cooling else ""
         return (
             f"<Shard {self.index}: {self.in_flight}/{self.capacity} in flight, "
-            f"{self.queued} queued{cooling}>"
+            f"{self.queued} queued, {self.retrying} waiting to retry{cooling}>"
         )
 
     @property
     def queued(self) -> int:
-        return self.queue_size - self._slots.value
+        """Items not sent yet: in the queue, or taken from it and waiting for a first slot."""
+        return self.queue_size - self._slots.value + len(self._unsent)
 
     @property
     def load(self) -> int:
         """Queued plus busy items: what least-loaded routing compares."""
-        return self.queued + self.busy
+        return self.queue_size - self._slots.value + self.busy
 
     def statistics(self) -> ShardStatistics:
         return ShardStatistics(
@@ -131,6 +209,7 @@ class Shard:
             queued=self.queued,
             in_flight=self.in_flight,
             busy=self.busy,
+            retrying=self.retrying,
             capacity=self.capacity,
             cooling=self._cooling,
             done=self.done,
@@ -143,27 +222,32 @@ class Shard:
         """Wait for room in the queue, record admission, enqueue (never blocks after)."""
         await self._slots.acquire()
         try:
-            item.admitted_at = self.pipeline.now()
-            self.pipeline._record_admission(item, self.index)
+            state = self.state
+            item.admitted_at = state.now()
+            state.admitted += 1
+            state.emit(ItemAdmitted(t=item.admitted_at, item_id=item.id, shard=self.index))
             self._send.send_nowait(item)
         except BaseException:
             self._slots.release()
             raise
 
     def close_queue(self) -> None:
-        """Stop accepting items; items still queued end as cancelled."""
+        """Stop accepting items; items not sent yet end as cancelled."""
         self._send.close()
         if self._acquire_scope is not None:
             self._acquire_scope.cancel()
+        for scope in self._unsent:
+            scope.cancel()
 
     # -- the shard task ---------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run items from the queue, each in its own task, at most ``capacity`` at once.
+        """Run items from the queue, each in its own task.
 
-        A slot is taken *before* an item leaves the queue, so an item is always
-        either queued or holding a slot, never in between. Returns when the
-        queue is closed and empty and every item has ended.
+        An active slot is taken *before* an item leaves the queue, so an item
+        is always either queued or active, never in between; at most
+        ``capacity`` of the active items send at once. Returns when the queue
+        is closed and empty and every item has ended.
         """
         with self.scope:
             async with trio.open_nursery() as nursery:
@@ -178,11 +262,11 @@ class Shard:
                         self._end_queued(nursery)
 
     async def _take_items(self, nursery: trio.Nursery) -> None:
-        while not self.pipeline._draining:
+        while not self.state.draining:
             token = object()
             acquired = False
             with trio.CancelScope() as self._acquire_scope:
-                await self._limiter.acquire_on_behalf_of(token)
+                await self._active.acquire_on_behalf_of(token)
                 acquired = True
             self._acquire_scope = None
             if not acquired:
@@ -190,14 +274,14 @@ class Shard:
             try:
                 item = await self._recv.receive()
             except trio.EndOfChannel:
-                self._limiter.release_on_behalf_of(token)
+                self._active.release_on_behalf_of(token)
                 return
             except BaseException:
-                self._limiter.release_on_behalf_of(token)
+                self._active.release_on_behalf_of(token)
                 raise
             self._slots.release()
-            if item.scope.cancel_called or self.pipeline._draining:
-                self._limiter.release_on_behalf_of(token)
+            if item.scope.cancel_called or self.state.draining:
+                self._active.release_on_behalf_of(token)
                 nursery.start_soon(self._end_unsent, item)
             else:
                 nursery.start_soon(self._run_item, item, token)
@@ -225,18 +309,43 @@ class Shard:
             try:
                 outcome = await self._attempts(item)
             except trio.Cancelled:
-                # The drain grace ran out: the item still gets its one outcome.
+                # Pipeline.cancel(), or the drain grace ran out: the item still
+                # gets its one outcome.
                 with trio.CancelScope(shield=True) as cleanup:
                     cleanup.deadline = trio.current_time() + CLEANUP_GRACE_S
-                    error = ItemCancelled(
-                        "cancelled in flight when the drain grace ran out", item_id=item.id
+                    why = (
+                        "cancelled in flight by Pipeline.cancel()"
+                        if self.state.cancelled
+                        else "cancelled in flight when the drain grace ran out"
                     )
+                    error = ItemCancelled(why, item_id=item.id)
                     await self._finish(item, self._unfinished(item, error))
                 raise
+            except Exception as exc:
+                # A defect in shardline: it costs this item only, and stays loud.
+                outcome = self._unfinished(item, self._defect(item, exc))
             await self._finish(item, outcome)
         finally:
             self.busy -= 1
-            self._limiter.release_on_behalf_of(token)
+            self._active.release_on_behalf_of(token)
+
+    def _defect(self, item: WorkItem, exc: Exception) -> InternalError:
+        if isinstance(exc, InternalError):
+            return exc
+        text = "".join(traceback.format_exception(exc))
+        self.state.internal_errors += 1
+        log.error(
+            "internal error (a shardline bug) on item %r, shard %d; the item failed,"
+            " the run goes on",
+            item.id,
+            self.index,
+            exc_info=exc,
+        )
+        error = InternalError(
+            f"internal error: {type(exc).__name__}: {exc}", item_id=item.id, traceback=text
+        )
+        error.__cause__ = exc
+        return error
 
     async def _wait_cooldown(self) -> None:
         waited = False
@@ -245,13 +354,13 @@ class Shard:
             await trio.sleep_until(self._cooling_until)
         if waited:
             # Spread the shard's waiters so they do not all resend at one instant.
-            jitter = self.pipeline.config.retry.retry_after_jitter
+            jitter = self.state.retry.retry_after_jitter
             if jitter > 0 and not is_testing():
                 await trio.sleep(self.rng.uniform(0.0, jitter))
         if self._cooling:
             self._cooling = False
-            self.pipeline._emit(
-                ShardStateChanged(t=self.pipeline.now(), shard=self.index, state="resumed")
+            self.state.emit(
+                ShardStateChanged(t=self.state.now(), shard=self.index, state="resumed")
             )
 
     def _cool_for(self, seconds: float) -> None:
@@ -259,118 +368,70 @@ class Shard:
         if until > self._cooling_until:
             self._cooling_until = until
             self._cooling = True
-            self.pipeline._emit(
+            self.state.emit(
                 ShardStateChanged(
-                    t=self.pipeline.now(), shard=self.index, state="cooling", cooldown_s=seconds
+                    t=self.state.now(), shard=self.index, state="cooling", cooldown_s=seconds
                 )
             )
 
+    async def _acquire_slot(self, token: object) -> None:
+        """Wait out any cooldown, then take an in-flight slot (outside a cooldown)."""
+        while True:
+            await self._wait_cooldown()
+            await self._limiter.acquire_on_behalf_of(token)
+            if trio.current_time() >= self._cooling_until:
+                return
+            # A 429 cooled the shard while we waited for the slot: wait again.
+            self._limiter.release_on_behalf_of(token)
+
     async def _attempts(self, item: WorkItem) -> Outcome:
         """The retry loop of one item. Returns its terminal outcome."""
-        pipeline = self.pipeline
-        policy = pipeline.config.retry
+        state = self.state
+        policy = state.retry
         request = item.request
         estimate_in = estimate_tokens(request.prompt_text())
-        estimate_out = request.max_tokens() or pipeline._default_max_tokens
-        pipeline._budget.record_request()
+        estimate_out = request.max_tokens() or DEFAULT_MAX_TOKENS
         attempt = 0
         last_error: AttemptError | None = None
         with item.scope:
             while True:
                 attempt += 1
-                await self._wait_cooldown()
-                await pipeline._wait_rate(1)
-                tpm_charge = await pipeline._charge_tokens(estimate_in + estimate_out)
-                started = pipeline.now()
-                item.attempts = attempt
-                pipeline._emit(
-                    AttemptStarted(t=started, item_id=item.id, shard=self.index, attempt=attempt)
-                )
-
-                def first_token(ttft_s: float, _attempt: int = attempt) -> None:
-                    pipeline._emit(
-                        FirstToken(
-                            t=pipeline.now(),
-                            item_id=item.id,
-                            shard=self.index,
-                            attempt=_attempt,
-                            ttft_s=ttft_s,
+                token = object()
+                if attempt == 1:
+                    # Until it is sent, a drain ends the item as unsent, like a queued one.
+                    acquired = False
+                    with trio.CancelScope() as unsent:
+                        self._unsent.add(unsent)
+                        try:
+                            if not state.draining:
+                                await self._acquire_slot(token)
+                                acquired = True
+                        finally:
+                            self._unsent.discard(unsent)
+                    if not acquired:
+                        return self._unfinished(
+                            item,
+                            ItemCancelled(
+                                "pipeline closed before the item was sent", item_id=item.id
+                            ),
                         )
-                    )
-
-                self.in_flight += 1
-                try:
-                    result: AttemptResult = await send_attempt(
-                        self.client,
-                        pipeline.config.endpoint,
-                        request,
-                        pipeline.config.deadlines,
-                        headers={
-                            "x-shardline-item-id": quote(str(item.id), safe=""),
-                            "x-shardline-attempt": str(attempt),
-                        },
-                        on_first_token=first_token,
-                    )
-                except AttemptError as err:
-                    # A server that answered 200 has processed the prompt; one that
-                    # refused (429, 5xx) or never answered has not.
-                    accepted = err.status_code is not None and err.status_code < 300
-                    pipeline._reconcile_tokens(tpm_charge, estimate_in if accepted else 0)
-                    last_error = err
-                    err.item_id, err.shard, err.attempt = item.id, self.index, attempt
-                    self._attempt_ended(
-                        item,
-                        attempt,
-                        "failed",
-                        cause=err.cause.value,
-                        status_code=err.status_code,
-                        duration_s=pipeline.now() - started,
-                        retry_after_s=err.retry_after,
-                        message=err.message,
-                    )
-                except trio.Cancelled:
-                    pipeline._reconcile_tokens(tpm_charge, 0)
-                    self._attempt_ended(
-                        item,
-                        attempt,
-                        "cancelled",
-                        cause=Cause.CANCELLED.value,
-                        duration_s=pipeline.now() - started,
-                    )
-                    raise
+                    state.budget.record_request()
                 else:
-                    pipeline._reconcile_tokens(tpm_charge, result.usage.total_tokens)
-                    self._attempt_ended(
-                        item,
-                        attempt,
-                        "ok",
-                        status_code=result.status_code,
-                        prompt_tokens=result.usage.prompt_tokens,
-                        completion_tokens=result.usage.completion_tokens,
-                        usage_estimated=result.usage.estimated,
-                        ttft_s=result.ttft_s,
-                        duration_s=result.duration_s,
+                    await self._acquire_slot(token)
+                try:
+                    if state.rpm is not None:
+                        await state.rpm.acquire(1)
+                    charge = (
+                        None
+                        if state.tpm is None
+                        else await state.tpm.acquire(estimate_in + estimate_out)
                     )
-                    return Outcome(
-                        id=item.id,
-                        status=Status.OK,
-                        result=Result(
-                            id=item.id,
-                            text=result.text,
-                            finish_reason=result.finish_reason,
-                            usage=result.usage,
-                            attempts=attempt,
-                            shard=self.index,
-                            ttft_s=result.ttft_s,
-                            latency_s=pipeline.now() - item.admitted_at,
-                        ),
-                        attempts=attempt,
-                        shard=self.index,
-                        latency_s=pipeline.now() - item.admitted_at,
-                    )
+                    result = await self._attempt(item, attempt, charge, estimate_in)
                 finally:
-                    self.in_flight -= 1
-
+                    self._limiter.release_on_behalf_of(token)
+                if isinstance(result, Outcome):
+                    return result
+                last_error = result
                 # The attempt failed: back off and retry, or give up. A 429 with
                 # Retry-After cools the whole shard, so its other requests wait too.
                 delay = policy.delay(last_error, attempt, self.rng)
@@ -380,15 +441,12 @@ class Shard:
                 paced = isinstance(last_error, RateLimited) and last_error.retry_after is not None
                 if paced:
                     self._cool_for(delay)
-                if not (
-                    policy.should_retry(last_error.cause, attempt)
-                    and (paced or pipeline._budget.try_acquire_retry())
-                ):
+                if not policy.should_retry(last_error.cause, attempt):
                     break
                 self.retries += 1
-                pipeline._emit(
+                state.emit(
                     RetryScheduled(
-                        t=pipeline.now(),
+                        t=state.now(),
                         item_id=item.id,
                         shard=self.index,
                         attempt=attempt + 1,
@@ -396,7 +454,15 @@ class Shard:
                         cause=last_error.cause.value,
                     )
                 )
-                await trio.sleep(delay)
+                # Between attempts the item holds no in-flight slot.
+                self.retrying += 1
+                try:
+                    await trio.sleep(delay)
+                    if not paced:
+                        # The budget paces blind retries; it never drops one.
+                        await state.budget.acquire_retry(max_wait=policy.budget_max_wait)
+                finally:
+                    self.retrying -= 1
 
         if item.scope.cancelled_caught:
             return self._unfinished(
@@ -405,7 +471,118 @@ class Shard:
         assert last_error is not None
         return self._unfinished(item, last_error)
 
-    def _unfinished(self, item: WorkItem, error: AttemptError | ItemCancelled) -> Outcome:
+    async def _attempt(
+        self, item: WorkItem, attempt: int, charge: Charge | None, estimate_in: int
+    ) -> Outcome | AttemptError:
+        """Send attempt ``attempt`` of ``item`` (holding a slot): its outcome, or its error."""
+        state = self.state
+        started = state.now()
+        item.attempts = attempt
+        state.emit(AttemptStarted(t=started, item_id=item.id, shard=self.index, attempt=attempt))
+
+        def first_token(ttft_s: float) -> None:
+            state.emit(
+                FirstToken(
+                    t=state.now(),
+                    item_id=item.id,
+                    shard=self.index,
+                    attempt=attempt,
+                    ttft_s=ttft_s,
+                )
+            )
+
+        self.in_flight += 1
+        try:
+            result: AttemptResult = await send_attempt(
+                self.client,
+                state.endpoint,
+                item.request,
+                state.deadlines,
+                headers={
+                    "x-shardline-item-id": quote(str(item.id), safe=""),
+                    "x-shardline-attempt": str(attempt),
+                },
+                on_first_token=first_token,
+            )
+        except AttemptError as err:
+            # A server that answered 200 has processed the prompt; one that
+            # refused (429, 5xx) or never answered has not.
+            accepted = err.status_code is not None and err.status_code < 300
+            self._reconcile(charge, estimate_in if accepted else 0)
+            err.item_id, err.shard, err.attempt = item.id, self.index, attempt
+            self._attempt_ended(
+                item,
+                attempt,
+                "failed",
+                cause=err.cause.value,
+                status_code=err.status_code,
+                duration_s=state.now() - started,
+                retry_after_s=err.retry_after,
+                message=err.message,
+            )
+            return err
+        except trio.Cancelled:
+            self._reconcile(charge, 0)
+            self._attempt_ended(
+                item,
+                attempt,
+                "cancelled",
+                cause=Cause.CANCELLED.value,
+                duration_s=state.now() - started,
+            )
+            raise
+        except Exception as exc:
+            self._reconcile(charge, 0)
+            defect = self._defect(item, exc)
+            self._attempt_ended(
+                item,
+                attempt,
+                "failed",
+                cause=Cause.INTERNAL_ERROR.value,
+                duration_s=state.now() - started,
+                message=defect.traceback,
+            )
+            raise defect from exc
+        finally:
+            self.in_flight -= 1
+        self._reconcile(charge, result.usage.total_tokens)
+        self._attempt_ended(
+            item,
+            attempt,
+            "ok",
+            status_code=result.status_code,
+            prompt_tokens=result.usage.prompt_tokens,
+            completion_tokens=result.usage.completion_tokens,
+            usage_estimated=result.usage.estimated,
+            ttft_s=result.ttft_s,
+            duration_s=result.duration_s,
+        )
+        latency = state.now() - item.admitted_at
+        return Outcome(
+            id=item.id,
+            status=Status.OK,
+            result=Result(
+                id=item.id,
+                text=result.text,
+                finish_reason=result.finish_reason,
+                usage=result.usage,
+                attempts=attempt,
+                shard=self.index,
+                ttft_s=result.ttft_s,
+                latency_s=latency,
+            ),
+            attempts=attempt,
+            shard=self.index,
+            latency_s=latency,
+        )
+
+    def _reconcile(self, charge: Charge | None, actual: int) -> None:
+        if charge is not None and self.state.tpm is not None:
+            self.state.tpm.reconcile(charge, actual)
+
+    def _unfinished(
+        self, item: WorkItem, error: AttemptError | ItemCancelled | InternalError
+    ) -> Outcome:
         """The outcome of an item that ends without a result: failed, or cancelled."""
         return Outcome(
             id=item.id,
@@ -413,13 +590,13 @@ class Shard:
             error=error,
             attempts=item.attempts,
             shard=self.index,
-            latency_s=self.pipeline.now() - item.admitted_at,
+            latency_s=self.state.now() - item.admitted_at,
         )
 
     def _attempt_ended(self, item: WorkItem, attempt: int, outcome: str, **fields: Any) -> None:
-        self.pipeline._emit(
+        self.state.emit(
             AttemptEnded(
-                t=self.pipeline.now(),
+                t=self.state.now(),
                 item_id=item.id,
                 shard=self.index,
                 attempt=attempt,
@@ -431,24 +608,34 @@ class Shard:
     async def _finish(self, item: WorkItem, outcome: Outcome) -> None:
         """Record the item's one terminal outcome and hand it to its owner."""
         self.done += 1
-        self.pipeline._record_end(item, outcome)
+        state = self.state
+        state.counts[outcome.status] += 1
         usage: Usage | None = outcome.result.usage if outcome.result is not None else None
-        self.pipeline._emit(
-            ItemEnded(
-                t=self.pipeline.now(),
-                item_id=item.id,
-                shard=self.index,
-                status=outcome.status.value,
-                attempts=outcome.attempts,
-                latency_s=outcome.latency_s,
-                cause=None if outcome.cause is None else outcome.cause.value,
-                prompt_tokens=None if usage is None else usage.prompt_tokens,
-                completion_tokens=None if usage is None else usage.completion_tokens,
-                usage_estimated=False if usage is None else usage.estimated,
-                ttft_s=None if outcome.result is None else outcome.result.ttft_s,
+        error = outcome.error
+        message: str | None = None
+        if isinstance(error, InternalError):
+            message = error.traceback
+        elif error is not None:
+            message = str(error)
+        try:
+            state.emit(
+                ItemEnded(
+                    t=state.now(),
+                    item_id=item.id,
+                    shard=self.index,
+                    status=outcome.status.value,
+                    attempts=outcome.attempts,
+                    latency_s=outcome.latency_s,
+                    cause=None if outcome.cause is None else outcome.cause.value,
+                    prompt_tokens=None if usage is None else usage.prompt_tokens,
+                    completion_tokens=None if usage is None else usage.completion_tokens,
+                    usage_estimated=False if usage is None else usage.estimated,
+                    ttft_s=None if outcome.result is None else outcome.result.ttft_s,
+                    message=message,
+                )
             )
-        )
-        await deliver(item.outcomes, outcome)
+        finally:
+            await deliver(item.outcomes, outcome)
 
 
 async def deliver(channel: trio.MemorySendChannel[Outcome], outcome: Outcome) -> None:

@@ -1,20 +1,14 @@
-"""Server-sent events: an incremental, bounded decoder and the OpenAI stream semantics.
+"""Server-sent events: an incremental, bounded, sans-I/O decoder.
 
-Two layers, both sans-I/O (they never read a socket, so they are tested by
-feeding bytes and reused by anything that has bytes):
-
-* :class:`SSEDecoder` turns bytes, in chunks of any size, into
-  :class:`SSEEvent` records, following the WHATWG ``text/event-stream``
-  rules: ``LF``, ``CRLF`` or lone ``CR`` line ends, ``:`` comments (the usual
-  keep-alives), ``event``/``data``/``id``/``retry`` fields, multi-line
-  ``data``. Memory is bounded: a line longer than ``max_line_bytes``, or one
-  event's data longer than ``max_event_bytes``, raises
-  :class:`~shardline.ProtocolError` instead of buffering forever.
-* :class:`StreamAccumulator` reads those events as an OpenAI-compatible
-  completion stream (chat ``delta`` chunks or legacy ``text`` chunks, the
-  final ``usage`` chunk, ``[DONE]``, in-band ``error`` objects) and tells the
-  caller which events were *progress*, which is what the stall deadline
-  needs: comments, empty deltas and role-only chunks are not.
+:class:`SSEDecoder` turns bytes, in chunks of any size, into
+:class:`SSEEvent` records, following the WHATWG ``text/event-stream`` rules:
+``LF``, ``CRLF`` or lone ``CR`` line ends, ``:`` comments (the usual
+keep-alives), ``event``/``data``/``id``/``retry`` fields, multi-line
+``data``. Memory is bounded: a line longer than ``max_line_bytes``, or one
+event's data longer than ``max_event_bytes``, raises
+:class:`~shardline.ProtocolError` instead of buffering forever. It never
+reads a socket, so it is tested by feeding bytes; what the events *mean* as
+an OpenAI stream is :mod:`shardline._openai`'s business.
 
 Why hand-written rather than httpx-sse: httpx-sse sits on
 ``Response.aiter_lines()``, whose line buffer has no bound, so a server
@@ -24,19 +18,9 @@ slower here (see ``tests/benchmarks/bench_sse.py`` and the notes).
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from typing import Any, NamedTuple, NoReturn
+from typing import NamedTuple, NoReturn
 
-from ._exceptions import (
-    AttemptError,
-    ClientError,
-    ConfigError,
-    ProtocolError,
-    RateLimited,
-    ServerError,
-)
-from ._models import Usage
+from ._exceptions import ConfigError, ProtocolError
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
@@ -44,9 +28,6 @@ __all__ = [
     "DONE",
     "SSEDecoder",
     "SSEEvent",
-    "StreamAccumulator",
-    "error_from_payload",
-    "usage_from_json",
 ]
 
 #: Longest line accepted, in bytes, without its line end. One OpenAI chunk is
@@ -277,157 +258,3 @@ def _utf8(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"SSE stream is not valid UTF-8: {exc.reason}") from exc
-
-
-def error_from_payload(
-    payload: object, *, status_code: int | None = None, partial: bool = False
-) -> AttemptError:
-    """The typed error for an OpenAI-style ``{"error": {...}}`` object.
-
-    The code decides the class: ``429``/``rate_limit_exceeded`` is
-    :class:`RateLimited`, another 4xx code :class:`ClientError`, anything else
-    :class:`ServerError` (a stream that reports an error mid-way is the
-    server's failure). The message is the server's, shortened to 500 characters.
-    """
-    err: Any = payload.get("error", payload) if isinstance(payload, dict) else payload
-    message = ""
-    code: object = None
-    etype: object = None
-    if isinstance(err, dict):
-        message = str(err.get("message") or "")
-        code = err.get("code")
-        etype = err.get("type")
-    elif err is not None:
-        message = str(err)
-    label = ", ".join(f"{k}={v}" for k, v in (("type", etype), ("code", code)) if v is not None)
-    text = (message[:500] or "error event") + (f" ({label})" if label else "")
-    numeric: int | None = None
-    if isinstance(code, int) and not isinstance(code, bool):
-        numeric = code
-    elif isinstance(code, str) and code.isdigit():
-        numeric = int(code)
-    if numeric == 429 or code == "rate_limit_exceeded" or etype == "rate_limit_exceeded":
-        return RateLimited(f"in-band error: {text}", status_code=status_code, partial=partial)
-    if numeric is not None and 400 <= numeric < 500:
-        return ClientError(f"in-band error: {text}", status_code=status_code, partial=partial)
-    return ServerError(f"in-band error: {text}", status_code=status_code, partial=partial)
-
-
-#: Delta keys that carry generated output besides ``content``: a chunk with any
-#: of them non-empty is progress (reasoning models think aloud for a long time
-#: before the first ``content``; tool calls stream as ``tool_calls``).
-_OTHER_OUTPUT_KEYS = ("tool_calls", "function_call", "refusal", "reasoning_content", "reasoning")
-
-
-class StreamAccumulator:
-    """Reads an OpenAI-compatible completion stream, event by event.
-
-    It collects the text of choice 0, the finish reason, the server's usage
-    and whether ``[DONE]`` arrived, and answers the one question deadlines
-    need: *was this event progress?* Progress is a non-empty text (or tool
-    call / reasoning) delta, or a finish reason. Role-only chunks, empty
-    deltas, usage-only chunks and ``[DONE]`` are not.
-
-    It is not a decoder (feed it :class:`SSEEvent` records) and it does no I/O.
-
-    Args:
-        loads: The JSON decoder to use (``json.loads`` by default; chosen by
-            measurement, see the module docstring).
-
-    Raises (from :meth:`feed`):
-        ProtocolError: the data is not JSON, or not an object.
-        ServerError | RateLimited | ClientError: an in-band ``error`` object.
-    """
-
-    __slots__ = (
-        "_loads",
-        "_parts",
-        "done",
-        "finish_reason",
-        "progress_events",
-        "usage",
-    )
-
-    def __init__(self, *, loads: Callable[[str], Any] = json.loads) -> None:
-        self._loads = loads
-        self._parts: list[str] = []
-        self.done = False
-        self.finish_reason: str | None = None
-        self.usage: Usage | None = None
-        self.progress_events = 0
-
-    @property
-    def text(self) -> str:
-        """The content of choice 0 so far."""
-        return "".join(self._parts)
-
-    @property
-    def complete(self) -> bool:
-        """Whether the stream ended properly: ``[DONE]`` or a finish reason arrived."""
-        return self.done or self.finish_reason is not None
-
-    def feed(self, event: SSEEvent) -> bool:
-        """Account for one event; return ``True`` when it was progress."""
-        data = event.data
-        if data == DONE:
-            self.done = True
-            return False
-        try:
-            chunk = self._loads(data)
-        except ValueError as exc:  # json.JSONDecodeError, orjson/msgspec errors
-            if event.event == "error":  # `event: error` with a plain-text message
-                raise error_from_payload(data, partial=self.progress_events > 0) from exc
-            raise ProtocolError(
-                f"stream event is not JSON: {data[:80]!r}", partial=self.progress_events > 0
-            ) from exc
-        if not isinstance(chunk, dict):
-            raise ProtocolError(
-                f"stream event is not a JSON object: {data[:80]!r}",
-                partial=self.progress_events > 0,
-            )
-        if event.event == "error" or chunk.get("error") or chunk.get("object") == "error":
-            raise error_from_payload(chunk, partial=self.progress_events > 0)
-        usage = chunk.get("usage")
-        if usage:
-            self.usage = usage_from_json(usage)
-        progress = False
-        choices = chunk.get("choices")
-        if choices:
-            for choice in choices:
-                if not isinstance(choice, dict):
-                    continue
-                first = choice.get("index", 0) == 0
-                delta = choice.get("delta")
-                if isinstance(delta, dict):
-                    content = delta.get("content")
-                    if not content and any(delta.get(k) for k in _OTHER_OUTPUT_KEYS):
-                        progress = True
-                else:
-                    content = choice.get("text")  # legacy /completions chunk
-                if content:
-                    progress = True
-                    if first and isinstance(content, str):
-                        self._parts.append(content)
-                reason = choice.get("finish_reason")
-                if reason:
-                    progress = True
-                    if first or self.finish_reason is None:
-                        self.finish_reason = str(reason)
-        if progress:
-            self.progress_events += 1
-        return progress
-
-
-def usage_from_json(obj: object) -> Usage | None:
-    """A :class:`Usage` from an OpenAI ``usage`` object, or ``None`` when unusable."""
-    if not isinstance(obj, dict):
-        return None
-    prompt = obj.get("prompt_tokens")
-    completion = obj.get("completion_tokens")
-    if not isinstance(prompt, int) or prompt < 0 or isinstance(prompt, bool):
-        return None
-    if completion is None:  # embeddings-style usage; not expected, tolerate
-        completion = max(0, int(obj.get("total_tokens", prompt)) - prompt)
-    if not isinstance(completion, int) or completion < 0 or isinstance(completion, bool):
-        return None
-    return Usage(prompt_tokens=prompt, completion_tokens=completion)

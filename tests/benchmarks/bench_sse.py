@@ -33,7 +33,8 @@ from typing import Any
 import trio
 
 from shardline._exceptions import ProtocolError
-from shardline._sse import SSEDecoder, StreamAccumulator
+from shardline._openai import StreamAccumulator
+from shardline._sse import SSEDecoder
 
 REPEATS = 15
 
@@ -275,7 +276,8 @@ def main() -> None:
 def loopback_section() -> None:
     """Section 6: real loopback sockets through the in-process fake server."""
     try:
-        from shardline._attempt import make_client, send_attempt
+        from shardline._attempt import send_attempt
+        from shardline._http import make_client
         from shardline._config import Deadlines, Endpoint
         from shardline._models import ChatRequest
         from shardline.testing import open_fake_server

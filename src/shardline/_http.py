@@ -1,0 +1,175 @@
+"""The httpx boundary: a shard's pooled client, and httpx's exceptions translated.
+
+:func:`make_client` builds the one :class:`httpx.AsyncClient` a shard reuses
+for all its requests; :func:`map_exceptions` is the table that turns httpx's
+exceptions into shardline's :class:`~shardline.AttemptError` tree, in the
+shape of httpcore's ``map_exceptions``, so nothing above this layer knows httpx.
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from ._config import Deadlines, Endpoint
+from ._exceptions import (
+    AttemptError,
+    ConfigError,
+    ConnectError,
+    ConnectionLost,
+    ConnectTimeout,
+    PoolTimeout,
+    ProtocolError,
+    StallTimeout,
+    TTFTTimeout,
+)
+
+__all__ = ["DEFAULT_KEEPALIVE_EXPIRY", "make_client", "map_exceptions", "scrub"]
+
+#: Seconds an idle pooled connection is kept (httpx's default is 5 s; LLM
+#: endpoints behind load balancers usually keep idle connections 60 s or more,
+#: and a batch run reuses them within milliseconds).
+DEFAULT_KEEPALIVE_EXPIRY = 30.0
+
+_USER_AGENT = "shardline (httpx; trio)"
+
+
+def make_client(
+    endpoint: Endpoint, *, max_connections: int, deadlines: Deadlines
+) -> httpx.AsyncClient:
+    """A pooled :class:`httpx.AsyncClient` for one shard.
+
+    The pool holds at most ``max_connections`` sockets, all of which may stay
+    alive between requests (``max_keepalive_connections`` is the same number),
+    so a shard whose in-flight cap equals ``max_connections`` never waits for
+    the pool and never opens a socket per request. Use it with
+    ``async with client:`` and close it when the shard ends.
+
+    Timeouts: ``connect`` and ``pool`` come from ``deadlines.connect``;
+    ``read`` is ``None`` on purpose. A read timeout restarts at every byte, so a
+    server that drips keep-alive comments never trips it (openai-python's
+    600 s read timeout lets such a stream live forever), and on a healthy
+    stream it only races :func:`send_attempt`'s stall deadline and reports the
+    wrong cause. ``write`` is ``None`` too: sending the request is covered by
+    the TTFT deadline, which runs from the moment the request is sent.
+
+    Args:
+        endpoint: Where to connect; ``endpoint.http2`` selects HTTP/2 (needs
+            the ``shardline[http2]`` extra).
+        max_connections: The shard's in-flight cap (>= 1).
+        deadlines: Supplies the connect/pool timeout.
+
+    Raises:
+        ConfigError: for a bad ``max_connections``, or HTTP/2 without ``h2``.
+    """
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+        raise ConfigError(f"max_connections must be an integer, got {max_connections!r}")
+    if max_connections < 1:
+        raise ConfigError(f"max_connections must be >= 1, got {max_connections!r}")
+    limits = httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=DEFAULT_KEEPALIVE_EXPIRY,
+    )
+    timeout = httpx.Timeout(
+        connect=deadlines.connect, read=None, write=None, pool=deadlines.connect
+    )
+    try:
+        return httpx.AsyncClient(
+            limits=limits,
+            timeout=timeout,
+            verify=_default_ssl_context(),
+            http2=endpoint.http2,
+            follow_redirects=False,
+            headers={"user-agent": _USER_AGENT},
+        )
+    except ImportError as exc:  # http2=True without the h2 package
+        raise ConfigError("http2=True needs the h2 package: install shardline[http2]") from exc
+
+
+@functools.cache
+def _default_ssl_context() -> ssl.SSLContext:
+    """httpx's default verifying context, built once per process.
+
+    Building one loads the CA bundle (about 80 ms here); every shard's client
+    shares it instead of paying that per client. Contexts are safe to share.
+    """
+    return httpx.create_ssl_context()
+
+
+@contextmanager
+def map_exceptions(
+    *, partial: Callable[[], bool] = lambda: False, secret: str | None = None
+) -> Iterator[None]:
+    """Translate httpx's exceptions into shardline's, chained with ``raise ... from``.
+
+    The shape of httpcore's ``map_exceptions``: a small table at the boundary,
+    so everything above it only knows :class:`~shardline.AttemptError`.
+    ``trio.Cancelled`` passes through untouched; shardline's own errors pass
+    through with ``partial`` filled in and the secret scrubbed.
+
+    ============================================  ====================
+    httpx                                         shardline
+    ============================================  ====================
+    ``PoolTimeout``                               ``PoolTimeout``
+    ``ConnectTimeout``                            ``ConnectTimeout``
+    ``ConnectError``                              ``ConnectError``
+    ``ReadError``, ``WriteError``, ``CloseError``  ``ConnectionLost``
+    ``RemoteProtocolError``, peer closed          ``ConnectionLost``
+    ``RemoteProtocolError``, other                ``ProtocolError``
+    ``DecodingError``, other ``HTTPError``         ``ProtocolError``
+    ``ReadTimeout``, ``WriteTimeout``             ``StallTimeout`` / ``TTFTTimeout``
+    ============================================  ====================
+
+    Args:
+        partial: Called at translation time: did content arrive already?
+        secret: A string (the API key) to scrub from messages, just in case.
+    """
+    try:
+        yield
+    except AttemptError as exc:  # ours (SSE/JSON/status): fill in partial, scrub
+        if partial():
+            exc.partial = True
+        scrubbed = scrub(exc.message, secret)
+        if scrubbed != exc.message:
+            exc.message = scrubbed
+            exc.args = (scrubbed,)
+        raise
+    except httpx.HTTPError as exc:
+        error = _translate(exc, partial=partial(), secret=secret)
+        raise error from exc
+
+
+def _translate(exc: httpx.HTTPError, *, partial: bool, secret: str | None) -> AttemptError:
+    detail = scrub(str(exc) or type(exc).__name__, secret)
+    if isinstance(exc, httpx.PoolTimeout):
+        return PoolTimeout(f"no pooled connection became free in time: {detail}")
+    if isinstance(exc, httpx.ConnectTimeout):
+        return ConnectTimeout(f"connecting took too long: {detail}")
+    if isinstance(exc, httpx.ConnectError):
+        return ConnectError(f"could not connect: {detail}")
+    if isinstance(exc, httpx.TimeoutException):  # only with a client not made by make_client
+        if partial:
+            return StallTimeout(f"httpx timeout mid-stream: {detail}", partial=True)
+        return TTFTTimeout(f"httpx timeout before the first token: {detail}")
+    if isinstance(exc, httpx.RemoteProtocolError):
+        lowered = detail.lower()
+        if "peer closed" in lowered or "disconnected" in lowered or "incomplete" in lowered:
+            return ConnectionLost(f"connection closed mid-response: {detail}", partial=partial)
+        return ProtocolError(f"malformed HTTP from server: {detail}", partial=partial)
+    if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.CloseError):
+        return ConnectionLost(f"connection lost: {detail}", partial=partial)
+    if isinstance(exc, httpx.TransportError):
+        return ConnectionLost(f"transport error: {detail}", partial=partial)
+    return ProtocolError(f"{type(exc).__name__}: {detail}", partial=partial)
+
+
+def scrub(message: str, secret: str | None) -> str:
+    """``message`` with ``secret`` (an API key) replaced by ``***``."""
+    if secret and len(secret) >= 4 and secret in message:
+        return message.replace(secret, "***")
+    return message
