@@ -27,7 +27,6 @@ from shardline._attempt import (
     AttemptResult,
     send_attempt,
 )
-from shardline._http import make_client, map_exceptions
 from shardline._config import Deadlines, Endpoint
 from shardline._exceptions import (
     AttemptError,
@@ -45,6 +44,7 @@ from shardline._exceptions import (
     Truncated,
     TTFTTimeout,
 )
+from shardline._http import make_client, map_exceptions
 from shardline._models import ChatRequest, CompletionRequest, Usage
 
 SECRET = "sk-test-0123456789abcdef"

@@ -18,7 +18,6 @@ import pytest
 import trio
 
 from shardline._attempt import AttemptResult, send_attempt
-from shardline._http import make_client
 from shardline._config import Deadlines, Endpoint
 from shardline._exceptions import (
     AttemptError,
@@ -29,6 +28,7 @@ from shardline._exceptions import (
     RateLimited,
     StallTimeout,
 )
+from shardline._http import make_client
 from shardline._models import ChatRequest
 from shardline.testing import (
     FAULT_KINDS,

@@ -507,8 +507,7 @@ async def test_windowed_budget_repr(autojump_clock: object) -> None:
     for _ in range(10):
         budget.record_request()
     assert repr(budget) == (
-        "<RetryBudget 0/5 retries in the last 60s (0.2 x 10 requests + 3),"
-        " 0 waiting, 0 overdrafts>"
+        "<RetryBudget 0/5 retries in the last 60s (0.2 x 10 requests + 3), 0 waiting, 0 overdrafts>"
     )
 
 

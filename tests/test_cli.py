@@ -171,7 +171,7 @@ def test_input_is_a_directory_exits_2(tmp_path: Path, capsys: pytest.CaptureFixt
     [
         (["--shards", "0"], "invalid value for --shards (SHARD_COUNT): shard_count must be >= 1"),
         (["--concurrency", "0"], "--concurrency (LLM_CONCURRENCY): concurrency must be >= 1"),
-        (["--ttft-timeout", "-1"], "invalid value for --ttft-timeout: ttft must be > 0 seconds, got -1.0"),
+        (["--ttft-timeout", "-1"], "--ttft-timeout: ttft must be > 0 seconds, got -1.0"),
         (["--stall-timeout", "0"], "--stall-timeout: stall must be > 0"),
         (["--attempt-timeout", "0"], "--attempt-timeout: attempt must be > 0"),
         (["--max-attempts", "0"], "--max-attempts: max_attempts must be >= 1"),

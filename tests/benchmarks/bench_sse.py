@@ -277,8 +277,8 @@ def loopback_section() -> None:
     """Section 6: real loopback sockets through the in-process fake server."""
     try:
         from shardline._attempt import send_attempt
-        from shardline._http import make_client
         from shardline._config import Deadlines, Endpoint
+        from shardline._http import make_client
         from shardline._models import ChatRequest
         from shardline.testing import open_fake_server
     except ImportError:
