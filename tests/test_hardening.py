@@ -18,7 +18,7 @@ import trio.testing
 
 from shardline._backoff import Backoff, RetryPolicy
 from shardline._config import Deadlines, Endpoint
-from shardline._events import AttemptEnded, ItemEnded, RunEnded
+from shardline._events import AttemptEnd, ItemEnd, RunEnd
 from shardline._exceptions import (
     ConfigError,
     InputError,
@@ -119,9 +119,9 @@ async def test_choices_not_a_list_is_a_retried_protocol_error(
     outcomes = await run_items(config(), [chat(i) for i in range(20)], answer, sink)
     assert len(outcomes) == 20
     assert all(o.ok and o.result is not None and o.result.text == "fine" for o in outcomes)
-    causes = {e.cause for e in sink.events if isinstance(e, AttemptEnded) and e.cause}
+    causes = {e.cause for e in sink.events if isinstance(e, AttemptEnd) and e.cause}
     assert causes == {"protocol_error"}
-    messages = [e.message for e in sink.events if isinstance(e, AttemptEnded) and e.message]
+    messages = [e.message for e in sink.events if isinstance(e, AttemptEnd) and e.message]
     assert all(
         "stream event 1: choices must be an array or null, got integer 1" in m for m in messages
     )
@@ -189,7 +189,7 @@ async def test_a_defect_costs_only_its_item_and_stays_loud(
     assert stats.internal_errors == 1
     # Loud: logged with its traceback, and the traceback is in the events.
     assert any("internal error" in r.getMessage() and r.exc_info for r in caplog.records)
-    (ended,) = [e for e in sink.events if isinstance(e, ItemEnded) and e.item_id == 7]
+    (ended,) = [e for e in sink.events if isinstance(e, ItemEnd) and e.item_id == 7]
     assert ended.cause == "internal_error"
     assert ended.message is not None
     assert "RuntimeError: a bug in the stack" in ended.message
@@ -349,7 +349,7 @@ async def test_an_error_in_the_block_ends_the_run_as_error(
     with pytest.raises(KeyError):
         async with open_pipeline(config(), sink=sink, transport=transport(lambda r: 1)):
             raise KeyError("caller's bug")
-    assert [e.reason for e in sink.events if isinstance(e, RunEnded)] == ["error"]
+    assert [e.reason for e in sink.events if isinstance(e, RunEnd)] == ["error"]
 
 
 async def test_cancellation_ends_the_run_as_cancelled(
@@ -360,7 +360,7 @@ async def test_cancellation_ends_the_run_as_cancelled(
     with trio.move_on_after(1):
         async with open_pipeline(config(), sink=sink, transport=transport(lambda r: 1)):
             await trio.sleep_forever()
-    assert [e.reason for e in sink.events if isinstance(e, RunEnded)] == ["cancelled"]
+    assert [e.reason for e in sink.events if isinstance(e, RunEnd)] == ["cancelled"]
 
 
 async def test_a_failing_client_leaks_nothing_and_ends_the_run() -> None:
@@ -386,7 +386,7 @@ async def test_a_failing_client_leaks_nothing_and_ends_the_run() -> None:
             pass  # pragma: no cover
     assert len(built) == 2
     assert len(closed) == 2
-    assert [type(e).__name__ for e in sink.events] == ["RunStarted", "RunEnded"]
+    assert [type(e).__name__ for e in sink.events] == ["RunStart", "RunEnd"]
     assert sink.events[-1].reason == "error"  # type: ignore[union-attr]
 
 

@@ -3,7 +3,7 @@
 import trio
 
 from shardline import (
-    AttemptStarted,
+    AttemptStart,
     Backoff,
     ChatRequest,
     Endpoint,
@@ -12,7 +12,7 @@ from shardline import (
     PipelineConfig,
     RetryPolicy,
     RetryScheduled,
-    ShardStateChanged,
+    ShardState,
     open_pipeline,
 )
 from shardline.testing import open_fake_server
@@ -49,7 +49,7 @@ async def main() -> None:
     # 1. A rate-limited server: 429 with Retry-After 0.2 s on a fifth of the requests.
     outcomes, sink = await run("rate_limit=0.2:retry_after=0.2", n=40)
     retries = [e for e in sink if isinstance(e, RetryScheduled)]
-    cooldowns = [e for e in sink if isinstance(e, ShardStateChanged) and e.state == "cooling"]
+    cooldowns = [e for e in sink if isinstance(e, ShardState) and e.state == "cooling"]
     print(f"rate limited: {sum(o.ok for o in outcomes)}/40 ok, {len(retries)} retries,")
     print(f"  {len(cooldowns)} shard cooldowns, first waits {retries[0].delay_s:.2f} s")
     assert all(o.ok for o in outcomes)
@@ -58,7 +58,7 @@ async def main() -> None:
     # 2. A dead backend: every request fails with 503. The budget paces the retries:
     #    before anyone has waited budget_max_wait, at most 20 % x 40 + 2 retries are sent.
     outcomes, sink = await run("http_503=1.0", n=40)
-    retry_sends = [e for e in sink if isinstance(e, AttemptStarted) and e.attempt > 1]
+    retry_sends = [e for e in sink if isinstance(e, AttemptStart) and e.attempt > 1]
     early = [e for e in retry_sends if e.t < retry_sends[0].t + 0.4]
     print(f"dead backend: {sum(o.ok for o in outcomes)}/40 ok, {len(retry_sends)} retries,")
     print(f"  {len(early)} of them in the first 0.4 s (the budget allows 0.2 x 40 + 2 = 10)")

@@ -1,7 +1,7 @@
 """Event records: what a run writes down, and everything its report is computed from.
 
 Every record is a frozen attrs class with a ``kind`` and ``t``, the seconds
-since the run started on trio's clock. ``RunStarted.started_at`` anchors ``t``
+since the run started on trio's clock. ``RunStart.started_at`` anchors ``t``
 to UTC wall time, so the report can bucket tokens by UTC minute. The JSONL
 form of each record is ``{"v": SCHEMA_VERSION, "kind": ..., **fields}``.
 
@@ -44,18 +44,18 @@ from ._models import ItemId
 __all__ = [
     "EVENT_TYPES",
     "SCHEMA_VERSION",
-    "AttemptEnded",
-    "AttemptStarted",
+    "AttemptEnd",
+    "AttemptStart",
     "Event",
     "EventDecodeError",
     "EventFileReader",
     "FirstToken",
     "ItemAdmitted",
-    "ItemEnded",
+    "ItemEnd",
     "RetryScheduled",
-    "RunEnded",
-    "RunStarted",
-    "ShardStateChanged",
+    "RunEnd",
+    "RunStart",
+    "ShardState",
     "decode_event",
     "encode_event",
     "event_from_json",
@@ -66,7 +66,7 @@ SCHEMA_VERSION = 1
 
 
 @attrs.frozen(kw_only=True)
-class RunStarted:
+class RunStart:
     """The run began. ``config`` is the pipeline config without secrets."""
 
     kind: ClassVar[str] = "run_start"
@@ -88,7 +88,7 @@ class ItemAdmitted:
 
 
 @attrs.frozen(kw_only=True)
-class AttemptStarted:
+class AttemptStart:
     """An attempt left the shard's queue and is about to send."""
 
     kind: ClassVar[str] = "attempt_start"
@@ -111,7 +111,7 @@ class FirstToken:
 
 
 @attrs.frozen(kw_only=True)
-class AttemptEnded:
+class AttemptEnd:
     """An attempt ended: ``outcome`` is ``ok``, ``failed`` or ``cancelled``."""
 
     kind: ClassVar[str] = "attempt_end"
@@ -145,7 +145,7 @@ class RetryScheduled:
 
 
 @attrs.frozen(kw_only=True)
-class ItemEnded:
+class ItemEnd:
     """An item reached its one terminal status: ``ok``, ``failed`` or ``cancelled``.
 
     ``message`` says why an item that is not ``ok`` ended (for ``internal_error``:
@@ -168,7 +168,7 @@ class ItemEnded:
 
 
 @attrs.frozen(kw_only=True)
-class ShardStateChanged:
+class ShardState:
     """A shard started cooling down after a 429 (``cooling``) or resumed (``resumed``)."""
 
     kind: ClassVar[str] = "shard_state"
@@ -179,7 +179,7 @@ class ShardStateChanged:
 
 
 @attrs.frozen(kw_only=True)
-class RunEnded:
+class RunEnd:
     """The run ended; ``reason`` is ``completed``, ``cancelled`` or ``error``."""
 
     kind: ClassVar[str] = "run_end"
@@ -188,30 +188,30 @@ class RunEnded:
 
 
 Event = (
-    RunStarted
+    RunStart
     | ItemAdmitted
-    | AttemptStarted
+    | AttemptStart
     | FirstToken
-    | AttemptEnded
+    | AttemptEnd
     | RetryScheduled
-    | ItemEnded
-    | ShardStateChanged
-    | RunEnded
+    | ItemEnd
+    | ShardState
+    | RunEnd
 )
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (
-        RunStarted,
+        RunStart,
         ItemAdmitted,
-        AttemptStarted,
+        AttemptStart,
         FirstToken,
-        AttemptEnded,
+        AttemptEnd,
         RetryScheduled,
-        ItemEnded,
-        ShardStateChanged,
-        RunEnded,
+        ItemEnd,
+        ShardState,
+        RunEnd,
     )
 }
 """Every record class, by its ``kind``."""
@@ -248,7 +248,7 @@ def event_to_json(event: Event) -> dict[str, Any]:
 
     Example::
 
-        >>> event_to_json(RunEnded(t=12.5, reason="completed"))
+        >>> event_to_json(RunEnd(t=12.5, reason="completed"))
         {'v': 1, 'kind': 'run_end', 't': 12.5, 'reason': 'completed'}
     """
     out: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": event.kind}

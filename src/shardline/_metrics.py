@@ -46,16 +46,16 @@ from typing import Any
 import attrs
 
 from ._events import (
-    AttemptEnded,
-    AttemptStarted,
+    AttemptEnd,
+    AttemptStart,
     Event,
     FirstToken,
     ItemAdmitted,
-    ItemEnded,
+    ItemEnd,
     RetryScheduled,
-    RunEnded,
-    RunStarted,
-    ShardStateChanged,
+    RunEnd,
+    RunStart,
+    ShardState,
 )
 from ._exceptions import ShardlineError
 from ._models import ItemId
@@ -418,7 +418,7 @@ class ReportBuilder:
         # per-item state, bounded by queue and in-flight sizes
         self._queued: set[ItemId] = set()
         self._open: set[ItemId] = set()  # admitted, not ended
-        self._ok_attempt: dict[ItemId, AttemptEnded] = {}
+        self._ok_attempt: dict[ItemId, AttemptEnd] = {}
         # items whose last end was not ok: id -> (status, minute, shard, cause)
         self._not_ok: dict[ItemId, tuple[str, int, int | None, str | None]] = {}
         # backlog
@@ -430,7 +430,7 @@ class ReportBuilder:
 
     def emit(self, event: Event) -> None:
         """Fold one event in (cheap: O(1) amortised)."""
-        if isinstance(event, RunStarted):
+        if isinstance(event, RunStart):
             self._run_start(event)
             return
         if self._run_id is None:
@@ -444,11 +444,11 @@ class ReportBuilder:
                 # never before the last time the queue was empty (events out of time order)
                 self._backlog_since = max(self._started_at + t, self._last_empty_at)
             self._queued.add(event.item_id)
-        elif isinstance(event, AttemptStarted):
+        elif isinstance(event, AttemptStart):
             self._attempts += 1
             self._shard(event.shard).attempts += 1
             self._dequeue(event.item_id, t)
-        elif isinstance(event, AttemptEnded):
+        elif isinstance(event, AttemptEnd):
             if event.outcome == "failed":
                 _count(self._attempt_failures, event.cause or "unknown")
             elif event.outcome == "ok":
@@ -457,14 +457,14 @@ class ReportBuilder:
             self._retries += 1
             self._shard(event.shard).retries += 1
             _count(self._retry_causes, event.cause)
-        elif isinstance(event, ItemEnded):
+        elif isinstance(event, ItemEnd):
             self._item_end(event)
-        elif isinstance(event, ShardStateChanged):
+        elif isinstance(event, ShardState):
             if event.state == "cooling":
                 acc = self._shard(event.shard)
                 acc.cooldowns += 1
                 acc.cooldown_s += event.cooldown_s or 0.0
-        elif isinstance(event, RunEnded):
+        elif isinstance(event, RunEnd):
             self._end_reason = event.reason
         elif isinstance(event, FirstToken):
             pass  # TTFT is taken from item_end / attempt_end
@@ -486,7 +486,7 @@ class ReportBuilder:
             acc = self._shards[shard] = _ShardAcc()
         return acc
 
-    def _run_start(self, event: RunStarted) -> None:
+    def _run_start(self, event: RunStart) -> None:
         if self._run_id is not None:
             self._end_segment()
         else:
@@ -524,7 +524,7 @@ class ReportBuilder:
         if last >= first:
             self._backlog_minutes.update(range(first, last + 1))
 
-    def _item_end(self, event: ItemEnded) -> None:
+    def _item_end(self, event: ItemEnd) -> None:
         item_id = event.item_id
         self._dequeue(item_id, event.t)
         self._open.discard(item_id)
@@ -992,7 +992,7 @@ class LiveMetrics:
     def emit(self, event: Event) -> None:
         """Update the counters with one event."""
         self._t = event.t
-        if isinstance(event, RunStarted):
+        if isinstance(event, RunStart):
             self._run_id = event.run_id
             self._shard_count = event.shard_count
             self._started_at = event.started_at
@@ -1007,19 +1007,19 @@ class LiveMetrics:
             self._admitted += 1
             self._queued[event.item_id] = event.shard
             self._shard(event.shard).queued += 1
-        elif isinstance(event, AttemptStarted):
+        elif isinstance(event, AttemptStart):
             self._attempts += 1
             self._unqueue(event.item_id)
             self._in_flight += 1
             self._shard(event.shard).in_flight += 1
-        elif isinstance(event, AttemptEnded):
+        elif isinstance(event, AttemptEnd):
             self._in_flight -= 1
             self._shard(event.shard).in_flight -= 1
         elif isinstance(event, RetryScheduled):
             self._retries += 1
             self._retry_causes[event.cause] = self._retry_causes.get(event.cause, 0) + 1
             self._shard(event.shard).retries += 1
-        elif isinstance(event, ItemEnded):
+        elif isinstance(event, ItemEnd):
             self._unqueue(event.item_id)
             self._status[event.status] = self._status.get(event.status, 0) + 1
             if event.shard is not None:
@@ -1035,7 +1035,7 @@ class LiveMetrics:
                 if total > self._peak_total:
                     self._peak_total = total
                     self._peak_minute = self._minute
-        elif isinstance(event, ShardStateChanged):
+        elif isinstance(event, ShardState):
             self._shard(event.shard).cooling = event.state == "cooling"
 
     def _unqueue(self, item_id: ItemId) -> None:

@@ -25,7 +25,7 @@ import trio
 
 from ._backoff import RetryPolicy
 from ._config import Deadlines, Endpoint, env_int
-from ._events import Event, ItemEnded, RunEnded, RunStarted
+from ._events import Event, ItemEnd, RunEnd, RunStart
 from ._exceptions import ConfigError, ShardlineError
 from ._http import make_client
 from ._models import ChatRequest, CompletionRequest, ItemId, Outcome, Request, Result, Status
@@ -371,7 +371,7 @@ class Pipeline:
         state = self._state
         state.counts[Status.FAILED] += 1
         state.emit(
-            ItemEnded(
+            ItemEnd(
                 t=state.now(),
                 item_id=item_id,
                 shard=None,
@@ -513,7 +513,7 @@ async def open_pipeline(
     )
     pipeline = Pipeline(config=config, run_id=run_id or uuid.uuid4().hex[:12], state=state)
     state.emit(
-        RunStarted(
+        RunStart(
             t=0.0,
             run_id=pipeline.run_id,
             started_at=time.time(),
@@ -562,7 +562,7 @@ async def open_pipeline(
             cleanup.deadline = trio.current_time() + CLEANUP_GRACE_S
             for client in clients:
                 await client.aclose()
-        state.emit(RunEnded(t=state.now(), reason=reason))
+        state.emit(RunEnd(t=state.now(), reason=reason))
 
 
 def _only_cancellation(exc: BaseException) -> bool:

@@ -32,15 +32,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._events import (
-    AttemptEnded,
-    AttemptStarted,
+    AttemptEnd,
+    AttemptStart,
     Event,
     FirstToken,
     ItemAdmitted,
-    ItemEnded,
+    ItemEnd,
     RetryScheduled,
-    RunStarted,
-    ShardStateChanged,
+    RunStart,
+    ShardState,
 )
 from ._models import ItemId
 
@@ -210,7 +210,7 @@ class PrometheusSink:
 
     def emit(self, event: Event) -> None:
         """Update the metrics with one event."""
-        if isinstance(event, AttemptEnded):
+        if isinstance(event, AttemptEnd):
             cause = event.cause or ""
             self.attempts.labels(event.outcome, cause if event.outcome != "ok" else "").inc()
             self.in_flight.labels(str(event.shard)).dec()
@@ -228,7 +228,7 @@ class PrometheusSink:
         elif isinstance(event, FirstToken):
             if self._streaming:  # the conventions: streaming calls only
                 self.time_to_first_chunk.labels(*self._genai()).observe(event.ttft_s)
-        elif isinstance(event, AttemptStarted):
+        elif isinstance(event, AttemptStart):
             self._unqueue(event.item_id)
             self.in_flight.labels(str(event.shard)).inc()
         elif isinstance(event, ItemAdmitted):
@@ -236,12 +236,12 @@ class PrometheusSink:
             self.queued.labels(str(event.shard)).inc()
         elif isinstance(event, RetryScheduled):
             self.retries.labels(event.cause).inc()
-        elif isinstance(event, ItemEnded):
+        elif isinstance(event, ItemEnd):
             self._unqueue(event.item_id)
             self.items.labels(event.status).inc()
-        elif isinstance(event, ShardStateChanged):
+        elif isinstance(event, ShardState):
             self.cooling.labels(str(event.shard)).set(1 if event.state == "cooling" else 0)
-        elif isinstance(event, RunStarted):
+        elif isinstance(event, RunStart):
             endpoint = event.config.get("endpoint")
             if not isinstance(endpoint, dict):
                 endpoint = {}

@@ -41,14 +41,14 @@ from ._attempt import AttemptResult, send_attempt
 from ._backoff import RetryBudget, RetryPolicy, is_testing
 from ._config import Deadlines, Endpoint
 from ._events import (
-    AttemptEnded,
-    AttemptStarted,
+    AttemptEnd,
+    AttemptStart,
     Event,
     FirstToken,
     ItemAdmitted,
-    ItemEnded,
+    ItemEnd,
     RetryScheduled,
-    ShardStateChanged,
+    ShardState,
 )
 from ._exceptions import AttemptError, Cause, InternalError, ItemCancelled, RateLimited
 from ._models import ItemId, Outcome, Request, Result, Status, Usage, estimate_tokens
@@ -359,9 +359,7 @@ class Shard:
                 await trio.sleep(self.rng.uniform(0.0, jitter))
         if self._cooling:
             self._cooling = False
-            self.state.emit(
-                ShardStateChanged(t=self.state.now(), shard=self.index, state="resumed")
-            )
+            self.state.emit(ShardState(t=self.state.now(), shard=self.index, state="resumed"))
 
     def _cool_for(self, seconds: float) -> None:
         until = trio.current_time() + seconds
@@ -369,7 +367,7 @@ class Shard:
             self._cooling_until = until
             self._cooling = True
             self.state.emit(
-                ShardStateChanged(
+                ShardState(
                     t=self.state.now(), shard=self.index, state="cooling", cooldown_s=seconds
                 )
             )
@@ -478,7 +476,7 @@ class Shard:
         state = self.state
         started = state.now()
         item.attempts = attempt
-        state.emit(AttemptStarted(t=started, item_id=item.id, shard=self.index, attempt=attempt))
+        state.emit(AttemptStart(t=started, item_id=item.id, shard=self.index, attempt=attempt))
 
         def first_token(ttft_s: float) -> None:
             state.emit(
@@ -595,7 +593,7 @@ class Shard:
 
     def _attempt_ended(self, item: WorkItem, attempt: int, outcome: str, **fields: Any) -> None:
         self.state.emit(
-            AttemptEnded(
+            AttemptEnd(
                 t=self.state.now(),
                 item_id=item.id,
                 shard=self.index,
@@ -619,7 +617,7 @@ class Shard:
             message = str(error)
         try:
             state.emit(
-                ItemEnded(
+                ItemEnd(
                     t=state.now(),
                     item_id=item.id,
                     shard=self.index,
