@@ -25,19 +25,18 @@ from shardline._events import (
     RunStarted,
     ShardStateChanged,
 )
-from shardline._metrics import (
+from shardline._models import ItemId
+from shardline._report import percentile, utc_minute
+from shardline._sinks import JsonlEventSink, MemoryEventSink, TeeSink
+from shardline.report import (
     LiveMetrics,
     Percentiles,
     ReportBuilder,
     ReportError,
     RunReport,
     compute_report,
-    percentile,
     render_text,
-    utc_minute,
 )
-from shardline._models import ItemId
-from shardline._sinks import JsonlEventSink, MemoryEventSink, TeeSink
 
 #: 2025-11-29T08:00:00Z, a whole minute.
 START = 1_764_403_200.0
