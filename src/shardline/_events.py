@@ -20,6 +20,12 @@ exact same float; integer and string item ids keep their JSON type. Readers
 ignore keys they do not know (new fields with defaults may appear within a
 version); a change that breaks readers bumps ``v``.
 
+Fields with a fixed vocabulary hold enums (:class:`AttemptOutcome`,
+:class:`~shardline.Status`, :class:`~shardline.Cause`, :class:`ShardCondition`,
+:class:`RunEndReason`), all :class:`enum.StrEnum`: they are written as their
+string values, accept those strings on construction, and decode back to the
+enum, so ``AttemptEnded(outcome="ok", ...).outcome is AttemptOutcome.OK``.
+
 :func:`encode_event` / :func:`decode_event` convert one record to and from a
 line; :class:`EventFileReader` reads a whole file lazily while hashing it,
 so its digest equals ``sha256sum`` of the file.
@@ -27,6 +33,7 @@ so its digest equals ``sha256sum`` of the file.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import math
@@ -38,13 +45,14 @@ from typing import IO, Any, ClassVar
 
 import attrs
 
-from ._exceptions import ShardlineError, located
-from ._models import ItemId
+from ._exceptions import Cause, ShardlineError, located
+from ._models import ItemId, Status
 
 __all__ = [
     "EVENT_TYPES",
     "SCHEMA_VERSION",
     "AttemptEnded",
+    "AttemptOutcome",
     "AttemptStarted",
     "Event",
     "EventDecodeError",
@@ -53,8 +61,10 @@ __all__ = [
     "ItemAdmitted",
     "ItemEnded",
     "RetryScheduled",
+    "RunEndReason",
     "RunEnded",
     "RunStarted",
+    "ShardCondition",
     "ShardStateChanged",
     "decode_event",
     "encode_event",
@@ -63,6 +73,63 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+
+
+class AttemptOutcome(enum.StrEnum):
+    """How one attempt ended (``attempt_end.outcome``)."""
+
+    OK = "ok"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class ShardCondition(enum.StrEnum):
+    """What happened to a shard (``shard_state.state``)."""
+
+    COOLING = "cooling"
+    """It stopped sending for a while after a 429 (``cooldown_s`` says how long)."""
+    RESUMED = "resumed"
+    """Its cooldown is over; it sends again."""
+
+
+class RunEndReason(enum.StrEnum):
+    """Why a run ended (``run_end.reason``)."""
+
+    COMPLETED = "completed"
+    """Every admitted item reached its terminal status."""
+    CANCELLED = "cancelled"
+    """The run was cancelled (an interrupt or the caller's cancel scope)."""
+    ERROR = "error"
+    """The run stopped on an exception."""
+
+
+# Converters: the fields hold enums, and accept their string values too, so
+# ``AttemptEnded(outcome="ok")`` and an event decoded from JSON both give
+# ``AttemptOutcome.OK``. An unknown string raises ValueError.
+
+
+def _to_outcome(value: AttemptOutcome | str) -> AttemptOutcome:
+    return AttemptOutcome(value)
+
+
+def _to_status(value: Status | str) -> Status:
+    return Status(value)
+
+
+def _to_cause(value: Cause | str) -> Cause:
+    return Cause(value)
+
+
+def _to_optional_cause(value: Cause | str | None) -> Cause | None:
+    return None if value is None else Cause(value)
+
+
+def _to_condition(value: ShardCondition | str) -> ShardCondition:
+    return ShardCondition(value)
+
+
+def _to_reason(value: RunEndReason | str) -> RunEndReason:
+    return RunEndReason(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -119,8 +186,8 @@ class AttemptEnded:
     item_id: ItemId
     shard: int
     attempt: int
-    outcome: str
-    cause: str | None = None
+    outcome: AttemptOutcome = attrs.field(converter=_to_outcome)
+    cause: Cause | None = attrs.field(default=None, converter=_to_optional_cause)
     status_code: int | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -141,7 +208,7 @@ class RetryScheduled:
     shard: int
     attempt: int
     delay_s: float
-    cause: str
+    cause: Cause = attrs.field(converter=_to_cause)
 
 
 @attrs.frozen(kw_only=True)
@@ -152,10 +219,10 @@ class ItemEnded:
     t: float
     item_id: ItemId
     shard: int | None
-    status: str
+    status: Status = attrs.field(converter=_to_status)
     attempts: int
     latency_s: float
-    cause: str | None = None
+    cause: Cause | None = attrs.field(default=None, converter=_to_optional_cause)
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     ttft_s: float | None = None
@@ -169,7 +236,7 @@ class ShardStateChanged:
     kind: ClassVar[str] = "shard_state"
     t: float
     shard: int
-    state: str
+    state: ShardCondition = attrs.field(converter=_to_condition)
     cooldown_s: float | None = None
 
 
@@ -179,7 +246,7 @@ class RunEnded:
 
     kind: ClassVar[str] = "run_end"
     t: float
-    reason: str
+    reason: RunEndReason = attrs.field(converter=_to_reason)
 
 
 Event = (
@@ -236,6 +303,11 @@ class EventDecodeError(ShardlineError, ValueError):
 _FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {
     cls: tuple(f.name for f in attrs.fields(cls)) for cls in EVENT_TYPES.values()
 }
+# The fields that hold enums: written as their plain string values.
+_ENUM_FIELDS: dict[type[Any], frozenset[str]] = {
+    cls: frozenset(f.name for f in attrs.fields(cls) if f.converter is not None)
+    for cls in EVENT_TYPES.values()
+}
 
 
 def event_to_json(event: Event) -> dict[str, Any]:
@@ -247,8 +319,10 @@ def event_to_json(event: Event) -> dict[str, Any]:
         {'v': 1, 'kind': 'run_end', 't': 12.5, 'reason': 'completed'}
     """
     out: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": event.kind}
+    enums = _ENUM_FIELDS[type(event)]
     for name in _FIELD_NAMES[type(event)]:
-        out[name] = getattr(event, name)
+        value = getattr(event, name)
+        out[name] = value.value if name in enums and value is not None else value
     return out
 
 
@@ -309,6 +383,15 @@ def _coercer(tp: Any) -> tuple[_Coerce, str]:
             return v
 
         return to_int, "an integer"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        members = {m.value: m for m in tp}
+
+        def to_enum(v: Any) -> Any:
+            if type(v) is not str or v not in members:
+                raise _Mismatch
+            return members[v]
+
+        return to_enum, "one of " + ", ".join(repr(value) for value in members)
     if tp is str or tp is bool:
 
         def exact(v: Any) -> Any:

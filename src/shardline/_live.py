@@ -23,9 +23,10 @@ from ._events import (
     ItemEnded,
     RetryScheduled,
     RunStarted,
+    ShardCondition,
     ShardStateChanged,
 )
-from ._models import ItemId
+from ._models import ItemId, Status
 from ._report import minute_iso, utc_minute
 
 __all__ = ["LiveMetrics", "LiveShard", "LiveSnapshot"]
@@ -106,7 +107,7 @@ class LiveMetrics:
         self._started_at = 0.0
         self._t = 0.0
         self._admitted = 0
-        self._status = {"ok": 0, "failed": 0, "cancelled": 0}
+        self._status = dict.fromkeys(Status, 0)
         self._attempts = 0
         self._retries = 0
         self._retry_causes: dict[str, int] = {}
@@ -164,14 +165,15 @@ class LiveMetrics:
             self._shard(event.shard).in_flight -= 1
         elif isinstance(event, RetryScheduled):
             self._retries += 1
-            self._retry_causes[event.cause] = self._retry_causes.get(event.cause, 0) + 1
+            cause = event.cause.value
+            self._retry_causes[cause] = self._retry_causes.get(cause, 0) + 1
             self._shard(event.shard).retries += 1
         elif isinstance(event, ItemEnded):
             self._unqueue(event.item_id)
-            self._status[event.status] = self._status.get(event.status, 0) + 1
+            self._status[event.status] += 1
             if event.shard is not None:
                 self._shard(event.shard).done += 1
-            if event.status == "ok":
+            if event.status is Status.OK:
                 p = event.prompt_tokens or 0
                 c = event.completion_tokens or 0
                 self._tokens_in += p
@@ -183,7 +185,7 @@ class LiveMetrics:
                     self._peak_total = total
                     self._peak_minute = self._minute
         elif isinstance(event, ShardStateChanged):
-            self._shard(event.shard).cooling = event.state == "cooling"
+            self._shard(event.shard).cooling = event.state is ShardCondition.COOLING
 
     def _unqueue(self, item_id: ItemId) -> None:
         shard = self._queued.pop(item_id, None)
@@ -224,9 +226,9 @@ class LiveMetrics:
             shard_count=self._shard_count,
             admitted=self._admitted,
             done=done,
-            ok=self._status.get("ok", 0),
-            failed=self._status.get("failed", 0),
-            cancelled=self._status.get("cancelled", 0),
+            ok=self._status[Status.OK],
+            failed=self._status[Status.FAILED],
+            cancelled=self._status[Status.CANCELLED],
             queued=len(self._queued),
             in_flight=self._in_flight,
             attempts=self._attempts,

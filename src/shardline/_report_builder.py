@@ -18,6 +18,7 @@ import attrs
 
 from ._events import (
     AttemptEnded,
+    AttemptOutcome,
     AttemptStarted,
     Event,
     FirstToken,
@@ -26,9 +27,11 @@ from ._events import (
     RetryScheduled,
     RunEnded,
     RunStarted,
+    ShardCondition,
     ShardStateChanged,
 )
-from ._models import ItemId
+from ._exceptions import Cause
+from ._models import ItemId, Status
 from ._report import (
     MinuteTokens,
     Percentiles,
@@ -48,6 +51,11 @@ def _ratio(num: int, den: int) -> float | None:
 
 def _count(counter: dict[str, int], key: str) -> None:
     counter[key] = counter.get(key, 0) + 1
+
+
+def _cause_key(cause: Cause | None) -> str:
+    """The report's key for a cause: its string value, ``"unknown"`` when missing."""
+    return "unknown" if cause is None else cause.value
 
 
 def _samples() -> array[float]:
@@ -103,7 +111,7 @@ class ReportBuilder:
         self._end_reason: str | None = None
         # counters
         self._items = 0
-        self._status = {"ok": 0, "failed": 0, "cancelled": 0}
+        self._status = dict.fromkeys(Status, 0)
         self._attempts = 0
         self._retries = 0
         self._retry_causes: dict[str, int] = {}
@@ -124,7 +132,7 @@ class ReportBuilder:
         self._open: set[ItemId] = set()  # admitted, not ended
         self._ok_attempt: dict[ItemId, AttemptEnded] = {}
         # items whose last end was not ok: id -> (status, minute, shard, cause)
-        self._not_ok: dict[ItemId, tuple[str, int, int | None, str | None]] = {}
+        self._not_ok: dict[ItemId, tuple[Status, int, int | None, Cause | None]] = {}
         # backlog
         self._backlog_since: float | None = None
         self._last_empty_at = -math.inf
@@ -153,23 +161,23 @@ class ReportBuilder:
             self._shard(event.shard).attempts += 1
             self._dequeue(event.item_id, t)
         elif isinstance(event, AttemptEnded):
-            if event.outcome == "failed":
-                _count(self._attempt_failures, event.cause or "unknown")
-            elif event.outcome == "ok":
+            if event.outcome is AttemptOutcome.FAILED:
+                _count(self._attempt_failures, _cause_key(event.cause))
+            elif event.outcome is AttemptOutcome.OK:
                 self._ok_attempt[event.item_id] = event
         elif isinstance(event, RetryScheduled):
             self._retries += 1
             self._shard(event.shard).retries += 1
-            _count(self._retry_causes, event.cause)
+            _count(self._retry_causes, event.cause.value)
         elif isinstance(event, ItemEnded):
             self._item_end(event)
         elif isinstance(event, ShardStateChanged):
-            if event.state == "cooling":
+            if event.state is ShardCondition.COOLING:
                 acc = self._shard(event.shard)
                 acc.cooldowns += 1
                 acc.cooldown_s += event.cooldown_s or 0.0
         elif isinstance(event, RunEnded):
-            self._end_reason = event.reason
+            self._end_reason = event.reason.value
         elif isinstance(event, FirstToken):
             pass  # TTFT is taken from item_end / attempt_end
 
@@ -248,13 +256,13 @@ class ReportBuilder:
         if shard is not None:
             shard.items += 1
         attempt = self._ok_attempt.pop(item_id, None)
-        if status != "ok":
+        if status is not Status.OK:
             self._not_ok[item_id] = (status, minute, event.shard, event.cause)
-            if status == "failed":
-                _count(self._failure_causes, event.cause or "unknown")
+            if status is Status.FAILED:
+                _count(self._failure_causes, _cause_key(event.cause))
                 if shard is not None:
                     shard.failed += 1
-            elif shard is not None and status == "cancelled":
+            elif shard is not None and status is Status.CANCELLED:
                 shard.cancelled += 1
             return
         # a success
@@ -292,22 +300,22 @@ class ReportBuilder:
             if ttft is not None:
                 shard.ttft.append(ttft)
 
-    def _forget(self, previous: tuple[str, int, int | None, str | None]) -> None:
+    def _forget(self, previous: tuple[Status, int, int | None, Cause | None]) -> None:
         """Undo the counts of an earlier, superseded end of the same item (a resumed run)."""
         status, minute, shard_no, cause = previous
         self._status[status] -= 1
         self._minutes[minute].ended -= 1
-        if status == "failed":
-            key = cause or "unknown"
+        if status is Status.FAILED:
+            key = _cause_key(cause)
             self._failure_causes[key] -= 1
             if not self._failure_causes[key]:
                 del self._failure_causes[key]
         if shard_no is not None:
             acc = self._shards[shard_no]
             acc.items -= 1
-            if status == "failed":
+            if status is Status.FAILED:
                 acc.failed -= 1
-            elif status == "cancelled":
+            elif status is Status.CANCELLED:
                 acc.cancelled -= 1
 
     # -- result
@@ -356,7 +364,7 @@ class ReportBuilder:
             if in_minute is not None:
                 backlog_ok += in_minute.ok_items
                 backlog_ended += in_minute.ended
-        ok = self._status.get("ok", 0)
+        ok = self._status[Status.OK]
         shards = tuple(
             ShardReport(
                 shard=no,
@@ -386,7 +394,7 @@ class ReportBuilder:
             events_sha256=events_sha256,
             items=self._items,
             succeeded=ok,
-            failed=self._status.get("failed", 0),
+            failed=self._status[Status.FAILED],
             success_rate=_ratio(ok, self._items),
             attempts=self._attempts,
             retries=self._retries,
@@ -396,7 +404,7 @@ class ReportBuilder:
             latency_s=Percentiles.of(self._latency),
             tokens_in_total=self._tokens_in,
             tokens_out_total=self._tokens_out,
-            cancelled=self._status.get("cancelled", 0),
+            cancelled=self._status[Status.CANCELLED],
             unfinished=len(self._open),
             success_rate_under_backlog=_ratio(backlog_ok, backlog_ended),
             backlog_minutes=len(backlog),

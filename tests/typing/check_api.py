@@ -137,10 +137,11 @@ def check_events_and_report(event: Event, path: str) -> None:
     assert_type(event.t, float)
     assert_type(event.kind, str)
     if isinstance(event, AttemptEnded):
-        assert_type(event.cause, str | None)
+        assert_type(event.cause, Cause | None)
         assert_type(event.duration_s, float)
     elif isinstance(event, ItemEnded):
         assert_type(event.item_id, ItemId)
+        assert_type(event.status, Status)
     elif isinstance(event, RunStarted):
         assert_type(event.config, dict[str, Any])
     with EventFileReader(path) as reader:
