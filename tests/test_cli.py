@@ -19,7 +19,7 @@ import pytest
 
 from shardline._cli import main
 from shardline._cli_run import _OutputFirstSink, default_paths
-from shardline._events import ItemAdmitted, ItemEnded, RunEnded
+from shardline._events import ItemAdmitted, ItemEnd, RunEnd
 from shardline._sinks import MemoryEventSink
 
 SECRET = "sk-test-SECRET"
@@ -120,11 +120,9 @@ def test_output_first_sink_holds_item_end_until_written() -> None:
     """An item_end (and all after it) reaches the events only after the item's line is written."""
     memory = MemoryEventSink()
     gate = _OutputFirstSink(memory)
-    end_a = ItemEnded(t=1.0, item_id="a", shard=0, status="ok", attempts=1, latency_s=0.1)
+    end_a = ItemEnd(t=1.0, item_id="a", shard=0, status="ok", attempts=1, latency_s=0.1)
     admitted_b = ItemAdmitted(t=1.1, item_id="b", shard=0)
-    cancelled_c = ItemEnded(
-        t=1.2, item_id="c", shard=0, status="cancelled", attempts=0, latency_s=0
-    )
+    cancelled_c = ItemEnd(t=1.2, item_id="c", shard=0, status="cancelled", attempts=0, latency_s=0)
     gate.emit(ItemAdmitted(t=0.0, item_id="a", shard=0))
     gate.emit(end_a)
     gate.emit(admitted_b)
@@ -133,11 +131,11 @@ def test_output_first_sink_holds_item_end_until_written() -> None:
     gate.written("a")
     assert memory.events[1:] == [end_a, admitted_b, cancelled_c]
     # Cancelled items are never written: their item_end passes straight through.
-    gate.emit(ItemEnded(t=2.0, item_id="d", shard=0, status="cancelled", attempts=0, latency_s=0))
+    gate.emit(ItemEnd(t=2.0, item_id="d", shard=0, status="cancelled", attempts=0, latency_s=0))
     assert len(memory.events) == 5
     # A failed run releases what is still held on close, in order.
-    gate.emit(ItemEnded(t=3.0, item_id="e", shard=0, status="failed", attempts=1, latency_s=0))
-    gate.emit(RunEnded(t=4.0, reason="error"))
+    gate.emit(ItemEnd(t=3.0, item_id="e", shard=0, status="failed", attempts=1, latency_s=0))
+    gate.emit(RunEnd(t=4.0, reason="error"))
     assert len(memory.events) == 5
     gate.close()
     assert [e.t for e in memory.events][-2:] == [3.0, 4.0]

@@ -15,21 +15,21 @@ from hypothesis import strategies as st
 from shardline._events import (
     EVENT_TYPES,
     SCHEMA_VERSION,
-    AttemptEnded,
+    AttemptEnd,
     AttemptOutcome,
-    AttemptStarted,
+    AttemptStart,
     Event,
     EventDecodeError,
     EventFileReader,
     FirstToken,
     ItemAdmitted,
-    ItemEnded,
+    ItemEnd,
     RetryScheduled,
-    RunEnded,
+    RunEnd,
     RunEndReason,
-    RunStarted,
+    RunStart,
     ShardCondition,
-    ShardStateChanged,
+    ShardState,
     decode_event,
     encode_event,
     event_from_json,
@@ -59,7 +59,7 @@ json_values = st.recursive(
 
 events: st.SearchStrategy[Event] = st.one_of(
     st.builds(
-        RunStarted,
+        RunStart,
         t=times,
         run_id=st.text(max_size=10),
         started_at=finite,
@@ -67,10 +67,10 @@ events: st.SearchStrategy[Event] = st.one_of(
         config=st.dictionaries(st.text(max_size=6), json_values, max_size=4),
     ),
     st.builds(ItemAdmitted, t=times, item_id=item_ids, shard=small),
-    st.builds(AttemptStarted, t=times, item_id=item_ids, shard=small, attempt=small),
+    st.builds(AttemptStart, t=times, item_id=item_ids, shard=small, attempt=small),
     st.builds(FirstToken, t=times, item_id=item_ids, shard=small, attempt=small, ttft_s=finite),
     st.builds(
-        AttemptEnded,
+        AttemptEnd,
         t=times,
         item_id=item_ids,
         shard=small,
@@ -96,7 +96,7 @@ events: st.SearchStrategy[Event] = st.one_of(
         cause=causes,
     ),
     st.builds(
-        ItemEnded,
+        ItemEnd,
         t=times,
         item_id=item_ids,
         shard=st.none() | small,
@@ -110,14 +110,14 @@ events: st.SearchStrategy[Event] = st.one_of(
         usage_estimated=st.booleans(),
     ),
     st.builds(
-        ShardStateChanged,
+        ShardState,
         t=times,
         shard=small,
         state=st.sampled_from(["cooling", "resumed"]) | st.sampled_from(ShardCondition),
         cooldown_s=st.none() | finite,
     ),
     st.builds(
-        RunEnded,
+        RunEnd,
         t=times,
         reason=st.sampled_from(["completed", "cancelled", "error"]) | st.sampled_from(RunEndReason),
     ),
@@ -173,7 +173,7 @@ def test_event_to_json_writes_every_field() -> None:
         RetryScheduled(t=1.0, item_id=7, shard=1, attempt=2, delay_s=0.5, cause="server_error")
     )
     assert list(obj) == ["v", "kind", "t", "item_id", "shard", "attempt", "delay_s", "cause"]
-    obj = event_to_json(ShardStateChanged(t=1.0, shard=1, state="resumed"))
+    obj = event_to_json(ShardState(t=1.0, shard=1, state="resumed"))
     assert obj["cooldown_s"] is None
     assert obj["v"] == SCHEMA_VERSION
 
@@ -199,7 +199,7 @@ def test_int_and_str_ids_keep_their_type() -> None:
 def test_ints_in_float_fields_widen_to_float() -> None:
     """A JSON integer in a float field decodes as a float."""
     event = decode_event(b'{"v":1,"kind":"run_end","t":3,"reason":"completed"}')
-    assert isinstance(event, RunEnded)
+    assert isinstance(event, RunEnd)
     assert type(event.t) is float
     assert event.t == 3.0
 
@@ -207,12 +207,12 @@ def test_ints_in_float_fields_widen_to_float() -> None:
 def test_unknown_keys_are_ignored_and_defaults_apply() -> None:
     """Readers ignore keys they do not know and fill omitted optional fields."""
     line = '{"v":1,"kind":"shard_state","t":1.0,"shard":2,"state":"cooling","new_field":1}'
-    assert decode_event(line) == ShardStateChanged(t=1.0, shard=2, state="cooling")
+    assert decode_event(line) == ShardState(t=1.0, shard=2, state="cooling")
 
 
 def test_enum_fields_take_strings_and_decode_to_enums() -> None:
     """Enum fields convert their string values on construction and decode to the enum."""
-    event = AttemptEnded(
+    event = AttemptEnd(
         t=1.0, item_id=1, shard=0, attempt=1, outcome="failed", cause="stall_timeout"
     )
     assert event.outcome is AttemptOutcome.FAILED
@@ -220,29 +220,29 @@ def test_enum_fields_take_strings_and_decode_to_enums() -> None:
     line = encode_event(event)
     assert b'"outcome":"failed","cause":"stall_timeout"' in line
     back = decode_event(line)
-    assert isinstance(back, AttemptEnded)
+    assert isinstance(back, AttemptEnd)
     assert type(back.outcome) is AttemptOutcome
     assert type(back.cause) is Cause
     ended = decode_event(
         b'{"v":1,"kind":"item_end","t":2,"item_id":1,"shard":null,"status":"cancelled",'
         b'"attempts":0,"latency_s":0.5,"cause":"cancelled"}'
     )
-    assert isinstance(ended, ItemEnded)
+    assert isinstance(ended, ItemEnd)
     assert (type(ended.status), ended.status) == (Status, Status.CANCELLED)
     state = decode_event(b'{"v":1,"kind":"shard_state","t":1,"shard":0,"state":"resumed"}')
-    assert isinstance(state, ShardStateChanged)
+    assert isinstance(state, ShardState)
     assert state.state is ShardCondition.RESUMED
     end = decode_event(b'{"v":1,"kind":"run_end","t":3,"reason":"error"}')
-    assert isinstance(end, RunEnded)
+    assert isinstance(end, RunEnd)
     assert end.reason is RunEndReason.ERROR
 
 
 def test_event_to_json_writes_enums_as_plain_strings() -> None:
     """event_to_json gives plain str values, not enum members, so the schema is unchanged."""
-    obj = event_to_json(ShardStateChanged(t=1.0, shard=1, state=ShardCondition.COOLING))
+    obj = event_to_json(ShardState(t=1.0, shard=1, state=ShardCondition.COOLING))
     assert type(obj["state"]) is str
     assert obj["state"] == "cooling"
-    obj = event_to_json(RunEnded(t=1.0, reason=RunEndReason.CANCELLED))
+    obj = event_to_json(RunEnd(t=1.0, reason=RunEndReason.CANCELLED))
     assert type(obj["reason"]) is str
     assert obj == {"v": 1, "kind": "run_end", "t": 1.0, "reason": "cancelled"}
 
@@ -250,13 +250,13 @@ def test_event_to_json_writes_enums_as_plain_strings() -> None:
 def test_unknown_enum_value_is_refused() -> None:
     """A value outside an enum raises ValueError when constructing an event."""
     with pytest.raises(ValueError, match="'finished' is not a valid RunEndReason"):
-        RunEnded(t=1.0, reason="finished")
+        RunEnd(t=1.0, reason="finished")
 
 
 def test_nan_is_refused_when_encoding() -> None:
     """A NaN would not be valid JSON; encoding names the kind."""
     with pytest.raises(ValueError, match="cannot encode run_end event"):
-        encode_event(RunEnded(t=float("nan"), reason="completed"))
+        encode_event(RunEnd(t=float("nan"), reason="completed"))
 
 
 @pytest.mark.parametrize(
@@ -309,12 +309,12 @@ def test_bad_lines_name_file_and_line(line: bytes, message: str) -> None:
 # --- sinks ----------------------------------------------------------------------------
 
 SAMPLE: list[Event] = [
-    RunStarted(t=0.0, run_id="r", started_at=1_764_403_200.0, shard_count=2, config={}),
+    RunStart(t=0.0, run_id="r", started_at=1_764_403_200.0, shard_count=2, config={}),
     ItemAdmitted(t=0.1, item_id=1, shard=0),
-    AttemptStarted(t=0.2, item_id=1, shard=0, attempt=1),
-    AttemptEnded(t=0.9, item_id=1, shard=0, attempt=1, outcome="ok", duration_s=0.7),
-    ItemEnded(t=0.9, item_id=1, shard=0, status="ok", attempts=1, latency_s=0.8),
-    RunEnded(t=1.0, reason="completed"),
+    AttemptStart(t=0.2, item_id=1, shard=0, attempt=1),
+    AttemptEnd(t=0.9, item_id=1, shard=0, attempt=1, outcome="ok", duration_s=0.7),
+    ItemEnd(t=0.9, item_id=1, shard=0, status="ok", attempts=1, latency_s=0.8),
+    RunEnd(t=1.0, reason="completed"),
 ]
 
 
@@ -386,11 +386,11 @@ def test_jsonl_sink_fsyncs_on_interval_and_run_end(
     monkeypatch.setattr(os, "fsync", synced.append)
     sink = JsonlEventSink(tmp_path / "ev.jsonl", fsync_interval=0.5)
     for t in (0.0, 0.2, 0.4):
-        sink.emit(ShardStateChanged(t=t, shard=0, state="cooling"))
+        sink.emit(ShardState(t=t, shard=0, state="cooling"))
     assert synced == []
-    sink.emit(ShardStateChanged(t=0.5, shard=0, state="cooling"))
+    sink.emit(ShardState(t=0.5, shard=0, state="cooling"))
     assert len(synced) == 1
-    sink.emit(RunEnded(t=0.6, reason="completed"))
+    sink.emit(RunEnd(t=0.6, reason="completed"))
     assert len(synced) == 2
     sink.close()
     assert len(synced) == 3

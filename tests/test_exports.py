@@ -8,17 +8,17 @@ import shardline
 import shardline.testing
 
 PUBLIC = {
-    "SCHEMA_VERSION", "AttemptEnded", "AttemptError", "AttemptStarted", "AttemptTimeout",
+    "SCHEMA_VERSION", "AttemptEnd", "AttemptError", "AttemptStart", "AttemptTimeout",
     "Backoff", "Cause", "ChatRequest", "ClientError", "CompletionRequest", "ConfigError",
     "ConnectError", "ConnectTimeout", "ConnectionLost", "DeadlineExceeded", "Deadlines",
     "Endpoint", "Event", "EventDecodeError", "EventFileReader", "EventSink", "FirstToken",
-    "HTTPStatusError", "InputError", "ItemAdmitted", "ItemCancelled", "ItemEnded", "ItemId",
+    "HTTPStatusError", "InputError", "ItemAdmitted", "ItemCancelled", "ItemEnd", "ItemId",
     "JsonlEventSink", "LiveMetrics", "LiveShard", "MinuteTokens", "ReportBuilder",
     "PrometheusSink", "LiveSnapshot", "MemoryEventSink", "Outcome",
     "Percentiles", "Pipeline", "PipelineConfig", "PipelineStatistics", "PoolTimeout",
     "ProtocolError", "RateLimited", "ReportError", "Request", "Result", "RetryBudget",
-    "RetryPolicy", "RetryScheduled", "RunEnded", "RunReport", "RunStarted", "ServerError",
-    "ShardReport", "ShardStateChanged", "ShardStatistics", "ShardlineError", "StallTimeout",
+    "RetryPolicy", "RetryScheduled", "RunEnd", "RunReport", "RunStart", "ServerError",
+    "ShardReport", "ShardState", "ShardStatistics", "ShardlineError", "StallTimeout",
     "Status", "TTFTTimeout", "TeeSink", "TransportError", "Truncated", "Usage",
     "compute_report", "event_from_json", "event_to_json", "no_delays", "open_pipeline",
     "parse_retry_after", "render_text", "request_from_json",

@@ -13,17 +13,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardline._events import (
-    AttemptEnded,
-    AttemptStarted,
+    AttemptEnd,
+    AttemptStart,
     Event,
     EventFileReader,
     FirstToken,
     ItemAdmitted,
-    ItemEnded,
+    ItemEnd,
     RetryScheduled,
-    RunEnded,
-    RunStarted,
-    ShardStateChanged,
+    RunEnd,
+    RunStart,
+    ShardState,
 )
 from shardline._models import ItemId
 from shardline._report import percentile, utc_minute
@@ -49,7 +49,7 @@ class Run:
         self, *, started_at: float = START, shards: int = 2, run_id: str = "r1", t: float = 0.0
     ) -> None:
         self.events: list[Event] = [
-            RunStarted(t=t, run_id=run_id, started_at=started_at, shard_count=shards, config={})
+            RunStart(t=t, run_id=run_id, started_at=started_at, shard_count=shards, config={})
         ]
         self._admitted_at: dict[ItemId, float] = {}
 
@@ -59,7 +59,7 @@ class Run:
         return self
 
     def start(self, t: float, item: ItemId, shard: int = 0, attempt: int = 1) -> Run:
-        self.events.append(AttemptStarted(t=t, item_id=item, shard=shard, attempt=attempt))
+        self.events.append(AttemptStart(t=t, item_id=item, shard=shard, attempt=attempt))
         return self
 
     def fail(
@@ -75,13 +75,13 @@ class Run:
     ) -> Run:
         """A failed attempt, followed by a retry_scheduled or (final=True) a failed item_end."""
         self.events.append(
-            AttemptEnded(
+            AttemptEnd(
                 t=t, item_id=item, shard=shard, attempt=attempt, outcome="failed", cause=cause
             )
         )
         if final:
             self.events.append(
-                ItemEnded(
+                ItemEnd(
                     t=t,
                     item_id=item,
                     shard=shard,
@@ -117,7 +117,7 @@ class Run:
                 FirstToken(t=t, item_id=item, shard=shard, attempt=attempt, ttft_s=ttft)
             )
         self.events.append(
-            AttemptEnded(
+            AttemptEnd(
                 t=t,
                 item_id=item,
                 shard=shard,
@@ -131,7 +131,7 @@ class Run:
             )
         )
         self.events.append(
-            ItemEnded(
+            ItemEnd(
                 t=t,
                 item_id=item,
                 shard=shard,
@@ -147,7 +147,7 @@ class Run:
 
     def cancel(self, t: float, item: ItemId, *, shard: int | None = 0, attempts: int = 0) -> Run:
         self.events.append(
-            ItemEnded(
+            ItemEnd(
                 t=t,
                 item_id=item,
                 shard=shard,
@@ -167,7 +167,7 @@ class Run:
         return self.ok(t + dt, item, shard=shard, **ok)  # type: ignore[arg-type]
 
     def end(self, t: float, reason: str = "completed") -> Run:
-        self.events.append(RunEnded(t=t, reason=reason))
+        self.events.append(RunEnd(t=t, reason=reason))
         return self
 
     def report(self, sha: str | None = None) -> RunReport:
@@ -190,7 +190,7 @@ def test_report_fields_of_a_small_run() -> None:
     run.start(2.0, "c", shard=0, attempt=2)
     run.fail(2.5, "c", "stall_timeout", shard=0, attempt=2, final=True)
     run.admit(0.0, "d", shard=1).cancel(4.0, "d", shard=1)
-    run.events.append(ShardStateChanged(t=0.5, shard=1, state="cooling", cooldown_s=1.5))
+    run.events.append(ShardState(t=0.5, shard=1, state="cooling", cooldown_s=1.5))
     run.end(5.0)
     r = run.report(sha="ab" * 32)
 
@@ -260,7 +260,7 @@ def test_usage_and_ttft_fall_back_to_the_ok_attempt() -> None:
 def test_missing_usage_is_counted_not_guessed() -> None:
     """An ok item with no token counts anywhere adds 0 tokens and is counted as missing."""
     run = Run().admit(0.0, 1).start(0.0, 1)
-    run.events.append(ItemEnded(t=1.0, item_id=1, shard=0, status="ok", attempts=1, latency_s=1))
+    run.events.append(ItemEnd(t=1.0, item_id=1, shard=0, status="ok", attempts=1, latency_s=1))
     r = run.report()
     assert (r.succeeded, r.tokens_in_total, r.usage_missing_items) == (1, 0, 1)
     assert r.ttft_s.p50 is None
@@ -271,7 +271,7 @@ def test_invalid_input_items_count_as_failed() -> None:
     """A rejected item (item_end without admission or shard) is a failed item."""
     run = Run()
     run.events.append(
-        ItemEnded(
+        ItemEnd(
             t=0.0,
             item_id=9,
             shard=None,
@@ -335,7 +335,7 @@ def test_failed_items_add_no_tokens() -> None:
     """Only successful items count toward TPM and token totals."""
     run = Run().admit(0.0, 1).start(0.0, 1)
     run.events.append(
-        AttemptEnded(
+        AttemptEnd(
             t=1.0,
             item_id=1,
             shard=0,
@@ -347,7 +347,7 @@ def test_failed_items_add_no_tokens() -> None:
         )
     )
     run.events.append(
-        ItemEnded(
+        ItemEnd(
             t=1.0,
             item_id=1,
             shard=0,
@@ -488,7 +488,7 @@ def test_resumed_run_counts_each_item_once_with_its_last_status() -> None:
     run.item(0.0, "a", dt=1.0)
     run.admit(0.0, "b").cancel(2.0, "b").end(2.0, "cancelled")
     run.events.append(
-        RunStarted(t=0.0, run_id="r1", started_at=START + 600, shard_count=2, config={})
+        RunStart(t=0.0, run_id="r1", started_at=START + 600, shard_count=2, config={})
     )
     run.item(0.0, "b", dt=3.0, prompt=1, completion=1)
     r = run.end(4.0).report()
@@ -504,9 +504,7 @@ def test_resumed_run_supersedes_a_failed_item() -> None:
     run = Run()
     run.admit(0.0, "x", shard=1).start(0.0, "x", shard=1)
     run.fail(1.0, "x", "server_error", shard=1, final=True).end(2.0)
-    run.events.append(
-        RunStarted(t=0.0, run_id="r1", started_at=START + 60, shard_count=2, config={})
-    )
+    run.events.append(RunStart(t=0.0, run_id="r1", started_at=START + 60, shard_count=2, config={}))
     run.item(0.0, "x", shard=1)
     r = run.report()
     assert (r.items, r.succeeded, r.failed, r.failure_causes) == (1, 1, 0, {})
@@ -517,7 +515,7 @@ def test_resumed_run_supersedes_a_failed_item() -> None:
 def test_killed_run_keeps_its_open_backlog() -> None:
     """Events that stop with items still queued (a crash) still count the whole minutes."""
     run = Run().admit(0.0, 1).admit(1.0, 2).start(1.0, 2).ok(30.0, 2)
-    run.events.append(ShardStateChanged(t=130.0, shard=0, state="cooling", cooldown_s=1.0))
+    run.events.append(ShardState(t=130.0, shard=0, state="cooling", cooldown_s=1.0))
     r = run.report()
     assert (r.backlog_minutes, r.backlog_items, r.success_rate_under_backlog) == (2, 1, 1.0)
     assert (r.unfinished, r.end_reason) == (1, None)
@@ -544,13 +542,13 @@ def runs(draw: st.DrawFn) -> list[Event]:
         t += draw(st.floats(0, 40))
         attempt = 1
         while True:
-            evs.append(AttemptStarted(t=t, item_id=item, shard=shard, attempt=attempt))
+            evs.append(AttemptStart(t=t, item_id=item, shard=shard, attempt=attempt))
             t += draw(st.floats(0.001, 30))
             fate = draw(st.sampled_from(["ok", "ok", "retry", "fail", "cancel"]))
             if fate == "retry" and attempt < 3:
                 cause = draw(st.sampled_from(CAUSES))
                 evs.append(
-                    AttemptEnded(
+                    AttemptEnd(
                         t=t, item_id=item, shard=shard, attempt=attempt, outcome="failed",
                         cause=cause, duration_s=1.0,
                     )
@@ -569,13 +567,13 @@ def runs(draw: st.DrawFn) -> list[Event]:
                 p, c = draw(st.integers(0, 5000)), draw(st.integers(0, 500))
                 evs.append(FirstToken(t=t, item_id=item, shard=shard, attempt=attempt, ttft_s=ttft))
                 evs.append(
-                    AttemptEnded(
+                    AttemptEnd(
                         t=t, item_id=item, shard=shard, attempt=attempt, outcome="ok",
                         prompt_tokens=p, completion_tokens=c, ttft_s=ttft, duration_s=1.0,
                     )
                 )  # fmt: skip
                 evs.append(
-                    ItemEnded(
+                    ItemEnd(
                         t=t, item_id=item, shard=shard, status="ok", attempts=attempt,
                         latency_s=t - admitted, prompt_tokens=p, completion_tokens=c, ttft_s=ttft,
                     )
@@ -583,25 +581,23 @@ def runs(draw: st.DrawFn) -> list[Event]:
             elif fate == "fail":
                 cause = draw(st.sampled_from(CAUSES))
                 evs.append(
-                    AttemptEnded(
+                    AttemptEnd(
                         t=t, item_id=item, shard=shard, attempt=attempt, outcome="failed",
                         cause=cause,
                     )
                 )  # fmt: skip
                 evs.append(
-                    ItemEnded(
+                    ItemEnd(
                         t=t, item_id=item, shard=shard, status="failed", attempts=attempt,
                         latency_s=t - admitted, cause=cause,
                     )
                 )  # fmt: skip
             else:
                 evs.append(
-                    AttemptEnded(
-                        t=t, item_id=item, shard=shard, attempt=attempt, outcome="cancelled"
-                    )
+                    AttemptEnd(t=t, item_id=item, shard=shard, attempt=attempt, outcome="cancelled")
                 )
                 evs.append(
-                    ItemEnded(
+                    ItemEnd(
                         t=t, item_id=item, shard=shard, status="cancelled", attempts=attempt,
                         latency_s=t - admitted, cause="cancelled",
                     )
@@ -613,10 +609,10 @@ def runs(draw: st.DrawFn) -> list[Event]:
     tagged.sort(key=lambda x: (x[0], x[1], x[2]))
     body = [e for *_, e in tagged]
     end = max((e.t for e in body), default=0.0) + 1.0
-    head: Event = RunStarted(
+    head: Event = RunStart(
         t=0.0, run_id="run-☃", started_at=started_at, shard_count=shards, config={"model": "m"}
     )
-    return [head, *body, RunEnded(t=end, reason="completed")]
+    return [head, *body, RunEnd(t=end, reason="completed")]
 
 
 @given(runs())
@@ -680,7 +676,7 @@ def test_live_metrics_tracks_queues_in_flight_and_tpm() -> None:
     run = Run(shards=2)
     run.admit(0.0, 1, shard=0).admit(0.0, 2, shard=0).admit(0.0, 3, shard=1)
     run.start(1.0, 1, shard=0)
-    run.events.append(ShardStateChanged(t=1.0, shard=1, state="cooling", cooldown_s=2.0))
+    run.events.append(ShardState(t=1.0, shard=1, state="cooling", cooldown_s=2.0))
     for e in run.events:
         live.emit(e)
     snap = live.snapshot()
@@ -694,7 +690,7 @@ def test_live_metrics_tracks_queues_in_flight_and_tpm() -> None:
     more.ok(30.0, 1, prompt=100, completion=10)  # 08:00
     more.start(61.0, 2).fail(62.0, 2, "rate_limited").start(63.0, 2, attempt=2)
     more.ok(65.0, 2, attempt=2, prompt=10, completion=1)  # 08:01
-    more.events.append(ShardStateChanged(t=66.0, shard=1, state="resumed"))
+    more.events.append(ShardState(t=66.0, shard=1, state="resumed"))
     for e in more.events[1:]:
         live.emit(e)
     snap = live.snapshot()

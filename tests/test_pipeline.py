@@ -10,7 +10,7 @@ import trio.testing
 
 from shardline._backoff import Backoff, RetryPolicy
 from shardline._config import Deadlines, Endpoint
-from shardline._events import AttemptStarted, ItemAdmitted, ItemEnded, ShardStateChanged
+from shardline._events import AttemptStart, ItemAdmitted, ItemEnd, ShardState
 from shardline._exceptions import ConfigError, ItemCancelled, RateLimited, StallTimeout
 from shardline._models import ChatRequest, Outcome, Status
 from shardline._pipeline import PipelineConfig, open_pipeline
@@ -119,7 +119,7 @@ async def test_rate_limit_retries_and_cools_only_its_shard(
     assert by_id[0].ok
     assert by_id[0].attempts == 2
     assert by_id[0].latency_s >= 3.0
-    states = [e for e in sink.events if isinstance(e, ShardStateChanged)]
+    states = [e for e in sink.events if isinstance(e, ShardState)]
     assert [s.state for s in states] == ["cooling", "resumed"]
     assert states[0].shard == by_id[0].shard
 
@@ -225,7 +225,7 @@ async def test_caller_cancellation_cancels_the_item(
         result = await pipeline.complete(req("fast"))
         assert result.ok if hasattr(result, "ok") else result.text
         assert pipeline.statistics().in_flight == 0
-    ended = {e.item_id: e for e in sink.events if isinstance(e, ItemEnded)}
+    ended = {e.item_id: e for e in sink.events if isinstance(e, ItemEnd)}
     assert ended["slow"].status == "cancelled"
     assert ended["fast"].status == "ok"
     assert transports.by_shard[0].in_flight == 0
@@ -258,7 +258,7 @@ async def test_rpm_limit_holds_over_every_window(autojump_clock: trio.testing.Mo
     sink = MemoryEventSink()
     transports = Transports()
     await run_all(config(rpm=10), 35, transports, sink)
-    starts = sorted(e.t for e in sink.events if isinstance(e, AttemptStarted))
+    starts = sorted(e.t for e in sink.events if isinstance(e, AttemptStart))
     assert len(starts) == 35
     for i, t in enumerate(starts):
         assert sum(1 for u in starts[i:] if u < t + 60.0) <= 10

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from shardline._backoff import Backoff, RetryPolicy
 from shardline._config import Deadlines, Endpoint
-from shardline._events import AttemptStarted, ItemEnded
+from shardline._events import AttemptStart, ItemEnd
 from shardline._models import ChatRequest, Outcome, Status
 from shardline._pipeline import PipelineConfig, open_pipeline
 from shardline._ratelimit import SlidingWindowLimiter
@@ -117,7 +117,7 @@ def run_case(config: PipelineConfig, plan: dict[tuple[str, int], str | None], n:
 
     # Every submitted item gets exactly one terminal outcome: none lost, none duplicated.
     assert sorted(o.id for o in outcomes) == sorted(str(i) for i in range(n))
-    ended = Counter(e.item_id for e in sink.events if isinstance(e, ItemEnded))
+    ended = Counter(e.item_id for e in sink.events if isinstance(e, ItemEnd))
     assert all(count == 1 for count in ended.values())
     assert len(ended) == n
     # While the pipeline ran, no one-item outcome is "cancelled": nothing was drained away.
@@ -140,7 +140,7 @@ def run_case(config: PipelineConfig, plan: dict[tuple[str, int], str | None], n:
         assert t.in_flight == 0
     # RPM: no 60 s window holds more attempt starts than the limit.
     if config.rpm is not None:
-        starts = sorted(e.t for e in sink.events if isinstance(e, AttemptStarted))
+        starts = sorted(e.t for e in sink.events if isinstance(e, AttemptStart))
         for i, t0 in enumerate(starts):
             assert sum(1 for u in starts[i:] if u < t0 + 60.0) <= config.rpm
 

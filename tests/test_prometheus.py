@@ -12,15 +12,15 @@ pytest.importorskip("prometheus_client")
 from prometheus_client import CollectorRegistry, generate_latest
 
 from shardline._events import (
-    AttemptEnded,
-    AttemptStarted,
+    AttemptEnd,
+    AttemptStart,
     Event,
     FirstToken,
     ItemAdmitted,
-    ItemEnded,
+    ItemEnd,
     RetryScheduled,
-    RunStarted,
-    ShardStateChanged,
+    RunStart,
+    ShardState,
 )
 from shardline._prometheus import PrometheusSink
 
@@ -32,11 +32,11 @@ GENAI = {
 }
 
 EVENTS: list[Event] = [
-    RunStarted(t=0.0, run_id="p", started_at=1_764_403_200.0, shard_count=2, config=CONFIG),
+    RunStart(t=0.0, run_id="p", started_at=1_764_403_200.0, shard_count=2, config=CONFIG),
     ItemAdmitted(t=0.0, item_id=1, shard=0),
     ItemAdmitted(t=0.0, item_id=2, shard=1),
-    AttemptStarted(t=0.1, item_id=1, shard=0, attempt=1),
-    AttemptEnded(
+    AttemptStart(t=0.1, item_id=1, shard=0, attempt=1),
+    AttemptEnd(
         t=0.3,
         item_id=1,
         shard=0,
@@ -47,10 +47,10 @@ EVENTS: list[Event] = [
         duration_s=0.2,
     ),
     RetryScheduled(t=0.3, item_id=1, shard=0, attempt=2, delay_s=1.0, cause="rate_limited"),
-    ShardStateChanged(t=0.3, shard=0, state="cooling", cooldown_s=1.0),
-    AttemptStarted(t=1.3, item_id=1, shard=0, attempt=2),
+    ShardState(t=0.3, shard=0, state="cooling", cooldown_s=1.0),
+    AttemptStart(t=1.3, item_id=1, shard=0, attempt=2),
     FirstToken(t=1.5, item_id=1, shard=0, attempt=2, ttft_s=0.2),
-    AttemptEnded(
+    AttemptEnd(
         t=2.0,
         item_id=1,
         shard=0,
@@ -62,7 +62,7 @@ EVENTS: list[Event] = [
         ttft_s=0.2,
         duration_s=0.7,
     ),
-    ItemEnded(
+    ItemEnd(
         t=2.0,
         item_id=1,
         shard=0,
@@ -144,8 +144,8 @@ def test_cancelled_attempts_are_counted_but_not_timed() -> None:
     """A cancelled attempt is not a GenAI operation result: counted, no duration sample."""
     events = [
         *EVENTS[:3],
-        AttemptStarted(t=0.1, item_id=2, shard=1, attempt=1),
-        AttemptEnded(t=0.2, item_id=2, shard=1, attempt=1, outcome="cancelled", cause="cancelled"),
+        AttemptStart(t=0.1, item_id=2, shard=1, attempt=1),
+        AttemptEnd(t=0.2, item_id=2, shard=1, attempt=1, outcome="cancelled", cause="cancelled"),
     ]
     registry, sink = _sinked(events)
     assert (
@@ -167,7 +167,7 @@ def test_cancelled_attempts_are_counted_but_not_timed() -> None:
 def test_no_time_to_first_chunk_for_non_streamed_runs() -> None:
     """Time to first chunk is reported for streaming calls only (semconv)."""
     start = EVENTS[0]
-    assert isinstance(start, RunStarted)
+    assert isinstance(start, RunStart)
     config = {"endpoint": {**CONFIG["endpoint"], "stream": False}}
     events: list[Event] = [attrs.evolve(start, config=config), *EVENTS[1:]]
     registry, _ = _sinked(events)

@@ -14,14 +14,14 @@ import pytest
 
 from shardline._cli_report import register, run_report
 from shardline._events import (
-    AttemptEnded,
-    AttemptStarted,
+    AttemptEnd,
+    AttemptStart,
     Event,
     ItemAdmitted,
-    ItemEnded,
+    ItemEnd,
     RetryScheduled,
-    RunEnded,
-    RunStarted,
+    RunEnd,
+    RunStart,
     encode_event,
 )
 from shardline._sinks import JsonlEventSink
@@ -30,13 +30,13 @@ from shardline.report import RunReport, compute_report
 START = 1_764_403_200.0
 
 EVENTS: list[Event] = [
-    RunStarted(t=0.0, run_id="cli-run", started_at=START, shard_count=2, config={"x": 1}),
+    RunStart(t=0.0, run_id="cli-run", started_at=START, shard_count=2, config={"x": 1}),
     ItemAdmitted(t=0.0, item_id="a", shard=0),
-    AttemptStarted(t=0.0, item_id="a", shard=0, attempt=1),
-    AttemptEnded(t=0.4, item_id="a", shard=0, attempt=1, outcome="failed", cause="rate_limited"),
+    AttemptStart(t=0.0, item_id="a", shard=0, attempt=1),
+    AttemptEnd(t=0.4, item_id="a", shard=0, attempt=1, outcome="failed", cause="rate_limited"),
     RetryScheduled(t=0.4, item_id="a", shard=0, attempt=2, delay_s=0.2, cause="rate_limited"),
-    AttemptStarted(t=0.6, item_id="a", shard=0, attempt=2),
-    AttemptEnded(
+    AttemptStart(t=0.6, item_id="a", shard=0, attempt=2),
+    AttemptEnd(
         t=1.5,
         item_id="a",
         shard=0,
@@ -46,7 +46,7 @@ EVENTS: list[Event] = [
         completion_tokens=34,
         ttft_s=0.3,
     ),
-    ItemEnded(
+    ItemEnd(
         t=1.5,
         item_id="a",
         shard=0,
@@ -57,7 +57,7 @@ EVENTS: list[Event] = [
         completion_tokens=34,
         ttft_s=0.3,
     ),
-    RunEnded(t=2.0, reason="completed"),
+    RunEnd(t=2.0, reason="completed"),
 ]
 
 

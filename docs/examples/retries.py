@@ -11,7 +11,7 @@ from shardline import (
     PipelineConfig,
     RetryPolicy,
     RetryScheduled,
-    ShardStateChanged,
+    ShardState,
     open_pipeline,
 )
 from shardline.testing import open_fake_server
@@ -47,7 +47,7 @@ async def main() -> None:
     # 1. A rate-limited server: 429 with Retry-After 0.2 s on a fifth of the requests.
     outcomes, sink = await run("rate_limit=0.2:retry_after=0.2", n=40)
     retries = [e for e in sink if isinstance(e, RetryScheduled)]
-    cooldowns = [e for e in sink if isinstance(e, ShardStateChanged) and e.state == "cooling"]
+    cooldowns = [e for e in sink if isinstance(e, ShardState) and e.state == "cooling"]
     print(f"rate limited: {sum(o.ok for o in outcomes)}/40 ok, {len(retries)} retries,")
     print(f"  {len(cooldowns)} shard cooldowns, first waits {retries[0].delay_s:.2f} s")
     assert all(o.ok for o in outcomes)

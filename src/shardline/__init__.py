@@ -22,18 +22,18 @@ from ._backoff import parse_retry_after as parse_retry_after
 from ._config import Deadlines as Deadlines
 from ._config import Endpoint as Endpoint
 from ._events import SCHEMA_VERSION as SCHEMA_VERSION
-from ._events import AttemptEnded as AttemptEnded
-from ._events import AttemptStarted as AttemptStarted
+from ._events import AttemptEnd as AttemptEnd
+from ._events import AttemptStart as AttemptStart
 from ._events import Event as Event
 from ._events import EventDecodeError as EventDecodeError
 from ._events import EventFileReader as EventFileReader
 from ._events import FirstToken as FirstToken
 from ._events import ItemAdmitted as ItemAdmitted
-from ._events import ItemEnded as ItemEnded
+from ._events import ItemEnd as ItemEnd
 from ._events import RetryScheduled as RetryScheduled
-from ._events import RunEnded as RunEnded
-from ._events import RunStarted as RunStarted
-from ._events import ShardStateChanged as ShardStateChanged
+from ._events import RunEnd as RunEnd
+from ._events import RunStart as RunStart
+from ._events import ShardState as ShardState
 from ._events import event_from_json as event_from_json
 from ._events import event_to_json as event_to_json
 from ._exceptions import AttemptError as AttemptError
@@ -95,9 +95,9 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "SCHEMA_VERSION",
-    "AttemptEnded",
+    "AttemptEnd",
     "AttemptError",
-    "AttemptStarted",
+    "AttemptStart",
     "AttemptTimeout",
     "Backoff",
     "Cause",
@@ -120,7 +120,7 @@ __all__ = [
     "InputError",
     "ItemAdmitted",
     "ItemCancelled",
-    "ItemEnded",
+    "ItemEnd",
     "ItemId",
     "JsonlEventSink",
     "LiveMetrics",
@@ -144,12 +144,12 @@ __all__ = [
     "RetryBudget",
     "RetryPolicy",
     "RetryScheduled",
-    "RunEnded",
+    "RunEnd",
     "RunReport",
-    "RunStarted",
+    "RunStart",
     "ServerError",
     "ShardReport",
-    "ShardStateChanged",
+    "ShardState",
     "ShardStatistics",
     "ShardlineError",
     "StallTimeout",

@@ -59,7 +59,7 @@ import attrs
 import trio
 
 from ._cli import EXIT_FAILED_ITEMS, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from ._events import Event, EventFileReader, ItemEnded
+from ._events import Event, EventFileReader, ItemEnd
 from ._exceptions import ConfigError
 from ._jsonl import (
     InputEntry,
@@ -365,7 +365,7 @@ class _OutputFirstSink:
 
     @staticmethod
     def _needs_line(event: Event) -> bool:
-        return isinstance(event, ItemEnded) and event.status != Status.CANCELLED.value
+        return isinstance(event, ItemEnd) and event.status != Status.CANCELLED.value
 
     def emit(self, event: Event) -> None:
         if self._held or self._needs_line(event):
@@ -384,7 +384,7 @@ class _OutputFirstSink:
         while held:
             event = held[0]
             if self._needs_line(event):
-                assert isinstance(event, ItemEnded)
+                assert isinstance(event, ItemEnd)
                 credit = self._credits.get(event.item_id, 0)
                 if credit == 0:
                     return

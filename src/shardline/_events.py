@@ -1,7 +1,7 @@
 """Event records: what a run writes down, and everything its report is computed from.
 
 Every record is a frozen attrs class with a ``kind`` and ``t``, the seconds
-since the run started on trio's clock. ``RunStarted.started_at`` anchors ``t``
+since the run started on trio's clock. ``RunStart.started_at`` anchors ``t``
 to UTC wall time, so the report can bucket tokens by UTC minute. The JSONL
 form of each record is ``{"v": SCHEMA_VERSION, "kind": ..., **fields}``.
 
@@ -24,7 +24,7 @@ Fields with a fixed vocabulary hold enums (:class:`AttemptOutcome`,
 :class:`~shardline.Status`, :class:`~shardline.Cause`, :class:`ShardCondition`,
 :class:`RunEndReason`), all :class:`enum.StrEnum`: they are written as their
 string values, accept those strings on construction, and decode back to the
-enum, so ``AttemptEnded(outcome="ok", ...).outcome is AttemptOutcome.OK``.
+enum, so ``AttemptEnd(outcome="ok", ...).outcome is AttemptOutcome.OK``.
 
 :func:`encode_event` / :func:`decode_event` convert one record to and from a
 line; :class:`EventFileReader` reads a whole file lazily while hashing it,
@@ -51,21 +51,21 @@ from ._models import ItemId, Status
 __all__ = [
     "EVENT_TYPES",
     "SCHEMA_VERSION",
-    "AttemptEnded",
+    "AttemptEnd",
     "AttemptOutcome",
-    "AttemptStarted",
+    "AttemptStart",
     "Event",
     "EventDecodeError",
     "EventFileReader",
     "FirstToken",
     "ItemAdmitted",
-    "ItemEnded",
+    "ItemEnd",
     "RetryScheduled",
+    "RunEnd",
     "RunEndReason",
-    "RunEnded",
-    "RunStarted",
+    "RunStart",
     "ShardCondition",
-    "ShardStateChanged",
+    "ShardState",
     "decode_event",
     "encode_event",
     "event_from_json",
@@ -104,7 +104,7 @@ class RunEndReason(enum.StrEnum):
 
 
 # Converters: the fields hold enums, and accept their string values too, so
-# ``AttemptEnded(outcome="ok")`` and an event decoded from JSON both give
+# ``AttemptEnd(outcome="ok")`` and an event decoded from JSON both give
 # ``AttemptOutcome.OK``. An unknown string raises ValueError.
 
 
@@ -133,7 +133,7 @@ def _to_reason(value: RunEndReason | str) -> RunEndReason:
 
 
 @attrs.frozen(kw_only=True)
-class RunStarted:
+class RunStart:
     """The run began. ``config`` is the pipeline config without secrets."""
 
     kind: ClassVar[str] = "run_start"
@@ -155,7 +155,7 @@ class ItemAdmitted:
 
 
 @attrs.frozen(kw_only=True)
-class AttemptStarted:
+class AttemptStart:
     """An attempt left the shard's queue and is about to send."""
 
     kind: ClassVar[str] = "attempt_start"
@@ -178,7 +178,7 @@ class FirstToken:
 
 
 @attrs.frozen(kw_only=True)
-class AttemptEnded:
+class AttemptEnd:
     """An attempt ended: ``outcome`` is ``ok``, ``failed`` or ``cancelled``."""
 
     kind: ClassVar[str] = "attempt_end"
@@ -212,7 +212,7 @@ class RetryScheduled:
 
 
 @attrs.frozen(kw_only=True)
-class ItemEnded:
+class ItemEnd:
     """An item reached its one terminal status: ``ok``, ``failed`` or ``cancelled``."""
 
     kind: ClassVar[str] = "item_end"
@@ -230,7 +230,7 @@ class ItemEnded:
 
 
 @attrs.frozen(kw_only=True)
-class ShardStateChanged:
+class ShardState:
     """A shard started cooling down after a 429 (``cooling``) or resumed (``resumed``)."""
 
     kind: ClassVar[str] = "shard_state"
@@ -241,7 +241,7 @@ class ShardStateChanged:
 
 
 @attrs.frozen(kw_only=True)
-class RunEnded:
+class RunEnd:
     """The run ended; ``reason`` is ``completed``, ``cancelled`` or ``error``."""
 
     kind: ClassVar[str] = "run_end"
@@ -250,30 +250,30 @@ class RunEnded:
 
 
 Event = (
-    RunStarted
+    RunStart
     | ItemAdmitted
-    | AttemptStarted
+    | AttemptStart
     | FirstToken
-    | AttemptEnded
+    | AttemptEnd
     | RetryScheduled
-    | ItemEnded
-    | ShardStateChanged
-    | RunEnded
+    | ItemEnd
+    | ShardState
+    | RunEnd
 )
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (
-        RunStarted,
+        RunStart,
         ItemAdmitted,
-        AttemptStarted,
+        AttemptStart,
         FirstToken,
-        AttemptEnded,
+        AttemptEnd,
         RetryScheduled,
-        ItemEnded,
-        ShardStateChanged,
-        RunEnded,
+        ItemEnd,
+        ShardState,
+        RunEnd,
     )
 }
 """Every record class, by its ``kind``."""
@@ -315,7 +315,7 @@ def event_to_json(event: Event) -> dict[str, Any]:
 
     Example::
 
-        >>> event_to_json(RunEnded(t=12.5, reason="completed"))
+        >>> event_to_json(RunEnd(t=12.5, reason="completed"))
         {'v': 1, 'kind': 'run_end', 't': 12.5, 'reason': 'completed'}
     """
     out: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": event.kind}

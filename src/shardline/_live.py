@@ -16,15 +16,15 @@ from collections.abc import Mapping
 import attrs
 
 from ._events import (
-    AttemptEnded,
-    AttemptStarted,
+    AttemptEnd,
+    AttemptStart,
     Event,
     ItemAdmitted,
-    ItemEnded,
+    ItemEnd,
     RetryScheduled,
-    RunStarted,
+    RunStart,
     ShardCondition,
-    ShardStateChanged,
+    ShardState,
 )
 from ._models import ItemId, Status
 from ._report import minute_iso, utc_minute
@@ -140,7 +140,7 @@ class LiveMetrics:
     def emit(self, event: Event) -> None:
         """Update the counters with one event."""
         self._t = event.t
-        if isinstance(event, RunStarted):
+        if isinstance(event, RunStart):
             self._run_id = event.run_id
             self._shard_count = event.shard_count
             self._started_at = event.started_at
@@ -155,12 +155,12 @@ class LiveMetrics:
             self._admitted += 1
             self._queued[event.item_id] = event.shard
             self._shard(event.shard).queued += 1
-        elif isinstance(event, AttemptStarted):
+        elif isinstance(event, AttemptStart):
             self._attempts += 1
             self._unqueue(event.item_id)
             self._in_flight += 1
             self._shard(event.shard).in_flight += 1
-        elif isinstance(event, AttemptEnded):
+        elif isinstance(event, AttemptEnd):
             self._in_flight -= 1
             self._shard(event.shard).in_flight -= 1
         elif isinstance(event, RetryScheduled):
@@ -168,7 +168,7 @@ class LiveMetrics:
             cause = event.cause.value
             self._retry_causes[cause] = self._retry_causes.get(cause, 0) + 1
             self._shard(event.shard).retries += 1
-        elif isinstance(event, ItemEnded):
+        elif isinstance(event, ItemEnd):
             self._unqueue(event.item_id)
             self._status[event.status] += 1
             if event.shard is not None:
@@ -184,7 +184,7 @@ class LiveMetrics:
                 if total > self._peak_total:
                     self._peak_total = total
                     self._peak_minute = self._minute
-        elif isinstance(event, ShardStateChanged):
+        elif isinstance(event, ShardState):
             self._shard(event.shard).cooling = event.state is ShardCondition.COOLING
 
     def _unqueue(self, item_id: ItemId) -> None:

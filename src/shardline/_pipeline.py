@@ -22,7 +22,7 @@ import trio
 from ._attempt import make_client
 from ._backoff import RetryBudget, RetryPolicy
 from ._config import Deadlines, Endpoint, at_least, env_int, positive_or_none
-from ._events import Event, ItemAdmitted, ItemEnded, RunEnded, RunStarted
+from ._events import Event, ItemAdmitted, ItemEnd, RunEnd, RunStart
 from ._exceptions import ConfigError, ShardlineError
 from ._models import ItemId, Outcome, Request, Result, Status
 from ._ratelimit import Charge, SlidingWindowLimiter
@@ -356,7 +356,7 @@ class Pipeline:
         outcome = Outcome(id=item_id, status=Status.FAILED, error=error, attempts=0)
         self._counts[Status.FAILED] += 1
         self._emit(
-            ItemEnded(
+            ItemEnd(
                 t=self.now(),
                 item_id=item_id,
                 shard=None,
@@ -465,7 +465,7 @@ async def open_pipeline(
     )
     pipeline._t0 = trio.current_time()
     pipeline._emit(
-        RunStarted(
+        RunStart(
             t=0.0,
             run_id=pipeline.run_id,
             started_at=time.time(),
@@ -509,4 +509,4 @@ async def open_pipeline(
             cleanup.deadline = trio.current_time() + CLEANUP_GRACE_S
             for client in clients:
                 await client.aclose()
-        pipeline._emit(RunEnded(t=pipeline.now(), reason=reason))
+        pipeline._emit(RunEnd(t=pipeline.now(), reason=reason))

@@ -32,17 +32,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._events import (
-    AttemptEnded,
+    AttemptEnd,
     AttemptOutcome,
-    AttemptStarted,
+    AttemptStart,
     Event,
     FirstToken,
     ItemAdmitted,
-    ItemEnded,
+    ItemEnd,
     RetryScheduled,
-    RunStarted,
+    RunStart,
     ShardCondition,
-    ShardStateChanged,
+    ShardState,
 )
 from ._models import ItemId
 
@@ -212,7 +212,7 @@ class PrometheusSink:
 
     def emit(self, event: Event) -> None:
         """Update the metrics with one event."""
-        if isinstance(event, AttemptEnded):
+        if isinstance(event, AttemptEnd):
             ok = event.outcome is AttemptOutcome.OK
             cause = "" if event.cause is None else event.cause.value
             self.attempts.labels(event.outcome.value, "" if ok else cause).inc()
@@ -231,7 +231,7 @@ class PrometheusSink:
         elif isinstance(event, FirstToken):
             if self._streaming:  # the conventions: streaming calls only
                 self.time_to_first_chunk.labels(*self._genai()).observe(event.ttft_s)
-        elif isinstance(event, AttemptStarted):
+        elif isinstance(event, AttemptStart):
             self._unqueue(event.item_id)
             self.in_flight.labels(str(event.shard)).inc()
         elif isinstance(event, ItemAdmitted):
@@ -239,14 +239,14 @@ class PrometheusSink:
             self.queued.labels(str(event.shard)).inc()
         elif isinstance(event, RetryScheduled):
             self.retries.labels(event.cause.value).inc()
-        elif isinstance(event, ItemEnded):
+        elif isinstance(event, ItemEnd):
             self._unqueue(event.item_id)
             self.items.labels(event.status.value).inc()
-        elif isinstance(event, ShardStateChanged):
+        elif isinstance(event, ShardState):
             self.cooling.labels(str(event.shard)).set(
                 1 if event.state is ShardCondition.COOLING else 0
             )
-        elif isinstance(event, RunStarted):
+        elif isinstance(event, RunStart):
             endpoint = event.config.get("endpoint")
             if not isinstance(endpoint, dict):
                 endpoint = {}

@@ -17,18 +17,18 @@ from datetime import UTC, datetime
 import attrs
 
 from ._events import (
-    AttemptEnded,
+    AttemptEnd,
     AttemptOutcome,
-    AttemptStarted,
+    AttemptStart,
     Event,
     FirstToken,
     ItemAdmitted,
-    ItemEnded,
+    ItemEnd,
     RetryScheduled,
-    RunEnded,
-    RunStarted,
+    RunEnd,
+    RunStart,
     ShardCondition,
-    ShardStateChanged,
+    ShardState,
 )
 from ._exceptions import Cause
 from ._models import ItemId, Status
@@ -130,7 +130,7 @@ class ReportBuilder:
         # per-item state, bounded by queue and in-flight sizes
         self._queued: set[ItemId] = set()
         self._open: set[ItemId] = set()  # admitted, not ended
-        self._ok_attempt: dict[ItemId, AttemptEnded] = {}
+        self._ok_attempt: dict[ItemId, AttemptEnd] = {}
         # items whose last end was not ok: id -> (status, minute, shard, cause)
         self._not_ok: dict[ItemId, tuple[Status, int, int | None, Cause | None]] = {}
         # backlog
@@ -142,7 +142,7 @@ class ReportBuilder:
 
     def emit(self, event: Event) -> None:
         """Fold one event in (cheap: O(1) amortised)."""
-        if isinstance(event, RunStarted):
+        if isinstance(event, RunStart):
             self._run_start(event)
             return
         if self._run_id is None:
@@ -156,11 +156,11 @@ class ReportBuilder:
                 # never before the last time the queue was empty (events out of time order)
                 self._backlog_since = max(self._started_at + t, self._last_empty_at)
             self._queued.add(event.item_id)
-        elif isinstance(event, AttemptStarted):
+        elif isinstance(event, AttemptStart):
             self._attempts += 1
             self._shard(event.shard).attempts += 1
             self._dequeue(event.item_id, t)
-        elif isinstance(event, AttemptEnded):
+        elif isinstance(event, AttemptEnd):
             if event.outcome is AttemptOutcome.FAILED:
                 _count(self._attempt_failures, _cause_key(event.cause))
             elif event.outcome is AttemptOutcome.OK:
@@ -169,14 +169,14 @@ class ReportBuilder:
             self._retries += 1
             self._shard(event.shard).retries += 1
             _count(self._retry_causes, event.cause.value)
-        elif isinstance(event, ItemEnded):
+        elif isinstance(event, ItemEnd):
             self._item_end(event)
-        elif isinstance(event, ShardStateChanged):
+        elif isinstance(event, ShardState):
             if event.state is ShardCondition.COOLING:
                 acc = self._shard(event.shard)
                 acc.cooldowns += 1
                 acc.cooldown_s += event.cooldown_s or 0.0
-        elif isinstance(event, RunEnded):
+        elif isinstance(event, RunEnd):
             self._end_reason = event.reason.value
         elif isinstance(event, FirstToken):
             pass  # TTFT is taken from item_end / attempt_end
@@ -198,7 +198,7 @@ class ReportBuilder:
             acc = self._shards[shard] = _ShardAcc()
         return acc
 
-    def _run_start(self, event: RunStarted) -> None:
+    def _run_start(self, event: RunStart) -> None:
         if self._run_id is not None:
             self._end_segment()
         else:
@@ -236,7 +236,7 @@ class ReportBuilder:
         if last >= first:
             self._backlog_minutes.update(range(first, last + 1))
 
-    def _item_end(self, event: ItemEnded) -> None:
+    def _item_end(self, event: ItemEnd) -> None:
         item_id = event.item_id
         self._dequeue(item_id, event.t)
         self._open.discard(item_id)

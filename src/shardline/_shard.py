@@ -20,12 +20,12 @@ import trio
 from ._attempt import AttemptResult, send_attempt
 from ._backoff import is_testing
 from ._events import (
-    AttemptEnded,
-    AttemptStarted,
+    AttemptEnd,
+    AttemptStart,
     FirstToken,
-    ItemEnded,
+    ItemEnd,
     RetryScheduled,
-    ShardStateChanged,
+    ShardState,
 )
 from ._exceptions import AttemptError, Cause, ItemCancelled, RateLimited
 from ._models import ItemId, Outcome, Request, Result, Status, Usage, estimate_tokens
@@ -251,7 +251,7 @@ class Shard:
         if self._cooling:
             self._cooling = False
             self.pipeline._emit(
-                ShardStateChanged(t=self.pipeline.now(), shard=self.index, state="resumed")
+                ShardState(t=self.pipeline.now(), shard=self.index, state="resumed")
             )
 
     def _cool_for(self, seconds: float) -> None:
@@ -260,7 +260,7 @@ class Shard:
             self._cooling_until = until
             self._cooling = True
             self.pipeline._emit(
-                ShardStateChanged(
+                ShardState(
                     t=self.pipeline.now(), shard=self.index, state="cooling", cooldown_s=seconds
                 )
             )
@@ -284,7 +284,7 @@ class Shard:
                 started = pipeline.now()
                 item.attempts = attempt
                 pipeline._emit(
-                    AttemptStarted(t=started, item_id=item.id, shard=self.index, attempt=attempt)
+                    AttemptStart(t=started, item_id=item.id, shard=self.index, attempt=attempt)
                 )
 
                 def first_token(ttft_s: float, _attempt: int = attempt) -> None:
@@ -418,7 +418,7 @@ class Shard:
 
     def _attempt_ended(self, item: WorkItem, attempt: int, outcome: str, **fields: Any) -> None:
         self.pipeline._emit(
-            AttemptEnded(
+            AttemptEnd(
                 t=self.pipeline.now(),
                 item_id=item.id,
                 shard=self.index,
@@ -434,7 +434,7 @@ class Shard:
         self.pipeline._record_end(item, outcome)
         usage: Usage | None = outcome.result.usage if outcome.result is not None else None
         self.pipeline._emit(
-            ItemEnded(
+            ItemEnd(
                 t=self.pipeline.now(),
                 item_id=item.id,
                 shard=self.index,

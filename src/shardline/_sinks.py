@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from os import PathLike
 from typing import IO, Protocol, runtime_checkable
 
-from ._events import Event, RunEnded, encode_event
+from ._events import Event, RunEnd, encode_event
 
 __all__ = [
     "DEFAULT_FSYNC_INTERVAL",
@@ -194,7 +194,7 @@ class JsonlEventSink:
         self._hash.update(data)
         self._lines += 1
         t = event.t
-        if isinstance(event, RunEnded):
+        if isinstance(event, RunEnd):
             self._sync(t)
         elif self.fsync_interval is not None:
             if self._last_sync_t is None:

@@ -15,7 +15,7 @@ from typing import Any, assert_type
 import trio
 
 from shardline import (
-    AttemptEnded,
+    AttemptEnd,
     AttemptError,
     Backoff,
     Cause,
@@ -30,7 +30,7 @@ from shardline import (
     EventSink,
     InputError,
     ItemCancelled,
-    ItemEnded,
+    ItemEnd,
     ItemId,
     JsonlEventSink,
     LiveMetrics,
@@ -46,7 +46,7 @@ from shardline import (
     Result,
     RetryPolicy,
     RunReport,
-    RunStarted,
+    RunStart,
     ShardlineError,
     ShardStatistics,
     StallTimeout,
@@ -136,13 +136,13 @@ def check_errors(exc: BaseException) -> None:
 def check_events_and_report(event: Event, path: str) -> None:
     assert_type(event.t, float)
     assert_type(event.kind, str)
-    if isinstance(event, AttemptEnded):
+    if isinstance(event, AttemptEnd):
         assert_type(event.cause, Cause | None)
         assert_type(event.duration_s, float)
-    elif isinstance(event, ItemEnded):
+    elif isinstance(event, ItemEnd):
         assert_type(event.item_id, ItemId)
         assert_type(event.status, Status)
-    elif isinstance(event, RunStarted):
+    elif isinstance(event, RunStart):
         assert_type(event.config, dict[str, Any])
     with EventFileReader(path) as reader:
         report = compute_report(reader, events_sha256=reader.hexdigest())

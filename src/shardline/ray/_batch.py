@@ -24,7 +24,7 @@ from typing import IO, Any, Literal
 import attrs
 import trio
 
-from .._events import Event, ItemEnded, event_to_json
+from .._events import Event, ItemEnd, event_to_json
 from .._exceptions import ConfigError, InputError
 from .._jsonl import outcome_to_json
 from .._models import ItemId, Outcome, Request, request_from_json
@@ -311,7 +311,7 @@ class _TaggedSink:
         tag = self._items.get(item_id) if item_id is not None else None
         batch, exec_id = tag if tag is not None else (None, None)
         self._write(tag_event(obj, actor=self.actor, batch=batch, exec_id=exec_id))
-        if isinstance(event, ItemEnded):
+        if isinstance(event, ItemEnd):
             self._items.pop(event.item_id, None)
 
     def begin(self, batch: str, exec_id: str, ids: Sequence[ItemId], t: float) -> None:

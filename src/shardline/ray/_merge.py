@@ -62,7 +62,7 @@ from typing import Any
 
 import attrs
 
-from .._events import RunEnded, RunStarted, event_from_json
+from .._events import RunEnd, RunStart, event_from_json
 from .._sinks import JsonlEventSink
 
 __all__ = [
@@ -346,7 +346,7 @@ def merge_events(
     last_t = 0.0
     try:
         sink.emit(
-            RunStarted(
+            RunStart(
                 t=0.0,
                 run_id=rid,
                 started_at=run_started,
@@ -363,7 +363,7 @@ def merge_events(
             sink.emit(event)
             written += 1
             last_t = max(last_t, t)
-        sink.emit(RunEnded(t=last_t, reason=reason))
+        sink.emit(RunEnd(t=last_t, reason=reason))
         written += 1
     finally:
         sink.close()

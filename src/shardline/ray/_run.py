@@ -53,7 +53,7 @@ from .._cli_run import (
     open_output,
     resolve_run_settings,
 )
-from .._events import EventFileReader, ItemEnded, event_to_json
+from .._events import EventFileReader, ItemEnd, event_to_json
 from .._jsonl import outcome_to_json, read_input
 from .._models import ChatRequest, Outcome, Request, Status
 from .._pipeline import PipelineConfig
@@ -345,7 +345,7 @@ def _run(
                     outcome = Outcome(id=entry.item_id, status=Status.FAILED, error=entry.error)
                     summary.failed += 1
                     writer.write(outcome_to_json(outcome, line=entry.line))
-                    ended = ItemEnded(
+                    ended = ItemEnd(
                         t=time.time() - driver_started,
                         item_id=entry.item_id,
                         shard=None,
