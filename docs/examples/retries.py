@@ -10,10 +10,9 @@ from shardline import (
     Outcome,
     PipelineConfig,
     RetryPolicy,
-    RetryScheduled,
-    ShardState,
     open_pipeline,
 )
+from shardline.events import RetryScheduled, ShardState
 from shardline.testing import open_fake_server
 
 POLICY = RetryPolicy(
