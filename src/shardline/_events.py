@@ -36,16 +36,14 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-import math
-import types
-import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from os import PathLike
 from typing import IO, Any, ClassVar
 
 import attrs
 
 from ._exceptions import Cause, ShardlineError, located
+from ._jsonfields import FieldSpec, Mismatch, field_specs, json_type
 from ._models import ItemId, Status
 
 __all__ = [
@@ -345,123 +343,9 @@ def encode_event(event: Event) -> bytes:
 
 # --- decoding -------------------------------------------------------------------------
 
-_Coerce = Callable[[Any], Any]
-
-
-class _Mismatch(Exception):
-    pass
-
-
-def _coercer(tp: Any) -> tuple[_Coerce, str]:
-    """A function that checks (and for floats, widens) one decoded JSON value."""
-    if tp is Any:
-        return (lambda v: v), "any value"
-    if tp is type(None):
-
-        def none(v: Any) -> Any:
-            if v is not None:
-                raise _Mismatch
-            return None
-
-        return none, "null"
-    if tp is float:
-
-        def to_float(v: Any) -> Any:
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                raise _Mismatch
-            f = float(v)
-            if not math.isfinite(f):
-                raise _Mismatch
-            return f
-
-        return to_float, "a number"
-    if tp is int:
-
-        def to_int(v: Any) -> Any:
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise _Mismatch
-            return v
-
-        return to_int, "an integer"
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        members = {m.value: m for m in tp}
-
-        def to_enum(v: Any) -> Any:
-            if type(v) is not str or v not in members:
-                raise _Mismatch
-            return members[v]
-
-        return to_enum, "one of " + ", ".join(repr(value) for value in members)
-    if tp is str or tp is bool:
-
-        def exact(v: Any) -> Any:
-            if type(v) is not tp:
-                raise _Mismatch
-            return v
-
-        return exact, ("a string" if tp is str else "true or false")
-    origin = typing.get_origin(tp)
-    if origin is dict:
-
-        def to_dict(v: Any) -> Any:
-            if not isinstance(v, dict):
-                raise _Mismatch
-            return v
-
-        return to_dict, "an object"
-    if origin is types.UnionType or origin is typing.Union:
-        parts = [_coercer(arg) for arg in typing.get_args(tp)]
-
-        def union(v: Any) -> Any:
-            for fn, _ in parts:
-                try:
-                    return fn(v)
-                except _Mismatch:
-                    continue
-            raise _Mismatch
-
-        return union, " or ".join(desc for _, desc in parts)
-    raise TypeError(f"no JSON decoder for field type {tp!r}")  # pragma: no cover
-
-
-@attrs.frozen
-class _FieldSpec:
-    name: str
-    coerce: _Coerce
-    expected: str
-    required: bool
-
-
-def _specs(cls: type[Any]) -> tuple[_FieldSpec, ...]:
-    hints = typing.get_type_hints(cls)
-    return tuple(
-        _FieldSpec(
-            name=f.name,
-            coerce=_coercer(hints[f.name])[0],
-            expected=_coercer(hints[f.name])[1],
-            required=f.default is attrs.NOTHING,
-        )
-        for f in attrs.fields(cls)
-    )
-
-
-_SPECS: dict[str, tuple[type[Any], tuple[_FieldSpec, ...]]] = {
-    kind: (cls, _specs(cls)) for kind, cls in EVENT_TYPES.items()
+_SPECS: dict[str, tuple[type[Any], tuple[FieldSpec, ...]]] = {
+    kind: (cls, field_specs(cls)) for kind, cls in EVENT_TYPES.items()
 }
-
-
-def _json_type(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, int | float):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    return "object"
 
 
 def event_from_json(obj: Any) -> Event:
@@ -476,7 +360,7 @@ def event_from_json(obj: Any) -> Event:
             type it must have). It carries no file or line; readers add them.
     """
     if not isinstance(obj, dict):
-        raise EventDecodeError(f"expected a JSON object, got {_json_type(obj)}")
+        raise EventDecodeError(f"expected a JSON object, got {json_type(obj)}")
     if "v" not in obj:
         raise EventDecodeError("missing schema version 'v'")
     version = obj["v"]
@@ -500,10 +384,9 @@ def event_from_json(obj: Any) -> Event:
         value = obj[spec.name]
         try:
             kwargs[spec.name] = spec.coerce(value)
-        except _Mismatch:
+        except Mismatch:
             raise EventDecodeError(
-                f"{kind} event: field {spec.name!r} must be {spec.expected}, "
-                f"got {_json_type(value)}"
+                f"{kind} event: field {spec.name!r} must be {spec.expected}, got {json_type(value)}"
             ) from None
     event: Event = cls(**kwargs)
     return event
