@@ -16,6 +16,7 @@ from shardline._events import (
     EVENT_TYPES,
     SCHEMA_VERSION,
     AttemptEnd,
+    AttemptOutcome,
     AttemptStart,
     Event,
     EventDecodeError,
@@ -25,13 +26,17 @@ from shardline._events import (
     ItemEnd,
     RetryScheduled,
     RunEnd,
+    RunEndReason,
     RunStart,
+    ShardCondition,
     ShardState,
     decode_event,
     encode_event,
     event_from_json,
     event_to_json,
 )
+from shardline._exceptions import Cause
+from shardline._models import Status
 from shardline._sinks import EventSink, JsonlEventSink, MemoryEventSink, TeeSink
 
 # --- strategies -----------------------------------------------------------------------
@@ -41,6 +46,9 @@ times = st.floats(min_value=0, max_value=1e6, allow_nan=False)
 item_ids = st.one_of(st.integers(min_value=-(2**63), max_value=2**63), st.text(max_size=12))
 small = st.integers(min_value=0, max_value=10_000)
 opt_str = st.none() | st.text(max_size=10)
+# Enum fields accept members and their string values alike.
+causes = st.sampled_from(Cause) | st.sampled_from([c.value for c in Cause])
+opt_causes = st.none() | causes
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | finite | st.text(max_size=8),
     lambda inner: (
@@ -67,8 +75,8 @@ events: st.SearchStrategy[Event] = st.one_of(
         item_id=item_ids,
         shard=small,
         attempt=small,
-        outcome=st.sampled_from(["ok", "failed", "cancelled"]),
-        cause=opt_str,
+        outcome=st.sampled_from(["ok", "failed", "cancelled"]) | st.sampled_from(AttemptOutcome),
+        cause=opt_causes,
         status_code=st.none() | small,
         prompt_tokens=st.none() | small,
         completion_tokens=st.none() | small,
@@ -85,17 +93,17 @@ events: st.SearchStrategy[Event] = st.one_of(
         shard=small,
         attempt=small,
         delay_s=finite,
-        cause=st.text(max_size=10),
+        cause=causes,
     ),
     st.builds(
         ItemEnd,
         t=times,
         item_id=item_ids,
         shard=st.none() | small,
-        status=st.sampled_from(["ok", "failed", "cancelled"]),
+        status=st.sampled_from(["ok", "failed", "cancelled"]) | st.sampled_from(Status),
         attempts=small,
         latency_s=finite,
-        cause=opt_str,
+        cause=opt_causes,
         prompt_tokens=st.none() | small,
         completion_tokens=st.none() | small,
         ttft_s=st.none() | finite,
@@ -105,10 +113,14 @@ events: st.SearchStrategy[Event] = st.one_of(
         ShardState,
         t=times,
         shard=small,
-        state=st.sampled_from(["cooling", "resumed"]),
+        state=st.sampled_from(["cooling", "resumed"]) | st.sampled_from(ShardCondition),
         cooldown_s=st.none() | finite,
     ),
-    st.builds(RunEnd, t=times, reason=st.sampled_from(["completed", "cancelled", "error"])),
+    st.builds(
+        RunEnd,
+        t=times,
+        reason=st.sampled_from(["completed", "cancelled", "error"]) | st.sampled_from(RunEndReason),
+    ),
 )
 
 
@@ -158,7 +170,7 @@ def test_text_is_utf8_not_escaped() -> None:
 def test_event_to_json_writes_every_field() -> None:
     """Optional fields are written as null, so each line names all its fields."""
     obj = event_to_json(
-        RetryScheduled(t=1.0, item_id=7, shard=1, attempt=2, delay_s=0.5, cause="x")
+        RetryScheduled(t=1.0, item_id=7, shard=1, attempt=2, delay_s=0.5, cause="server_error")
     )
     assert list(obj) == ["v", "kind", "t", "item_id", "shard", "attempt", "delay_s", "cause"]
     obj = event_to_json(ShardState(t=1.0, shard=1, state="resumed"))
@@ -198,6 +210,49 @@ def test_unknown_keys_are_ignored_and_defaults_apply() -> None:
     assert decode_event(line) == ShardState(t=1.0, shard=2, state="cooling")
 
 
+def test_enum_fields_take_strings_and_decode_to_enums() -> None:
+    """Enum fields convert their string values on construction and decode to the enum."""
+    event = AttemptEnd(
+        t=1.0, item_id=1, shard=0, attempt=1, outcome="failed", cause="stall_timeout"
+    )
+    assert event.outcome is AttemptOutcome.FAILED
+    assert event.cause is Cause.STALL_TIMEOUT
+    line = encode_event(event)
+    assert b'"outcome":"failed","cause":"stall_timeout"' in line
+    back = decode_event(line)
+    assert isinstance(back, AttemptEnd)
+    assert type(back.outcome) is AttemptOutcome
+    assert type(back.cause) is Cause
+    ended = decode_event(
+        b'{"v":1,"kind":"item_end","t":2,"item_id":1,"shard":null,"status":"cancelled",'
+        b'"attempts":0,"latency_s":0.5,"cause":"cancelled"}'
+    )
+    assert isinstance(ended, ItemEnd)
+    assert (type(ended.status), ended.status) == (Status, Status.CANCELLED)
+    state = decode_event(b'{"v":1,"kind":"shard_state","t":1,"shard":0,"state":"resumed"}')
+    assert isinstance(state, ShardState)
+    assert state.state is ShardCondition.RESUMED
+    end = decode_event(b'{"v":1,"kind":"run_end","t":3,"reason":"error"}')
+    assert isinstance(end, RunEnd)
+    assert end.reason is RunEndReason.ERROR
+
+
+def test_event_to_json_writes_enums_as_plain_strings() -> None:
+    """event_to_json gives plain str values, not enum members, so the schema is unchanged."""
+    obj = event_to_json(ShardState(t=1.0, shard=1, state=ShardCondition.COOLING))
+    assert type(obj["state"]) is str
+    assert obj["state"] == "cooling"
+    obj = event_to_json(RunEnd(t=1.0, reason=RunEndReason.CANCELLED))
+    assert type(obj["reason"]) is str
+    assert obj == {"v": 1, "kind": "run_end", "t": 1.0, "reason": "cancelled"}
+
+
+def test_unknown_enum_value_is_refused() -> None:
+    """A value outside an enum raises ValueError when constructing an event."""
+    with pytest.raises(ValueError, match="'finished' is not a valid RunEndReason"):
+        RunEnd(t=1.0, reason="finished")
+
+
 def test_nan_is_refused_when_encoding() -> None:
     """A NaN would not be valid JSON; encoding names the kind."""
     with pytest.raises(ValueError, match="cannot encode run_end event"):
@@ -227,6 +282,16 @@ def test_nan_is_refused_when_encoding() -> None:
         (
             b'{"v":1,"kind":"item_admitted","t":1,"item_id":1,"shard":1.5}',
             "ev.jsonl:4: item_admitted event: field 'shard' must be an integer, got number",
+        ),
+        (
+            b'{"v":1,"kind":"run_end","t":1,"reason":"finished"}',
+            "ev.jsonl:4: run_end event: field 'reason' must be one of 'completed', "
+            "'cancelled', 'error', got string",
+        ),
+        (
+            b'{"v":1,"kind":"retry_scheduled","t":1,"item_id":1,"shard":0,"attempt":2,'
+            b'"delay_s":1,"cause":null}',
+            "ev.jsonl:4: retry_scheduled event: field 'cause' must be one of 'rate_limited', ",
         ),
         (b"\xff\xfe", "ev.jsonl:4: not UTF-8"),
     ],
@@ -323,7 +388,7 @@ def test_jsonl_sink_fsyncs_on_interval_and_run_end(
     for t in (0.0, 0.2, 0.4):
         sink.emit(ShardState(t=t, shard=0, state="cooling"))
     assert synced == []
-    sink.emit(ShardState(t=0.5, shard=0, state="x"))
+    sink.emit(ShardState(t=0.5, shard=0, state="cooling"))
     assert len(synced) == 1
     sink.emit(RunEnd(t=0.6, reason="completed"))
     assert len(synced) == 2

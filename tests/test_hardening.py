@@ -313,7 +313,7 @@ async def test_generated_ids_never_collide_with_user_ids(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """An item without id next to an item with id 1: two items in stats and in the report."""
-    from shardline._metrics import compute_report
+    from shardline.report import compute_report
 
     sink = MemoryEventSink()
     async with open_pipeline(

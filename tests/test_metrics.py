@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+from datetime import UTC, datetime
 from pathlib import Path
 
 import attrs
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from shardline._events import (
@@ -25,19 +26,18 @@ from shardline._events import (
     RunStart,
     ShardState,
 )
-from shardline._metrics import (
+from shardline._models import ItemId
+from shardline._report import percentile, utc_minute
+from shardline._sinks import JsonlEventSink, MemoryEventSink, TeeSink
+from shardline.report import (
     LiveMetrics,
     Percentiles,
     ReportBuilder,
     ReportError,
     RunReport,
     compute_report,
-    percentile,
     render_text,
-    utc_minute,
 )
-from shardline._models import ItemId
-from shardline._sinks import JsonlEventSink, MemoryEventSink, TeeSink
 
 #: 2025-11-29T08:00:00Z, a whole minute.
 START = 1_764_403_200.0
@@ -369,20 +369,77 @@ def test_peak_tie_goes_to_the_earliest_minute() -> None:
     assert run.report().proof_minute_utc == "2025-11-29T08:00Z"
 
 
+def _tpm_oracle(events: list[Event]) -> dict[str, tuple[int, int, int]]:
+    """Tokens per UTC minute straight from a hand-built events list, without the report code.
+
+    Walks the raw records: the minute of an ok ``item_end`` is the integer part of
+    ``(started_at + t) / 60`` (times here are never negative), its tokens those
+    written on it. Returns ``"YYYY-MM-DDTHH:MMZ"`` -> (prompt, completion, items).
+    """
+    start = events[0]
+    assert isinstance(start, RunStart)
+    minutes: dict[str, tuple[int, int, int]] = {}
+    for e in events:
+        if isinstance(e, ItemEnd) and e.status == "ok":
+            stamp = datetime.fromtimestamp(int((start.started_at + e.t) // 60) * 60, tz=UTC)
+            key = stamp.strftime("%Y-%m-%dT%H:%MZ")
+            p, c, n = minutes.get(key, (0, 0, 0))
+            minutes[key] = (p + (e.prompt_tokens or 0), c + (e.completion_tokens or 0), n + 1)
+    return minutes
+
+
 @given(
-    ends=st.lists(st.floats(min_value=0.0, max_value=600.0), min_size=1, max_size=30),
+    items=st.lists(
+        st.tuples(
+            st.floats(min_value=0.0, max_value=600.0),
+            # small counts make equal minutes (ties) likely, large ones make them rare
+            st.integers(min_value=0, max_value=2) | st.integers(min_value=0, max_value=5_000),
+            st.integers(min_value=0, max_value=2) | st.integers(min_value=0, max_value=5_000),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
     offset=st.floats(min_value=0.0, max_value=59.999),
 )
-def test_peak_parts_add_up_and_buckets_sum_to_totals(ends: list[float], offset: float) -> None:
-    """in + out == total in the proof minute, and the minutes add up to the token totals."""
+@example(items=[(0.0, 1, 2), (60.0, 2, 1)], offset=0.0)  # a tie: the earlier minute wins
+def test_peak_minute_matches_an_independent_count(
+    items: list[tuple[float, int, int]], offset: float
+) -> None:
+    """Proof minute, peak in/out/total and every bucket equal sums taken from the raw events."""
     run = Run(started_at=START + offset)
-    for i, end in enumerate(sorted(ends)):
-        run.admit(0.0, i).start(0.0, i).ok(end, i, prompt=i + 1, completion=2 * i)
+    for i, (end, prompt, completion) in enumerate(sorted(items)):
+        run.admit(0.0, i).start(0.0, i).ok(end, i, prompt=prompt, completion=completion)
     r = run.report()
-    assert r.peak_prompt_tpm_in + r.peak_completion_tpm_out == r.peak_aggregate_tpm_total
-    assert sum(m.prompt_tokens for m in r.tpm_by_minute) == r.tokens_in_total
-    assert sum(m.completion_tokens for m in r.tpm_by_minute) == r.tokens_out_total
-    assert r.peak_aggregate_tpm_total == max(m.total_tokens for m in r.tpm_by_minute)
+    oracle = _tpm_oracle(run.events)
+    # The proof minute: the most tokens in total, the earliest on a tie.
+    best = max(p + c for p, c, _ in oracle.values())
+    proof = min(k for k, (p, c, _) in oracle.items() if p + c == best)
+    assert r.proof_minute_utc == proof
+    assert (r.peak_prompt_tpm_in, r.peak_completion_tpm_out) == oracle[proof][:2]
+    assert r.peak_aggregate_tpm_total == best
+    assert {
+        m.minute_utc: (m.prompt_tokens, m.completion_tokens, m.items) for m in r.tpm_by_minute
+    } == oracle
+    assert (r.tokens_in_total, r.tokens_out_total) == (
+        sum(prompt for _, prompt, _ in items),
+        sum(completion for _, _, completion in items),
+    )
+
+
+def test_peak_minute_is_not_the_minute_of_the_most_completion_tokens() -> None:
+    """A hand-counted case where the busiest minute in total is not the one with most output."""
+    run = Run()  # 08:00:00Z
+    run.item(0.0, 1, dt=10.0, prompt=900, completion=100)  # 08:00: 1000 tokens, 100 out
+    run.item(60.0, 2, dt=5.0, prompt=10, completion=300)  # 08:01: 310 tokens, 300 out
+    run.item(61.0, 3, dt=5.0, prompt=10, completion=300)  # 08:01: 620 tokens, 600 out
+    r = run.end(120.0).report()
+    assert r.proof_minute_utc == "2025-11-29T08:00Z"
+    assert (r.peak_aggregate_tpm_total, r.peak_prompt_tpm_in, r.peak_completion_tpm_out) == (
+        1000,
+        900,
+        100,
+    )
+    assert (r.tokens_in_total, r.tokens_out_total) == (920, 700)
 
 
 # --- percentiles ----------------------------------------------------------------------

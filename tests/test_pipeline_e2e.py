@@ -24,10 +24,10 @@ from shardline import (
     Outcome,
     PipelineConfig,
     RetryPolicy,
-    compute_report,
     open_pipeline,
 )
 from shardline._events import EventFileReader
+from shardline.report import compute_report
 from shardline.testing import fetch_statistics
 
 SHARDS, CONCURRENCY, ITEMS = 3, 4, 300

@@ -29,7 +29,6 @@ from shardline._backoff import Backoff, RetryPolicy
 from shardline._config import Deadlines, Endpoint
 from shardline._events import EventFileReader
 from shardline._exceptions import ConfigError
-from shardline._metrics import RunReport, compute_report
 from shardline._models import Outcome, request_from_json
 from shardline._pipeline import PipelineConfig, open_pipeline
 from shardline._sinks import MemoryEventSink
@@ -45,6 +44,7 @@ from shardline.ray import (
 from shardline.ray._batch import _interrupt_only
 from shardline.ray._merge import batch_end_line, batch_start_line, tag_event
 from shardline.ray._run import actor_config, default_batch_size, request_to_json
+from shardline.report import RunReport, compute_report
 from shardline.testing import FakeServer, FaultPlan, open_fake_server
 
 FAULTS = (

@@ -24,8 +24,8 @@ from shardline._events import (
     RunStart,
     encode_event,
 )
-from shardline._metrics import RunReport, compute_report
 from shardline._sinks import JsonlEventSink
+from shardline.report import RunReport, compute_report
 
 START = 1_764_403_200.0
 

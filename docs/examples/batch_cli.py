@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shardline import EventFileReader, compute_report
+from shardline.events import EventFileReader
+from shardline.report import compute_report
 
 SHARDLINE = [str(Path(sys.executable).with_name("shardline"))]  # the installed command
 

@@ -5,15 +5,14 @@ import trio
 from shardline import (
     AttemptError,
     ChatRequest,
-    DeadlineExceeded,
     Deadlines,
     Endpoint,
     Pipeline,
     PipelineConfig,
-    RateLimited,
     RetryPolicy,
     open_pipeline,
 )
+from shardline.errors import DeadlineExceeded, RateLimited
 from shardline.testing import open_fake_server
 
 

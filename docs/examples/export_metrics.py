@@ -9,10 +9,10 @@ from shardline import (
     JsonlEventSink,
     Outcome,
     PipelineConfig,
-    PrometheusSink,
     TeeSink,
     open_pipeline,
 )
+from shardline.report import PrometheusSink
 from shardline.testing import open_fake_server
 
 

@@ -3,7 +3,6 @@
 import trio
 
 from shardline import (
-    AttemptStart,
     Backoff,
     ChatRequest,
     Endpoint,
@@ -11,10 +10,9 @@ from shardline import (
     Outcome,
     PipelineConfig,
     RetryPolicy,
-    RetryScheduled,
-    ShardState,
     open_pipeline,
 )
+from shardline.events import AttemptStart, RetryScheduled, ShardState
 from shardline.testing import open_fake_server
 
 POLICY = RetryPolicy(

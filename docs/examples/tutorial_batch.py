@@ -7,15 +7,14 @@ from shardline import (
     ChatRequest,
     Deadlines,
     Endpoint,
-    EventFileReader,
     JsonlEventSink,
     Outcome,
     PipelineConfig,
     RetryPolicy,
-    compute_report,
     open_pipeline,
-    render_text,
 )
+from shardline.events import EventFileReader
+from shardline.report import compute_report, render_text
 from shardline.testing import open_fake_server
 
 # A few percent of the requests get a fault: 429s, 503s, resets, streams that stall.

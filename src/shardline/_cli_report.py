@@ -17,7 +17,7 @@ from typing import IO, Any
 import attrs
 
 from ._events import EventDecodeError, EventFileReader
-from ._metrics import ReportError, compute_report, render_text
+from .report import ReportError, compute_report, render_text
 
 __all__ = ["register", "run_report"]
 

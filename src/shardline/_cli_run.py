@@ -70,10 +70,10 @@ from ._jsonl import (
     prepare_resume,
     read_input,
 )
-from ._metrics import LiveMetrics, ReportBuilder, render_text
 from ._models import ItemId, Outcome, Status
 from ._progress import ProgressDisplay, ProgressSnapshot, ShardRow, open_progress
 from ._sinks import EventSink, JsonlEventSink, TeeSink
+from .report import LiveMetrics, ReportBuilder, render_text
 
 if TYPE_CHECKING:
     from ._backoff import Backoff

@@ -20,6 +20,12 @@ exact same float; integer and string item ids keep their JSON type. Readers
 ignore keys they do not know (new fields with defaults may appear within a
 version); a change that breaks readers bumps ``v``.
 
+Fields with a fixed vocabulary hold enums (:class:`AttemptOutcome`,
+:class:`~shardline.Status`, :class:`~shardline.Cause`, :class:`ShardCondition`,
+:class:`RunEndReason`), all :class:`enum.StrEnum`: they are written as their
+string values, accept those strings on construction, and decode back to the
+enum, so ``AttemptEnd(outcome="ok", ...).outcome is AttemptOutcome.OK``.
+
 :func:`encode_event` / :func:`decode_event` convert one record to and from a
 line; :class:`EventFileReader` reads a whole file lazily while hashing it,
 so its digest equals ``sha256sum`` of the file.
@@ -27,24 +33,24 @@ so its digest equals ``sha256sum`` of the file.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
-import math
-import types
-import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from os import PathLike
 from typing import IO, Any, ClassVar
 
 import attrs
 
-from ._exceptions import ShardlineError, located
-from ._models import ItemId
+from ._exceptions import Cause, ShardlineError, located
+from ._jsonfields import FieldSpec, Mismatch, field_specs, json_type
+from ._models import ItemId, Status
 
 __all__ = [
     "EVENT_TYPES",
     "SCHEMA_VERSION",
     "AttemptEnd",
+    "AttemptOutcome",
     "AttemptStart",
     "Event",
     "EventDecodeError",
@@ -54,7 +60,9 @@ __all__ = [
     "ItemEnd",
     "RetryScheduled",
     "RunEnd",
+    "RunEndReason",
     "RunStart",
+    "ShardCondition",
     "ShardState",
     "decode_event",
     "encode_event",
@@ -63,6 +71,63 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+
+
+class AttemptOutcome(enum.StrEnum):
+    """How one attempt ended (``attempt_end.outcome``)."""
+
+    OK = "ok"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class ShardCondition(enum.StrEnum):
+    """What happened to a shard (``shard_state.state``)."""
+
+    COOLING = "cooling"
+    """It stopped sending for a while after a 429 (``cooldown_s`` says how long)."""
+    RESUMED = "resumed"
+    """Its cooldown is over; it sends again."""
+
+
+class RunEndReason(enum.StrEnum):
+    """Why a run ended (``run_end.reason``)."""
+
+    COMPLETED = "completed"
+    """Every admitted item reached its terminal status."""
+    CANCELLED = "cancelled"
+    """The run was cancelled (an interrupt or the caller's cancel scope)."""
+    ERROR = "error"
+    """The run stopped on an exception."""
+
+
+# Converters: the fields hold enums, and accept their string values too, so
+# ``AttemptEnd(outcome="ok")`` and an event decoded from JSON both give
+# ``AttemptOutcome.OK``. An unknown string raises ValueError.
+
+
+def _to_outcome(value: AttemptOutcome | str) -> AttemptOutcome:
+    return AttemptOutcome(value)
+
+
+def _to_status(value: Status | str) -> Status:
+    return Status(value)
+
+
+def _to_cause(value: Cause | str) -> Cause:
+    return Cause(value)
+
+
+def _to_optional_cause(value: Cause | str | None) -> Cause | None:
+    return None if value is None else Cause(value)
+
+
+def _to_condition(value: ShardCondition | str) -> ShardCondition:
+    return ShardCondition(value)
+
+
+def _to_reason(value: RunEndReason | str) -> RunEndReason:
+    return RunEndReason(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -119,8 +184,8 @@ class AttemptEnd:
     item_id: ItemId
     shard: int
     attempt: int
-    outcome: str
-    cause: str | None = None
+    outcome: AttemptOutcome = attrs.field(converter=_to_outcome)
+    cause: Cause | None = attrs.field(default=None, converter=_to_optional_cause)
     status_code: int | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -141,7 +206,7 @@ class RetryScheduled:
     shard: int
     attempt: int
     delay_s: float
-    cause: str
+    cause: Cause = attrs.field(converter=_to_cause)
 
 
 @attrs.frozen(kw_only=True)
@@ -156,10 +221,10 @@ class ItemEnd:
     t: float
     item_id: ItemId
     shard: int | None
-    status: str
+    status: Status = attrs.field(converter=_to_status)
     attempts: int
     latency_s: float
-    cause: str | None = None
+    cause: Cause | None = attrs.field(default=None, converter=_to_optional_cause)
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     ttft_s: float | None = None
@@ -174,7 +239,7 @@ class ShardState:
     kind: ClassVar[str] = "shard_state"
     t: float
     shard: int
-    state: str
+    state: ShardCondition = attrs.field(converter=_to_condition)
     cooldown_s: float | None = None
 
 
@@ -184,7 +249,7 @@ class RunEnd:
 
     kind: ClassVar[str] = "run_end"
     t: float
-    reason: str
+    reason: RunEndReason = attrs.field(converter=_to_reason)
 
 
 Event = (
@@ -241,6 +306,11 @@ class EventDecodeError(ShardlineError, ValueError):
 _FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {
     cls: tuple(f.name for f in attrs.fields(cls)) for cls in EVENT_TYPES.values()
 }
+# The fields that hold enums: written as their plain string values.
+_ENUM_FIELDS: dict[type[Any], frozenset[str]] = {
+    cls: frozenset(f.name for f in attrs.fields(cls) if f.converter is not None)
+    for cls in EVENT_TYPES.values()
+}
 
 
 def event_to_json(event: Event) -> dict[str, Any]:
@@ -252,8 +322,10 @@ def event_to_json(event: Event) -> dict[str, Any]:
         {'v': 1, 'kind': 'run_end', 't': 12.5, 'reason': 'completed'}
     """
     out: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": event.kind}
+    enums = _ENUM_FIELDS[type(event)]
     for name in _FIELD_NAMES[type(event)]:
-        out[name] = getattr(event, name)
+        value = getattr(event, name)
+        out[name] = value.value if name in enums and value is not None else value
     return out
 
 
@@ -276,114 +348,9 @@ def encode_event(event: Event) -> bytes:
 
 # --- decoding -------------------------------------------------------------------------
 
-_Coerce = Callable[[Any], Any]
-
-
-class _Mismatch(Exception):
-    pass
-
-
-def _coercer(tp: Any) -> tuple[_Coerce, str]:
-    """A function that checks (and for floats, widens) one decoded JSON value."""
-    if tp is Any:
-        return (lambda v: v), "any value"
-    if tp is type(None):
-
-        def none(v: Any) -> Any:
-            if v is not None:
-                raise _Mismatch
-            return None
-
-        return none, "null"
-    if tp is float:
-
-        def to_float(v: Any) -> Any:
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                raise _Mismatch
-            f = float(v)
-            if not math.isfinite(f):
-                raise _Mismatch
-            return f
-
-        return to_float, "a number"
-    if tp is int:
-
-        def to_int(v: Any) -> Any:
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise _Mismatch
-            return v
-
-        return to_int, "an integer"
-    if tp is str or tp is bool:
-
-        def exact(v: Any) -> Any:
-            if type(v) is not tp:
-                raise _Mismatch
-            return v
-
-        return exact, ("a string" if tp is str else "true or false")
-    origin = typing.get_origin(tp)
-    if origin is dict:
-
-        def to_dict(v: Any) -> Any:
-            if not isinstance(v, dict):
-                raise _Mismatch
-            return v
-
-        return to_dict, "an object"
-    if origin is types.UnionType or origin is typing.Union:
-        parts = [_coercer(arg) for arg in typing.get_args(tp)]
-
-        def union(v: Any) -> Any:
-            for fn, _ in parts:
-                try:
-                    return fn(v)
-                except _Mismatch:
-                    continue
-            raise _Mismatch
-
-        return union, " or ".join(desc for _, desc in parts)
-    raise TypeError(f"no JSON decoder for field type {tp!r}")  # pragma: no cover
-
-
-@attrs.frozen
-class _FieldSpec:
-    name: str
-    coerce: _Coerce
-    expected: str
-    required: bool
-
-
-def _specs(cls: type[Any]) -> tuple[_FieldSpec, ...]:
-    hints = typing.get_type_hints(cls)
-    return tuple(
-        _FieldSpec(
-            name=f.name,
-            coerce=_coercer(hints[f.name])[0],
-            expected=_coercer(hints[f.name])[1],
-            required=f.default is attrs.NOTHING,
-        )
-        for f in attrs.fields(cls)
-    )
-
-
-_SPECS: dict[str, tuple[type[Any], tuple[_FieldSpec, ...]]] = {
-    kind: (cls, _specs(cls)) for kind, cls in EVENT_TYPES.items()
+_SPECS: dict[str, tuple[type[Any], tuple[FieldSpec, ...]]] = {
+    kind: (cls, field_specs(cls)) for kind, cls in EVENT_TYPES.items()
 }
-
-
-def _json_type(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, int | float):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    return "object"
 
 
 def event_from_json(obj: Any) -> Event:
@@ -398,7 +365,7 @@ def event_from_json(obj: Any) -> Event:
             type it must have). It carries no file or line; readers add them.
     """
     if not isinstance(obj, dict):
-        raise EventDecodeError(f"expected a JSON object, got {_json_type(obj)}")
+        raise EventDecodeError(f"expected a JSON object, got {json_type(obj)}")
     if "v" not in obj:
         raise EventDecodeError("missing schema version 'v'")
     version = obj["v"]
@@ -422,10 +389,9 @@ def event_from_json(obj: Any) -> Event:
         value = obj[spec.name]
         try:
             kwargs[spec.name] = spec.coerce(value)
-        except _Mismatch:
+        except Mismatch:
             raise EventDecodeError(
-                f"{kind} event: field {spec.name!r} must be {spec.expected}, "
-                f"got {_json_type(value)}"
+                f"{kind} event: field {spec.name!r} must be {spec.expected}, got {json_type(value)}"
             ) from None
     event: Event = cls(**kwargs)
     return event

@@ -10,6 +10,8 @@ exceptions (httpx, h11, json) are translated where they occur and chained with
     ├── InputError (also ValueError)           bad input line; cause invalid_input
     ├── ItemCancelled                          the pipeline drained before the item ended
     ├── InternalError                          a defect in shardline hit this item
+    ├── EventDecodeError (also ValueError)     (in _events) a line of an events file
+    ├── ReportError (also ValueError)          (in _report) the events cannot make a report
     └── AttemptError                           one HTTP exchange failed; .cause names why
         ├── HTTPStatusError
         │   ├── RateLimited                    rate_limited (429)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._events import (
     AttemptEnd,
+    AttemptOutcome,
     AttemptStart,
     Event,
     FirstToken,
@@ -40,6 +41,7 @@ from ._events import (
     ItemEnd,
     RetryScheduled,
     RunStart,
+    ShardCondition,
     ShardState,
 )
 from ._models import ItemId
@@ -211,14 +213,15 @@ class PrometheusSink:
     def emit(self, event: Event) -> None:
         """Update the metrics with one event."""
         if isinstance(event, AttemptEnd):
-            cause = event.cause or ""
-            self.attempts.labels(event.outcome, cause if event.outcome != "ok" else "").inc()
+            ok = event.outcome is AttemptOutcome.OK
+            cause = "" if event.cause is None else event.cause.value
+            self.attempts.labels(event.outcome.value, "" if ok else cause).inc()
             self.in_flight.labels(str(event.shard)).dec()
-            if event.outcome == "cancelled":
+            if event.outcome is AttemptOutcome.CANCELLED:
                 return
-            error_type = "" if event.outcome == "ok" else cause or "_OTHER"
+            error_type = "" if ok else cause or "_OTHER"
             self.duration.labels(*self._genai(), error_type).observe(event.duration_s)
-            if event.outcome == "ok":
+            if ok:
                 if event.prompt_tokens is not None:
                     self.token_usage.labels(*self._genai(), "input").observe(event.prompt_tokens)
                 if event.completion_tokens is not None:
@@ -235,12 +238,14 @@ class PrometheusSink:
             self._queued_items[event.item_id] = event.shard
             self.queued.labels(str(event.shard)).inc()
         elif isinstance(event, RetryScheduled):
-            self.retries.labels(event.cause).inc()
+            self.retries.labels(event.cause.value).inc()
         elif isinstance(event, ItemEnd):
             self._unqueue(event.item_id)
-            self.items.labels(event.status).inc()
+            self.items.labels(event.status.value).inc()
         elif isinstance(event, ShardState):
-            self.cooling.labels(str(event.shard)).set(1 if event.state == "cooling" else 0)
+            self.cooling.labels(str(event.shard)).set(
+                1 if event.state is ShardCondition.COOLING else 0
+            )
         elif isinstance(event, RunStart):
             endpoint = event.config.get("endpoint")
             if not isinstance(endpoint, dict):

@@ -87,10 +87,10 @@ def run_shardline(p: dict[str, Any], out: Out) -> dict[str, Any]:
 
     from shardline._config import Deadlines, Endpoint
     from shardline._events import EventFileReader
-    from shardline._metrics import compute_report
     from shardline._models import ChatRequest, Outcome
     from shardline._pipeline import PipelineConfig, open_pipeline
     from shardline._sinks import JsonlEventSink, MemoryEventSink, TeeSink
+    from shardline.report import compute_report
 
     if p.get("opt"):
         from _experiments import apply

@@ -43,10 +43,10 @@ from _harness import PROMPT, machine, table
 
 from shardline._attempt import send_attempt
 from shardline._config import Deadlines, Endpoint
-from shardline._metrics import ReportBuilder
 from shardline._models import ChatRequest, Outcome
 from shardline._pipeline import PipelineConfig, open_pipeline
 from shardline._sinks import JsonlEventSink, TeeSink
+from shardline.report import ReportBuilder
 
 TOKENS = 150
 CONCURRENCY = 64

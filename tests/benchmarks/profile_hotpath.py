@@ -40,7 +40,7 @@ AREAS: list[tuple[str, str]] = [
         "shard/pipeline/models/backoff",
         r"[(/]shardline/(_shard|_pipeline|_models|_backoff|_ratelimit|_config|_exceptions)\.py",
     ),
-    ("metrics/report", r"[(/]shardline/_metrics\.py"),
+    ("metrics/report", r"[(/]shardline/(_report|_report_builder|_report_text|_live)\.py"),
     ("h11 (HTTP/1.1 parsing)", r"[(/]h11/"),
     ("httpcore (pool, connection)", r"[(/]httpcore/"),
     ("httpx (client, models, decoders)", r"[(/]httpx/"),

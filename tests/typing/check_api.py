@@ -3,7 +3,8 @@
 mypy --strict checks this file (``files`` in pyproject.toml); pytest never runs
 it. Each ``assert_type`` pins what a checker infers for a call a user writes, so
 an annotation that silently degrades to ``Any`` (or changes type) fails CI.
-Only public names are used: ``shardline`` and ``shardline.testing``.
+Only public names are used: ``shardline``, its public sub-namespaces
+(``errors``, ``events``, ``report``) and ``shardline.testing``.
 See docs/explanation/typing.md for why this replaces trio-typing.
 """
 
@@ -15,48 +16,54 @@ from typing import Any, assert_type
 import trio
 
 from shardline import (
-    AttemptEnd,
     AttemptError,
     Backoff,
     Cause,
     ChatRequest,
     CompletionRequest,
     ConfigError,
-    DeadlineExceeded,
     Deadlines,
     Endpoint,
-    Event,
-    EventFileReader,
     EventSink,
     InputError,
     ItemCancelled,
-    ItemEnd,
-    ItemId,
     JsonlEventSink,
-    LiveMetrics,
-    LiveSnapshot,
     MemoryEventSink,
     Outcome,
-    Percentiles,
     Pipeline,
     PipelineConfig,
     PipelineStatistics,
-    RateLimited,
     Request,
     Result,
     RetryPolicy,
-    RunReport,
-    RunStart,
     ShardlineError,
     ShardStatistics,
-    StallTimeout,
     Status,
     TeeSink,
     Usage,
-    compute_report,
     open_pipeline,
+)
+from shardline.errors import DeadlineExceeded, RateLimited, StallTimeout
+from shardline.events import (
+    AttemptEnd,
+    AttemptOutcome,
+    Event,
+    EventFileReader,
+    ItemEnd,
+    ItemId,
+    RunEnd,
+    RunEndReason,
+    RunStart,
+    ShardCondition,
+    ShardState,
+)
+from shardline.report import (
+    LiveMetrics,
+    LiveSnapshot,
+    Percentiles,
+    RunReport,
+    compute_report,
     render_text,
-    request_from_json,
 )
 from shardline.testing import (
     FakeServer,
@@ -98,8 +105,7 @@ def check_requests() -> None:
     assert_type(chat.max_tokens(), int | None)
     legacy = CompletionRequest(prompt="Once upon a time", id="story-1")
     assert_type(legacy.prompt, str)
-    request = request_from_json({"id": 1, "prompt": "x"}, source="in.jsonl", line=1)
-    assert_type(request, Request)
+    request: Request = legacy
     assert_type(request, ChatRequest | CompletionRequest)
 
 
@@ -137,10 +143,16 @@ def check_events_and_report(event: Event, path: str) -> None:
     assert_type(event.t, float)
     assert_type(event.kind, str)
     if isinstance(event, AttemptEnd):
-        assert_type(event.cause, str | None)
+        assert_type(event.outcome, AttemptOutcome)
+        assert_type(event.cause, Cause | None)
         assert_type(event.duration_s, float)
     elif isinstance(event, ItemEnd):
         assert_type(event.item_id, ItemId)
+        assert_type(event.status, Status)
+    elif isinstance(event, ShardState):
+        assert_type(event.state, ShardCondition)
+    elif isinstance(event, RunEnd):
+        assert_type(event.reason, RunEndReason)
     elif isinstance(event, RunStart):
         assert_type(event.config, dict[str, Any])
     with EventFileReader(path) as reader:
@@ -159,6 +171,15 @@ def check_sinks(path: str) -> None:
     assert_type(live.snapshot(), LiveSnapshot)
     assert_type(memory.events, list[Event])
     sink.close()
+
+
+def check_enum_fields_take_strings() -> None:
+    """Enum fields accept their string values (a converter), and read back as the enum."""
+    ended = AttemptEnd(t=1.0, item_id="a", shard=0, attempt=1, outcome="failed", cause="truncated")
+    assert_type(ended.outcome, AttemptOutcome)
+    item = ItemEnd(t=1.0, item_id="a", shard=None, status=Status.OK, attempts=1, latency_s=0.1)
+    assert_type(item.cause, Cause | None)
+    assert_type(RunEnd(t=2.0, reason="completed").reason, RunEndReason)
 
 
 async def check_pipeline(config: PipelineConfig, requests: list[Request]) -> None:

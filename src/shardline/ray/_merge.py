@@ -209,7 +209,7 @@ def merge_events(
     """Merge tagged actor events into one run's events file (see the module docstring).
 
     The result is an ordinary events file: ``shardline report OUTPUT`` and
-    :func:`~shardline._metrics.compute_report` read it like the events of a
+    :func:`~shardline.report.compute_report` read it like the events of a
     single-machine run, with the same fields.
 
     Example::
