@@ -20,7 +20,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardline._attempt import (
-    ERROR_BODY_GRACE,
     STALL_SLACK_MAX,
     STALL_SLACK_RATIO,
     TAIL_GRACE,
@@ -44,7 +43,7 @@ from shardline._exceptions import (
     Truncated,
     TTFTTimeout,
 )
-from shardline._http import make_client, map_exceptions
+from shardline._http import ERROR_BODY_GRACE, make_client, map_exceptions
 from shardline._models import ChatRequest, CompletionRequest, Usage
 
 SECRET = "sk-test-0123456789abcdef"

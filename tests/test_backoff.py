@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 from shardline._backoff import (
     DEFAULT_RETRY_ON,
     Backoff,
-    RetryBudget,
     RetryPolicy,
     is_testing,
     no_delays,
     parse_retry_after,
     set_testing,
 )
+from shardline._budget import RetryBudget
 from shardline._exceptions import (
     Cause,
     ClientError,

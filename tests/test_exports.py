@@ -30,8 +30,8 @@ TOP = {
 ERRORS = {
     "AttemptError", "AttemptTimeout", "ClientError", "ConfigError", "ConnectError",
     "ConnectTimeout", "ConnectionLost", "DeadlineExceeded", "EventDecodeError",
-    "HTTPStatusError", "InputError", "InternalError", "ItemCancelled", "PoolTimeout", "ProtocolError",
-    "RateLimited", "ReportError", "ServerError", "ShardlineError", "StallTimeout",
+    "HTTPStatusError", "InputError", "InternalError", "ItemCancelled", "PoolTimeout",
+    "ProtocolError", "RateLimited", "ReportError", "ServerError", "ShardlineError", "StallTimeout",
     "TTFTTimeout", "TransportError", "Truncated",
 }  # fmt: skip
 

@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 from shardline._backoff import Backoff, RetryPolicy
-from shardline._config import Deadlines, Endpoint
+from shardline._config import Deadlines, Endpoint, PipelineConfig
 from shardline._events import AttemptEnd, ItemEnd, RunEnd
 from shardline._exceptions import (
     ConfigError,
@@ -26,7 +26,7 @@ from shardline._exceptions import (
     ProtocolError,
 )
 from shardline._models import ChatRequest, CompletionRequest, Outcome, Status
-from shardline._pipeline import PipelineConfig, open_pipeline
+from shardline._pipeline import open_pipeline
 from shardline._sinks import MemoryEventSink
 
 ENDPOINT = Endpoint(base_url="http://fake.invalid/v1", model="m")

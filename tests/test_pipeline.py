@@ -9,11 +9,11 @@ import trio
 import trio.testing
 
 from shardline._backoff import Backoff, RetryPolicy
-from shardline._config import Deadlines, Endpoint
+from shardline._config import Deadlines, Endpoint, PipelineConfig
 from shardline._events import AttemptStart, ItemAdmitted, ItemEnd, ShardState
 from shardline._exceptions import ConfigError, ItemCancelled, RateLimited, StallTimeout
 from shardline._models import ChatRequest, Outcome, Status
-from shardline._pipeline import PipelineConfig, open_pipeline
+from shardline._pipeline import open_pipeline
 from shardline._sinks import MemoryEventSink
 from shardline.testing._transport import FakeTransport, FaultPicker
 

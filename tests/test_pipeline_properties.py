@@ -10,10 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardline._backoff import Backoff, RetryPolicy
-from shardline._config import Deadlines, Endpoint
+from shardline._config import Deadlines, Endpoint, PipelineConfig
 from shardline._events import AttemptStart, ItemEnd
 from shardline._models import ChatRequest, Outcome, Status
-from shardline._pipeline import PipelineConfig, open_pipeline
+from shardline._pipeline import open_pipeline
 from shardline._ratelimit import SlidingWindowLimiter
 from shardline._sinks import MemoryEventSink
 from shardline.testing._transport import FakeTransport

@@ -26,11 +26,11 @@ import trio
 
 from shardline import _cli_run
 from shardline._backoff import Backoff, RetryPolicy
-from shardline._config import Deadlines, Endpoint
+from shardline._config import Deadlines, Endpoint, PipelineConfig
 from shardline._events import EventFileReader
 from shardline._exceptions import ConfigError
 from shardline._models import Outcome, request_from_json
-from shardline._pipeline import PipelineConfig, open_pipeline
+from shardline._pipeline import open_pipeline
 from shardline._sinks import MemoryEventSink
 from shardline.ray import (
     COLUMNS,

@@ -27,9 +27,8 @@ import pytest
 import trio
 
 from shardline import _cli_run
-from shardline._config import Deadlines, Endpoint
+from shardline._config import Deadlines, Endpoint, PipelineConfig
 from shardline._events import EventFileReader
-from shardline._pipeline import PipelineConfig
 from shardline.ray import ShardlineBatch, add_ray_options, merge_event_dir, run_on_ray
 from shardline.report import RunReport, compute_report
 from shardline.testing import FaultPlan, open_fake_server

@@ -16,10 +16,10 @@ import attrs
 import trio
 
 from shardline._backoff import Backoff, RetryPolicy
-from shardline._config import Deadlines, Endpoint
+from shardline._config import Deadlines, Endpoint, PipelineConfig
 from shardline._events import EventFileReader
 from shardline._models import ChatRequest, Outcome
-from shardline._pipeline import PipelineConfig, open_pipeline
+from shardline._pipeline import open_pipeline
 from shardline._sinks import JsonlEventSink, TeeSink
 from shardline.report import ReportBuilder, compute_report
 from shardline.testing import FaultPlan, expected_cause, open_fake_server

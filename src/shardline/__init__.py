@@ -21,11 +21,12 @@ from . import errors as errors
 from . import events as events
 from . import report as report
 from ._backoff import Backoff as Backoff
-from ._backoff import RetryBudget as RetryBudget
 from ._backoff import RetryPolicy as RetryPolicy
 from ._backoff import no_delays as no_delays
+from ._budget import RetryBudget as RetryBudget
 from ._config import Deadlines as Deadlines
 from ._config import Endpoint as Endpoint
+from ._config import PipelineConfig as PipelineConfig
 from ._exceptions import AttemptError as AttemptError
 from ._exceptions import Cause as Cause
 from ._exceptions import ConfigError as ConfigError
@@ -40,14 +41,13 @@ from ._models import Result as Result
 from ._models import Status as Status
 from ._models import Usage as Usage
 from ._pipeline import Pipeline as Pipeline
-from ._pipeline import PipelineConfig as PipelineConfig
 from ._pipeline import PipelineStatistics as PipelineStatistics
 from ._pipeline import open_pipeline as open_pipeline
-from ._shard import ShardStatistics as ShardStatistics
 from ._sinks import EventSink as EventSink
 from ._sinks import JsonlEventSink as JsonlEventSink
 from ._sinks import MemoryEventSink as MemoryEventSink
 from ._sinks import TeeSink as TeeSink
+from ._state import ShardStatistics as ShardStatistics
 
 
 def _version() -> str:

@@ -33,45 +33,32 @@ import json
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any
 
 import attrs
 import httpx
 import trio
 
-from ._backoff import parse_retry_after
 from ._config import Deadlines, Endpoint
 from ._exceptions import (
     AttemptError,
     AttemptTimeout,
-    ClientError,
     ProtocolError,
-    RateLimited,
-    ServerError,
     StallTimeout,
     Truncated,
     TTFTTimeout,
 )
-from ._http import map_exceptions, scrub
+from ._http import MAX_RESPONSE_BYTES, consume, map_exceptions, raise_for_status, read_bounded
 from ._models import Request, Usage, estimate_tokens
 from ._openai import StreamAccumulator, parse_whole
 from ._sse import DEFAULT_MAX_LINE_BYTES, SSEDecoder
 
 __all__ = [
-    "ERROR_BODY_GRACE",
-    "MAX_ERROR_BODY_BYTES",
-    "MAX_RESPONSE_BYTES",
     "TAIL_GRACE",
     "AttemptResult",
     "send_attempt",
 ]
 
-#: How much of an error response's body is read for its message.
-MAX_ERROR_BODY_BYTES = 64 * 1024
-#: Seconds spent reading an error response's body before raising without it.
-ERROR_BODY_GRACE = 2.0
-#: Largest non-streamed response body accepted.
-MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 #: Once a stream is complete (finish reason or ``[DONE]`` seen), the seconds
 #: allowed for its remaining bytes (usage chunk, ``[DONE]``, end of body). If they
 #: do not come, the attempt still succeeds; only the connection is not reused.
@@ -279,7 +266,7 @@ async def _exchange(
     async with client.stream("POST", url, json=body, headers=headers) as response:
         state.status_code = response.status_code
         if response.status_code >= 300:
-            await _raise_for_status(response, endpoint, body_deadline=state.body_deadline)
+            await raise_for_status(response, endpoint, body_deadline=state.body_deadline)
         content_type = response.headers.get("content-type", "")
         media = content_type.partition(";")[0].strip().lower()
         is_json = media == "application/json" or media.endswith("+json")
@@ -293,7 +280,7 @@ async def _exchange(
                 status_code=response.status_code,
             )
         # Non-streamed, or a server that ignored stream=true and answered JSON.
-        raw = await _read_bounded(response, MAX_RESPONSE_BYTES, what="response body")
+        raw = await read_bounded(response, MAX_RESPONSE_BYTES, what="response body")
         result = _parse_whole(raw, request, state, response.status_code)
         # The whole body is the first content; report it only once it proved valid.
         state.first_token_at = state.start + result.duration_s
@@ -350,7 +337,7 @@ async def _read_stream(
             if progress.deadline > tail_deadline:
                 progress.deadline = tail_deadline
 
-    await _consume(response, handle)
+    await consume(response, handle)
     pending = decoder.pending_bytes
     with _decoding(f"stream event {acc.position + 1}"):
         for event in decoder.end():
@@ -401,103 +388,6 @@ def _estimate_usage(request: Request, text: str) -> Usage:
         completion_tokens=estimate_tokens(text) if text else 0,
         estimated=True,
     )
-
-
-class _StopReading(Exception):
-    """Raised by a chunk handler of :func:`_consume`: enough was read, stop quietly."""
-
-
-async def _consume(response: httpx.Response, handle: Callable[[bytes], None]) -> None:
-    """Feed each body chunk to ``handle`` until the body ends or ``handle`` raises.
-
-    Why not simply raise out of an ``async for`` loop: httpx's body iterators
-    are a chain of nested async generators (httpx, then httpcore) that nobody
-    can close from the outside; leaving them suspended makes trio warn about
-    each one when it is garbage collected. So a handler's exception is
-    parked, a cancel scope is cancelled, and the loop carries on discarding
-    chunks until the next read, a checkpoint deep inside the chain, raises
-    ``Cancelled`` there and unwinds every generator properly. Then the parked
-    exception is raised. The response is closed by ``client.stream``'s exit,
-    and a connection with unread bytes is not put back into the pool.
-    """
-    failure: Exception | None = None
-    with trio.CancelScope() as abort:
-        async for chunk in response.aiter_bytes():
-            if failure is not None:
-                continue  # buffered bytes; the next real read raises Cancelled
-            try:
-                handle(chunk)
-            except Exception as exc:
-                failure = exc
-                abort.cancel()
-    if failure is not None and not isinstance(failure, _StopReading):
-        raise failure
-
-
-async def _read_bounded(response: httpx.Response, limit: int, *, what: str) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-
-    def handle(chunk: bytes) -> None:
-        nonlocal size
-        size += len(chunk)
-        if size > limit:
-            raise ProtocolError(f"{what} larger than {limit} bytes")
-        parts.append(chunk)
-
-    await _consume(response, handle)
-    return b"".join(parts)
-
-
-async def _raise_for_status(
-    response: httpx.Response, endpoint: Endpoint, *, body_deadline: float
-) -> NoReturn:
-    status = response.status_code
-    # Read a bounded part of the body for the message, but never let a slow
-    # error body turn a clear status into a timeout: give up on the body first
-    # (this inner scope expires no later than ours, so it catches first).
-    parts: list[bytes] = []
-    size = 0
-
-    def handle(chunk: bytes) -> None:
-        nonlocal size
-        parts.append(chunk)
-        size += len(chunk)
-        if size >= MAX_ERROR_BODY_BYTES:
-            raise _StopReading
-
-    give_up = min(body_deadline, trio.current_time() + ERROR_BODY_GRACE)
-    with trio.move_on_at(give_up):
-        await _consume(response, handle)
-    raw = b"".join(parts)[:MAX_ERROR_BODY_BYTES]
-    message = scrub(_error_message(raw), endpoint.api_key)
-    text = f"HTTP {status} {response.reason_phrase}".rstrip() + (f": {message}" if message else "")
-    retry_after = parse_retry_after(response.headers)
-    if status == 429:
-        raise RateLimited(text, status_code=status, retry_after=retry_after)
-    if status >= 500:
-        raise ServerError(text, status_code=status, retry_after=retry_after)
-    if status >= 400:
-        raise ClientError(text, status_code=status, retry_after=retry_after)
-    raise ProtocolError(
-        f"unexpected HTTP {status} (redirects are not followed)", status_code=status
-    )
-
-
-def _error_message(raw: bytes) -> str:
-    if not raw:
-        return ""
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        return raw[:300].decode("utf-8", "replace").strip()
-    if isinstance(obj, dict):
-        err = obj.get("error", obj)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:500]
-        if isinstance(err, str):
-            return err[:500]
-    return raw[:300].decode("utf-8", "replace").strip()
 
 
 def _parse_whole(raw: bytes, request: Request, state: _State, status_code: int) -> AttemptResult:

@@ -77,7 +77,8 @@ from .report import LiveMetrics, ReportBuilder, render_text
 
 if TYPE_CHECKING:
     from ._backoff import Backoff
-    from ._pipeline import Pipeline, PipelineConfig
+    from ._config import PipelineConfig
+    from ._pipeline import Pipeline
 
 __all__ = [
     "DEFAULT_DEMO_FAULTS",
@@ -197,8 +198,7 @@ def build_config(
         UsageError: naming the option (and its variable) whose value is invalid.
     """
     from ._backoff import Backoff, RetryPolicy
-    from ._config import Deadlines, Endpoint
-    from ._pipeline import PipelineConfig
+    from ._config import Deadlines, Endpoint, PipelineConfig
 
     try:
         endpoint = Endpoint.from_env(

@@ -1,34 +1,55 @@
-"""The httpx boundary: a shard's pooled client, and httpx's exceptions translated.
+"""The httpx boundary: a shard's pooled client, httpx's exceptions, bodies read safely.
 
 :func:`make_client` builds the one :class:`httpx.AsyncClient` a shard reuses
 for all its requests; :func:`map_exceptions` is the table that turns httpx's
 exceptions into shardline's :class:`~shardline.AttemptError` tree, in the
-shape of httpcore's ``map_exceptions``, so nothing above this layer knows httpx.
+shape of httpcore's ``map_exceptions``, so nothing above this layer knows
+httpx; :func:`consume`, :func:`read_bounded` and :func:`raise_for_status`
+read a response body in bounded memory and time.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import httpx
+import trio
 
+from ._backoff import parse_retry_after
 from ._config import Deadlines, Endpoint
 from ._exceptions import (
     AttemptError,
+    ClientError,
     ConfigError,
     ConnectError,
     ConnectionLost,
     ConnectTimeout,
     PoolTimeout,
     ProtocolError,
+    RateLimited,
+    ServerError,
     StallTimeout,
     TTFTTimeout,
 )
 
-__all__ = ["DEFAULT_KEEPALIVE_EXPIRY", "make_client", "map_exceptions", "scrub"]
+__all__ = [
+    "DEFAULT_KEEPALIVE_EXPIRY",
+    "ERROR_BODY_GRACE",
+    "MAX_ERROR_BODY_BYTES",
+    "MAX_RESPONSE_BYTES",
+    "StopReading",
+    "consume",
+    "make_client",
+    "map_exceptions",
+    "raise_for_status",
+    "read_bounded",
+    "scrub",
+]
 
 #: Seconds an idle pooled connection is kept (httpx's default is 5 s; LLM
 #: endpoints behind load balancers usually keep idle connections 60 s or more,
@@ -173,3 +194,108 @@ def scrub(message: str, secret: str | None) -> str:
     if secret and len(secret) >= 4 and secret in message:
         return message.replace(secret, "***")
     return message
+
+
+#: How much of an error response's body is read for its message.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+#: Seconds spent reading an error response's body before raising without it.
+ERROR_BODY_GRACE = 2.0
+#: Largest non-streamed response body accepted.
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+
+
+class StopReading(Exception):
+    """Raised by a chunk handler of :func:`_consume`: enough was read, stop quietly."""
+
+
+async def consume(response: httpx.Response, handle: Callable[[bytes], None]) -> None:
+    """Feed each body chunk to ``handle`` until the body ends or ``handle`` raises.
+
+    Why not simply raise out of an ``async for`` loop: httpx's body iterators
+    are a chain of nested async generators (httpx, then httpcore) that nobody
+    can close from the outside; leaving them suspended makes trio warn about
+    each one when it is garbage collected. So a handler's exception is
+    parked, a cancel scope is cancelled, and the loop carries on discarding
+    chunks until the next read, a checkpoint deep inside the chain, raises
+    ``Cancelled`` there and unwinds every generator properly. Then the parked
+    exception is raised. The response is closed by ``client.stream``'s exit,
+    and a connection with unread bytes is not put back into the pool.
+    """
+    failure: Exception | None = None
+    with trio.CancelScope() as abort:
+        async for chunk in response.aiter_bytes():
+            if failure is not None:
+                continue  # buffered bytes; the next real read raises Cancelled
+            try:
+                handle(chunk)
+            except Exception as exc:
+                failure = exc
+                abort.cancel()
+    if failure is not None and not isinstance(failure, StopReading):
+        raise failure
+
+
+async def read_bounded(response: httpx.Response, limit: int, *, what: str) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+
+    def handle(chunk: bytes) -> None:
+        nonlocal size
+        size += len(chunk)
+        if size > limit:
+            raise ProtocolError(f"{what} larger than {limit} bytes")
+        parts.append(chunk)
+
+    await consume(response, handle)
+    return b"".join(parts)
+
+
+async def raise_for_status(
+    response: httpx.Response, endpoint: Endpoint, *, body_deadline: float
+) -> NoReturn:
+    status = response.status_code
+    # Read a bounded part of the body for the message, but never let a slow
+    # error body turn a clear status into a timeout: give up on the body first
+    # (this inner scope expires no later than ours, so it catches first).
+    parts: list[bytes] = []
+    size = 0
+
+    def handle(chunk: bytes) -> None:
+        nonlocal size
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= MAX_ERROR_BODY_BYTES:
+            raise StopReading
+
+    give_up = min(body_deadline, trio.current_time() + ERROR_BODY_GRACE)
+    with trio.move_on_at(give_up):
+        await consume(response, handle)
+    raw = b"".join(parts)[:MAX_ERROR_BODY_BYTES]
+    message = scrub(_error_message(raw), endpoint.api_key)
+    text = f"HTTP {status} {response.reason_phrase}".rstrip() + (f": {message}" if message else "")
+    retry_after = parse_retry_after(response.headers)
+    if status == 429:
+        raise RateLimited(text, status_code=status, retry_after=retry_after)
+    if status >= 500:
+        raise ServerError(text, status_code=status, retry_after=retry_after)
+    if status >= 400:
+        raise ClientError(text, status_code=status, retry_after=retry_after)
+    raise ProtocolError(
+        f"unexpected HTTP {status} (redirects are not followed)", status_code=status
+    )
+
+
+def _error_message(raw: bytes) -> str:
+    if not raw:
+        return ""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return raw[:300].decode("utf-8", "replace").strip()
+    if isinstance(obj, dict):
+        err = obj.get("error", obj)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:500]
+        if isinstance(err, str):
+            return err[:500]
+    return raw[:300].decode("utf-8", "replace").strip()

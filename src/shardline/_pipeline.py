@@ -9,47 +9,29 @@ calls back into the pipeline. Nothing outlives ``async with open_pipeline(...)``
 
 from __future__ import annotations
 
-import os
 import random
 import time
 import uuid
 import weakref
 import zlib
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Literal
 
 import attrs
 import httpx
 import trio
 
-from ._backoff import RetryPolicy
-from ._config import Deadlines, Endpoint, env_int
+from ._config import Endpoint, PipelineConfig
 from ._events import Event, ItemEnd, RunEnd, RunStart
 from ._exceptions import ConfigError, ShardlineError
 from ._http import make_client
 from ._models import ChatRequest, CompletionRequest, ItemId, Outcome, Request, Result, Status
 from ._ratelimit import SlidingWindowLimiter
-from ._shard import CLEANUP_GRACE_S, DEFAULT_MAX_TOKENS, RunState, Shard, ShardStatistics, WorkItem
+from ._shard import Shard
 from ._sinks import EventSink
-from ._validate import integer, number
+from ._state import CLEANUP_GRACE_S, RunState, ShardStatistics, WorkItem
 
-__all__ = [
-    "DEFAULT_CONCURRENCY",
-    "DEFAULT_DRAIN_GRACE",
-    "DEFAULT_MAX_TOKENS",
-    "DEFAULT_QUEUE_SIZE",
-    "DEFAULT_SHARD_COUNT",
-    "Pipeline",
-    "PipelineConfig",
-    "PipelineStatistics",
-    "open_pipeline",
-]
-
-DEFAULT_SHARD_COUNT = 1
-DEFAULT_CONCURRENCY = 16
-DEFAULT_QUEUE_SIZE = 64
-DEFAULT_DRAIN_GRACE = 30.0
+__all__ = ["Pipeline", "PipelineStatistics", "open_pipeline"]
 
 
 class _NullSink:
@@ -58,105 +40,6 @@ class _NullSink:
 
     def close(self) -> None:
         pass
-
-
-def _routing(_inst: object, _attr: object, value: str) -> None:
-    if value not in ("hash", "least_loaded"):
-        raise ConfigError(f"routing must be 'hash' or 'least_loaded', got {value!r}")
-
-
-@attrs.frozen(kw_only=True)
-class PipelineConfig:
-    """Everything a pipeline needs to know, validated up front.
-
-    Example::
-
-        config = PipelineConfig(
-            endpoint=Endpoint(base_url="http://127.0.0.1:8000/v1", model="m"),
-            shard_count=8,
-            concurrency=16,
-        )
-
-    Args:
-        endpoint: Where requests go (:class:`Endpoint`).
-        shard_count: Number of shards, each with its own queue, cap and pool.
-        concurrency: Per-shard in-flight cap (and connection pool size).
-        queue_size: Per-shard queue bound. Memory held by queued items is at
-            most ``shard_count * queue_size`` requests.
-        routing: ``"hash"`` (stable hash of the item id: the same id always
-            lands on the same shard) or ``"least_loaded"``.
-        rpm: Requests per minute over any 60 s window, all shards together
-            (``None``: no limit). Retries count.
-        tpm: Tokens per minute over any 60 s window (``None``: no limit). Each
-            attempt is charged an estimate (prompt + max_tokens) and reconciled
-            with the usage the server reports.
-        retry: The :class:`RetryPolicy` (attempts, backoff, Retry-After, budget).
-        deadlines: The per-attempt :class:`Deadlines`.
-        drain_grace: Seconds in-flight work may take to finish when the
-            pipeline is left, before it is cancelled.
-        seed: Seeds the jitter of backoff delays, for reproducible runs.
-    """
-
-    endpoint: Endpoint = attrs.field(factory=Endpoint)
-    shard_count: int = attrs.field(
-        default=DEFAULT_SHARD_COUNT, validator=integer("shard_count", ge=1)
-    )
-    concurrency: int = attrs.field(
-        default=DEFAULT_CONCURRENCY, validator=integer("concurrency", ge=1)
-    )
-    queue_size: int = attrs.field(default=DEFAULT_QUEUE_SIZE, validator=integer("queue_size", ge=1))
-    routing: Literal["hash", "least_loaded"] = attrs.field(default="hash", validator=_routing)
-    rpm: float | None = attrs.field(
-        default=None, validator=number("rpm", gt=0, unit="requests per minute", optional=True)
-    )
-    tpm: float | None = attrs.field(
-        default=None, validator=number("tpm", gt=0, unit="tokens per minute", optional=True)
-    )
-    retry: RetryPolicy = attrs.field(factory=RetryPolicy)
-    deadlines: Deadlines = attrs.field(factory=Deadlines)
-    drain_grace: float = attrs.field(
-        default=DEFAULT_DRAIN_GRACE, validator=number("drain_grace", ge=0, unit="seconds")
-    )
-    seed: int | None = None
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> PipelineConfig:
-        """Build from the environment, then apply keyword overrides that are not ``None``.
-
-        Reads ``SHARD_COUNT``, ``LLM_CONCURRENCY``, ``LLM_RETRY_BACKOFF_S`` and,
-        for the endpoint, ``OPENAI_BASE_URL``, ``OPENAI_API_KEY``, ``OPENAI_MODEL``
-        and ``OPENAI_API_VERSION``.
-
-        Raises:
-            ConfigError: naming the variable or option and the bound.
-        """
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        if "endpoint" not in overrides or overrides["endpoint"] is None:
-            values["endpoint"] = Endpoint.from_env(env)
-        shards = env_int("SHARD_COUNT", env)
-        if shards is not None:
-            values["shard_count"] = shards
-        concurrency = env_int("LLM_CONCURRENCY", env)
-        if concurrency is not None:
-            values["concurrency"] = concurrency
-        if "retry" not in overrides or overrides["retry"] is None:
-            values["retry"] = RetryPolicy.from_env(env)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    def safe_dict(self) -> dict[str, Any]:
-        """A JSON-able description without secrets (for the run-start event)."""
-        out = attrs.asdict(
-            self,
-            recurse=True,
-            filter=lambda a, _v: a.name not in ("endpoint",),
-            value_serializer=lambda _i, _a, v: (
-                sorted(str(x) for x in v) if isinstance(v, frozenset | set) else v
-            ),
-        )
-        out["endpoint"] = self.endpoint.safe_dict()
-        return out
 
 
 @attrs.frozen(kw_only=True)

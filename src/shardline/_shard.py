@@ -29,7 +29,6 @@ import logging
 import math
 import random
 import traceback
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -38,12 +37,10 @@ import httpx
 import trio
 
 from ._attempt import AttemptResult, send_attempt
-from ._backoff import RetryBudget, RetryPolicy, is_testing
-from ._config import Deadlines, Endpoint
+from ._backoff import is_testing
 from ._events import (
     AttemptEnd,
     AttemptStart,
-    Event,
     FirstToken,
     ItemAdmitted,
     ItemEnd,
@@ -51,103 +48,24 @@ from ._events import (
     ShardState,
 )
 from ._exceptions import AttemptError, Cause, InternalError, ItemCancelled, RateLimited
-from ._models import ItemId, Outcome, Request, Result, Status, Usage, estimate_tokens
-from ._ratelimit import Charge, SlidingWindowLimiter
+from ._models import Outcome, Result, Status, Usage, estimate_tokens
+from ._ratelimit import Charge
+from ._state import (
+    CLEANUP_GRACE_S,
+    DEFAULT_MAX_TOKENS,
+    RunState,
+    ShardStatistics,
+    WorkItem,
+    deliver,
+)
 
-__all__ = ["CLEANUP_GRACE_S", "DEFAULT_MAX_TOKENS", "RunState", "Shard", "ShardStatistics"]
+__all__ = ["Shard"]
 
 log = logging.getLogger("shardline")
 
-#: How long cleanup after cancellation (recording and handing over a cancelled
-#: item's outcome) may take, under a shielded scope.
-CLEANUP_GRACE_S = 1.0
-#: Completion tokens assumed for TPM admission when a request sets no max_tokens.
-DEFAULT_MAX_TOKENS = 256
 #: Items in progress on a shard (sending, or between attempts) per unit of its
 #: in-flight cap: room for as many items waiting to retry as are sending.
 ACTIVE_PER_SLOT = 2
-
-
-@attrs.define(eq=False)
-class RunState:
-    """What a pipeline and its shards share; built by the pipeline, handed to each shard.
-
-    Attributes:
-        endpoint: Where requests go.
-        deadlines: Per-attempt deadlines.
-        retry: The retry policy.
-        emit: Writes one event to the run's sink.
-        budget: The retry budget shared by every shard.
-        rpm: The requests-per-minute limit shared by every shard, if any.
-        tpm: The tokens-per-minute limit shared by every shard, if any.
-        t0: trio's clock at the start of the run (event times count from it).
-        draining: Set by the pipeline when it stops admitting.
-        cancelled: Set by ``Pipeline.cancel()``: in-flight items are being cancelled now.
-        admitted: Items admitted so far.
-        counts: Items ended so far, by status.
-        internal_errors: Items ended by a defect in shardline (cause ``internal_error``).
-    """
-
-    endpoint: Endpoint
-    deadlines: Deadlines
-    retry: RetryPolicy
-    emit: Callable[[Event], None]
-    budget: RetryBudget
-    rpm: SlidingWindowLimiter | None = None
-    tpm: SlidingWindowLimiter | None = None
-    t0: float = 0.0
-    draining: bool = False
-    cancelled: bool = False
-    admitted: int = 0
-    counts: dict[Status, int] = attrs.field(factory=lambda: dict.fromkeys(Status, 0))
-    internal_errors: int = 0
-
-    def now(self) -> float:
-        """Seconds since the run started, on trio's clock."""
-        return trio.current_time() - self.t0
-
-
-@attrs.frozen(kw_only=True)
-class ShardStatistics:
-    """A snapshot of one shard, from :meth:`Pipeline.statistics`.
-
-    Attributes:
-        shard: The shard's index.
-        queued: Items not sent yet: in the shard's queue (at most ``queue_size``),
-            or taken from it and waiting for their first in-flight slot (at
-            most ``2 * capacity``).
-        in_flight: HTTP attempts under way right now; never above ``capacity``.
-        busy: Items taken from the queue and not yet ended: sending, waiting
-            for an in-flight slot, or waiting between attempts (backoff, retry
-            budget, cooldown); never above ``2 * capacity``.
-        retrying: Items waiting between two attempts (backoff or retry budget).
-        capacity: The shard's in-flight cap.
-        cooling: True while the shard waits out a server's Retry-After.
-        done: Items that reached a terminal outcome on this shard.
-        retries: Retries scheduled on this shard.
-    """
-
-    shard: int
-    queued: int
-    in_flight: int
-    busy: int
-    retrying: int
-    capacity: int
-    cooling: bool
-    done: int
-    retries: int
-
-
-@attrs.define(eq=False)
-class WorkItem:
-    """An admitted item travelling through a shard (internal)."""
-
-    id: ItemId
-    request: Request
-    outcomes: trio.MemorySendChannel[Outcome]
-    admitted_at: float
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    attempts: int = 0
 
 
 @attrs.define(eq=False, repr=False)
@@ -634,17 +552,3 @@ class Shard:
             )
         finally:
             await deliver(item.outcomes, outcome)
-
-
-async def deliver(channel: trio.MemorySendChannel[Outcome], outcome: Outcome) -> None:
-    """Send an outcome to its owner and close our handle; an owner who went away
-    (closed their receive side) is not an error."""
-    try:
-        try:
-            channel.send_nowait(outcome)
-        except trio.WouldBlock:
-            await channel.send(outcome)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    finally:
-        channel.close()

@@ -85,10 +85,10 @@ def body(p: dict[str, Any], max_tokens: int) -> dict[str, Any]:
 def run_shardline(p: dict[str, Any], out: Out) -> dict[str, Any]:
     import trio
 
-    from shardline._config import Deadlines, Endpoint
+    from shardline._config import Deadlines, Endpoint, PipelineConfig
     from shardline._events import EventFileReader
     from shardline._models import ChatRequest, Outcome
-    from shardline._pipeline import PipelineConfig, open_pipeline
+    from shardline._pipeline import open_pipeline
     from shardline._sinks import JsonlEventSink, MemoryEventSink, TeeSink
     from shardline.report import compute_report
 

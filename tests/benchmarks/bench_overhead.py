@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import PROMPT, machine, table
 
 from shardline._attempt import send_attempt
-from shardline._config import Deadlines, Endpoint
+from shardline._config import Deadlines, Endpoint, PipelineConfig
 from shardline._models import ChatRequest, Outcome
-from shardline._pipeline import PipelineConfig, open_pipeline
+from shardline._pipeline import open_pipeline
 from shardline._sinks import JsonlEventSink, TeeSink
 from shardline.report import ReportBuilder
 

@@ -24,11 +24,12 @@ from typing import IO, Any, Literal
 import attrs
 import trio
 
+from .._config import PipelineConfig
 from .._events import Event, ItemEnd, event_to_json
 from .._exceptions import ConfigError, InputError
 from .._jsonl import outcome_to_json
 from .._models import ItemId, Outcome, Request, request_from_json
-from .._pipeline import Pipeline, PipelineConfig, open_pipeline
+from .._pipeline import Pipeline, open_pipeline
 from ._merge import batch_end_line, batch_start_line, tag_event
 
 __all__ = [

@@ -53,10 +53,10 @@ from .._cli_run import (
     open_output,
     resolve_run_settings,
 )
+from .._config import PipelineConfig
 from .._events import EventFileReader, ItemEnd, event_to_json
 from .._jsonl import outcome_to_json, read_input
 from .._models import ChatRequest, Outcome, Request, Status
-from .._pipeline import PipelineConfig
 from ..report import compute_report, render_text
 from ._batch import ShardlineBatch
 from ._merge import merge_events, tag_event
