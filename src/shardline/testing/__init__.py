@@ -16,20 +16,20 @@ from ._faults import FaultKind as FaultKind
 from ._faults import FaultPlan as FaultPlan
 from ._faults import FaultSpecError as FaultSpecError
 from ._faults import expected_cause as expected_cause
-from ._server import DEFAULT_MAX_TOKENS as DEFAULT_MAX_TOKENS
-from ._server import DEFAULT_MODEL as DEFAULT_MODEL
-from ._server import STATS_PATH as STATS_PATH
 from ._server import FakeServer as FakeServer
-from ._server import FakeServerStatistics as FakeServerStatistics
-from ._server import TimingModel as TimingModel
-from ._server import count_prompt_tokens as count_prompt_tokens
-from ._server import fake_text as fake_text
-from ._server import fetch_statistics as fetch_statistics
 from ._server import open_fake_server as open_fake_server
 from ._server import serve_fake_server as serve_fake_server
+from ._stats import STATS_PATH as STATS_PATH
+from ._stats import FakeServerStatistics as FakeServerStatistics
+from ._stats import fetch_statistics as fetch_statistics
+from ._timing import TimingModel as TimingModel
 from ._transport import TRANSPORT_FAULTS as TRANSPORT_FAULTS
 from ._transport import FakeTransport as FakeTransport
 from ._transport import FaultPicker as FaultPicker
+from ._wire import DEFAULT_MAX_TOKENS as DEFAULT_MAX_TOKENS
+from ._wire import DEFAULT_MODEL as DEFAULT_MODEL
+from ._wire import count_prompt_tokens as count_prompt_tokens
+from ._wire import fake_text as fake_text
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",

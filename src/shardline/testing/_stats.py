@@ -1,0 +1,128 @@
+"""The fake server's counters: the live tallies and their public snapshot.
+
+It owns `Counters` (mutable, bumped by the connection code),
+`FakeServerStatistics` (the frozen snapshot `FakeServer.statistics` returns and
+``GET /_shardline/stats`` serves as JSON) and `fetch_statistics`, which reads
+that endpoint from another process.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
+import attrs
+
+
+@attrs.frozen(kw_only=True)
+class FakeServerStatistics:
+    """A snapshot of a fake server's counters; see `statistics`.
+
+    Attributes:
+        connections_accepted: TCP connections accepted since start.
+        connections_open: Connections open now.
+        requests: HTTP requests received (all endpoints, including bad ones).
+        requests_by_endpoint: ``"chat.completions"``, ``"completions"``, ``"models"``
+            or ``"other"`` to a count.
+        in_flight: Requests being answered now.
+        max_in_flight: The most requests ever answered at once.
+        faults: Fault kind name to the number of times it struck.
+        completed: Completion responses served successfully to the end (a
+            response that carried a malformed event is not counted).
+        prompt_tokens: Prompt tokens of the completed responses.
+        completion_tokens: Completion tokens of the completed responses.
+        internal_errors: Connections dropped because of a bug in the fake server
+            itself (logged on the ``shardline`` logger); 0 unless something is wrong.
+    """
+
+    connections_accepted: int
+    connections_open: int
+    requests: int
+    requests_by_endpoint: Mapping[str, int]
+    in_flight: int
+    max_in_flight: int
+    faults: Mapping[str, int]
+    completed: int
+    prompt_tokens: int
+    completion_tokens: int
+    internal_errors: int
+
+    @property
+    def faults_total(self) -> int:
+        """All faults served, of every kind."""
+        return sum(self.faults.values())
+
+    def to_json(self) -> dict[str, Any]:
+        """The counters as a JSON object (what ``GET /_shardline/stats`` returns)."""
+        out = attrs.asdict(self)
+        out["requests_by_endpoint"] = dict(self.requests_by_endpoint)
+        out["faults"] = dict(self.faults)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FakeServerStatistics:
+        """The inverse of :meth:`to_json`."""
+        return cls(**{a.name: data[a.name] for a in attrs.fields(cls)})
+
+
+STATS_PATH: Final = "/_shardline/stats"
+"""``GET {host}/_shardline/stats`` returns the counters of a server running in
+another process (for example ``shardline fake-server``) as JSON; it is not
+counted as a request. :func:`fetch_statistics` reads it."""
+
+
+def fetch_statistics(base_url: str) -> FakeServerStatistics:
+    """Read the counters of a fake server running in another process.
+
+    Example::
+
+        stats = fetch_statistics("http://127.0.0.1:8123/v1")
+        assert stats.max_in_flight <= shards * concurrency
+
+    A blocking call (it uses :func:`httpx.get`): call it from tests or scripts,
+    or from trio through :func:`trio.to_thread.run_sync`.
+    """
+    import httpx
+
+    root = base_url.rstrip("/")
+    if root.endswith("/v1"):
+        root = root[: -len("/v1")]
+    response = httpx.get(root + STATS_PATH, timeout=10.0)
+    response.raise_for_status()
+    return FakeServerStatistics.from_json(response.json())
+
+
+@attrs.define(eq=False)
+class Counters:
+    """The live tallies of one server; only the event loop thread touches them."""
+
+    connections_accepted: int = 0
+    connections_open: int = 0
+    requests: int = 0
+    by_endpoint: Counter[str] = attrs.Factory(Counter)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    faults: Counter[str] = attrs.Factory(Counter)
+    completed: int = 0
+    completion_requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    internal_errors: int = 0
+
+    def snapshot(self) -> FakeServerStatistics:
+        """A frozen copy of the counters."""
+        return FakeServerStatistics(
+            connections_accepted=self.connections_accepted,
+            connections_open=self.connections_open,
+            requests=self.requests,
+            requests_by_endpoint=MappingProxyType(dict(self.by_endpoint)),
+            in_flight=self.in_flight,
+            max_in_flight=self.max_in_flight,
+            faults=MappingProxyType(dict(self.faults)),
+            completed=self.completed,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            internal_errors=self.internal_errors,
+        )
