@@ -26,9 +26,16 @@ fault spec (--faults): comma-separated entries
   KIND@item=ID[/ATTEMPT][:param...]  scripted for one item (x-shardline-item-id header)
   KIND@request=N[:param...]          scripted for the N-th completion request
 params: after=N  retry_after=SECONDS  duration=SECONDS  interval=SECONDS
+        variant=NAME (malformed_shape only; without it a variant is drawn per request)
 kinds: stall_headers stall_after_headers stall_mid drip rate_limit http_500
-       http_502 http_503 reset truncate malformed error_event
+       http_502 http_503 reset truncate malformed error_event malformed_shape
+       html_page
+malformed_shape variants: choices_not_list choice_not_object delta_not_object
+       message_not_object content_not_string finish_reason_not_string
+       usage_negative usage_not_integer error_not_object json_array json_scalar
+       not_utf8 garbage_after_finish line_too_long
 example: --faults "rate_limit=0.05:retry_after=2,stall_mid=0.01:after=3,reset@item=a/1"
+         --faults "malformed_shape=0.3,malformed_shape@item=a/1:variant=content_not_string"
 """
 
 

@@ -8,17 +8,19 @@ fixture, or as a process with ``shardline fake-server``.
 
 from __future__ import annotations
 
-from ._faults import EXPECTED_CAUSE as EXPECTED_CAUSE
-from ._faults import EXPECTED_CAUSE_NON_STREAMING as EXPECTED_CAUSE_NON_STREAMING
+from ._causes import EXPECTED_CAUSE as EXPECTED_CAUSE
+from ._causes import EXPECTED_CAUSE_NON_STREAMING as EXPECTED_CAUSE_NON_STREAMING
+from ._causes import expected_cause as expected_cause
 from ._faults import FAULT_KINDS as FAULT_KINDS
 from ._faults import Fault as Fault
 from ._faults import FaultKind as FaultKind
 from ._faults import FaultPlan as FaultPlan
 from ._faults import FaultSpecError as FaultSpecError
-from ._faults import expected_cause as expected_cause
 from ._server import FakeServer as FakeServer
 from ._server import open_fake_server as open_fake_server
 from ._server import serve_fake_server as serve_fake_server
+from ._shapes import SHAPE_VARIANTS as SHAPE_VARIANTS
+from ._shapes import ShapeVariant as ShapeVariant
 from ._stats import STATS_PATH as STATS_PATH
 from ._stats import FakeServerStatistics as FakeServerStatistics
 from ._stats import fetch_statistics as fetch_statistics
@@ -37,6 +39,7 @@ __all__ = [
     "EXPECTED_CAUSE",
     "EXPECTED_CAUSE_NON_STREAMING",
     "FAULT_KINDS",
+    "SHAPE_VARIANTS",
     "STATS_PATH",
     "TRANSPORT_FAULTS",
     "FakeServer",
@@ -47,6 +50,7 @@ __all__ = [
     "FaultPicker",
     "FaultPlan",
     "FaultSpecError",
+    "ShapeVariant",
     "TimingModel",
     "count_prompt_tokens",
     "expected_cause",

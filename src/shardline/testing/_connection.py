@@ -169,7 +169,10 @@ class Connection:
 
     def count_fault(self, fault: Fault) -> None:
         """Count one fault served."""
-        self.state.counters.faults[fault.kind.value] += 1
+        counters = self.state.counters
+        counters.faults[fault.kind.value] += 1
+        if fault.variant is not None:
+            counters.shapes[fault.variant.value] += 1
 
     def complete(self, resp: ResponseTemplate) -> None:
         """Count one completion served correctly to its end."""

@@ -17,10 +17,19 @@ import trio
 
 from ._connection import JSON_HEADERS, Connection
 from ._faults import Fault, FaultKind
+from ._malformed import TAIL_VARIANTS, shape_body, shape_event, shape_tail
 from ._wire import ResponseTemplate, error_body, error_event, frame
 
 FLUSH_BYTES: Final = 64 * 1024
 """Pending events are framed and written once they reach this many bytes."""
+
+
+def fault_headers(fault: Fault) -> list[tuple[bytes, bytes]]:
+    """The response headers that name the fault (and shape variant) served."""
+    headers = [(b"x-shardline-fault", fault.kind.value.encode())]
+    if fault.variant is not None:
+        headers.append((b"x-shardline-shape", fault.variant.value.encode()))
+    return headers
 
 
 async def stream_response(
@@ -33,7 +42,7 @@ async def stream_response(
         (b"transfer-encoding", b"chunked"),
     ]
     if fault is not None:
-        headers.append((b"x-shardline-fault", fault.kind.value.encode()))
+        headers.extend(fault_headers(fault))
     head = conn.conn.send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
     assert head is not None
     if fault is not None and fault.kind is FaultKind.STALL_AFTER_HEADERS:
@@ -51,6 +60,8 @@ async def stream_response(
     per_event = timing.tokens_per_event
     n_events = (total + per_event - 1) // per_event
     strike = min(fault.after_events, n_events) if fault is not None else -1
+    if fault is not None and fault.variant in TAIL_VARIANTS:
+        strike = n_events
     due = arrived + timing.ttft
     itl = timing.itl
     now = trio.current_time()
@@ -69,7 +80,7 @@ async def stream_response(
                 return
             # After a malformed event the rest is sent, but no correct client
             # counts the response as a success, so neither does the server.
-            spoiled = fault.kind is FaultKind.MALFORMED
+            spoiled = fault.kind in (FaultKind.MALFORMED, FaultKind.MALFORMED_SHAPE)
             # a finite stall or drip: the rest arrives late, keep pacing from now
             now = trio.current_time()
             due = max(due, now)
@@ -132,6 +143,18 @@ async def _strike_stream(
         frame(out, resp.malformed_event(sent))
         await conn.stream.send_all(out)
         return "continue"
+    if kind is FaultKind.MALFORMED_SHAPE:
+        assert fault.variant is not None  # drawn when the request was admitted
+        if fault.variant in TAIL_VARIANTS:
+            frame(out, shape_tail(resp, fault.variant))
+            final = True
+        else:
+            event, final = shape_event(resp, fault.variant, sent)
+            frame(out, event)
+        if final:
+            out += conn.conn.send(h11.EndOfMessage()) or b""
+        await conn.stream.send_all(out)
+        return "end" if final else "continue"
     if kind is FaultKind.ERROR_EVENT:
         frame(out, error_event() + b"data: [DONE]\n\n")
         out += conn.conn.send(h11.EndOfMessage()) or b""
@@ -155,6 +178,10 @@ async def whole_response(
         payload = resp.whole_body(text_tokens=n // 2, finish_reason=None)
     elif kind is FaultKind.MALFORMED:
         payload = resp.whole_body()[:-7] + b'"}]}}{'
+    elif kind is FaultKind.MALFORMED_SHAPE:
+        assert fault is not None
+        assert fault.variant is not None
+        payload = shape_body(resp, fault.variant)
     elif kind is FaultKind.ERROR_EVENT:
         payload = error_body(
             "The server had an error while processing your request.", "server_error", None
@@ -163,7 +190,7 @@ async def whole_response(
         payload = resp.whole_body()
     headers = [*JSON_HEADERS]
     if fault is not None:
-        headers.append((b"x-shardline-fault", fault.kind.value.encode()))
+        headers.extend(fault_headers(fault))
     if kind is FaultKind.DRIP:
         headers.append((b"transfer-encoding", b"chunked"))
     else:
@@ -173,6 +200,7 @@ async def whole_response(
     if fault is None or kind in (
         FaultKind.TRUNCATE,
         FaultKind.MALFORMED,
+        FaultKind.MALFORMED_SHAPE,
         FaultKind.ERROR_EVENT,
     ):
         if fault is not None:

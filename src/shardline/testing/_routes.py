@@ -13,12 +13,15 @@ import math
 from typing import Final
 from urllib.parse import unquote
 
+import attrs
 import h11
 import trio
 
 from ._connection import Connection
 from ._faults import FaultKind
-from ._respond import stream_response, whole_response
+from ._malformed import HTML_PAGE
+from ._respond import fault_headers, stream_response, whole_response
+from ._shapes import draw_variant
 from ._stats import STATS_PATH
 from ._wire import STATUS_FAULTS, ResponseTemplate, models_body, parse_params
 
@@ -116,6 +119,14 @@ async def _completion(conn: Connection, request: h11.Request, body: bytes, *, ch
         finish_reason=finish_reason,
         include_usage=include_usage,
     )
+    if fault is not None and fault.kind is FaultKind.MALFORMED_SHAPE and fault.variant is None:
+        key = f"item\0{item_id}\0{attempt}" if item_id is not None else f"seq\0{sequence}"
+        fault = attrs.evolve(fault, variant=draw_variant(seed=state.seed, key=key, stream=stream))
+    if fault is not None and fault.kind is FaultKind.HTML_PAGE:
+        conn.count_fault(fault)
+        html = b"text/html; charset=utf-8"
+        await conn.send_json(200, HTML_PAGE, fault_headers(fault), content_type=html)
+        return
     if fault is not None and fault.kind in STATUS_FAULTS:
         conn.count_fault(fault)
         status, error_type, message, code = STATUS_FAULTS[fault.kind]

@@ -29,6 +29,8 @@ class FakeServerStatistics:
         in_flight: Requests being answered now.
         max_in_flight: The most requests ever answered at once.
         faults: Fault kind name to the number of times it struck.
+        malformed_shapes: ``malformed_shape`` variant name to the number of times it
+            was sent (each is also counted under ``faults["malformed_shape"]``).
         completed: Completion responses served successfully to the end (a
             response that carried a malformed event is not counted).
         prompt_tokens: Prompt tokens of the completed responses.
@@ -44,6 +46,7 @@ class FakeServerStatistics:
     in_flight: int
     max_in_flight: int
     faults: Mapping[str, int]
+    malformed_shapes: Mapping[str, int]
     completed: int
     prompt_tokens: int
     completion_tokens: int
@@ -59,6 +62,7 @@ class FakeServerStatistics:
         out = attrs.asdict(self)
         out["requests_by_endpoint"] = dict(self.requests_by_endpoint)
         out["faults"] = dict(self.faults)
+        out["malformed_shapes"] = dict(self.malformed_shapes)
         return out
 
     @classmethod
@@ -105,6 +109,7 @@ class Counters:
     in_flight: int = 0
     max_in_flight: int = 0
     faults: Counter[str] = attrs.Factory(Counter)
+    shapes: Counter[str] = attrs.Factory(Counter)
     completed: int = 0
     completion_requests: int = 0
     prompt_tokens: int = 0
@@ -121,6 +126,7 @@ class Counters:
             in_flight=self.in_flight,
             max_in_flight=self.max_in_flight,
             faults=MappingProxyType(dict(self.faults)),
+            malformed_shapes=MappingProxyType(dict(self.shapes)),
             completed=self.completed,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,

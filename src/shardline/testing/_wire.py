@@ -298,9 +298,10 @@ class ResponseTemplate:
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
 
-    def whole_body(
+    def whole_dict(
         self, *, text_tokens: int | None = None, finish_reason: str | None = "default"
-    ) -> bytes:
+    ) -> dict[str, Any]:
+        """The non-streamed response body as a JSON-ready dict."""
         n = self.completion_tokens if text_tokens is None else text_tokens
         text = fake_text(n)
         reason = self.finish_reason if finish_reason == "default" else finish_reason
@@ -315,15 +316,33 @@ class ResponseTemplate:
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
             obj = "text_completion"
-        return json.dumps(
-            {
-                "id": self.id,
-                "object": obj,
-                "created": self.created,
-                "model": self.model,
-                "system_fingerprint": "fp_shardline",
-                "choices": [choice],
-                "usage": self.usage_json(),
-            },
-            separators=(",", ":"),
-        ).encode()
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": "fp_shardline",
+            "choices": [choice],
+            "usage": self.usage_json(),
+        }
+
+    def whole_body(
+        self, *, text_tokens: int | None = None, finish_reason: str | None = "default"
+    ) -> bytes:
+        """The non-streamed response body."""
+        return encode(self.whole_dict(text_tokens=text_tokens, finish_reason=finish_reason))
+
+    def chunk_head(self) -> dict[str, Any]:
+        """The fields every streamed chunk of this response carries, before ``choices``."""
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": "fp_shardline",
+        }
+
+
+def encode(value: object) -> bytes:
+    """Compact JSON, as the server sends it."""
+    return json.dumps(value, separators=(",", ":")).encode()
