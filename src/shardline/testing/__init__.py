@@ -16,6 +16,7 @@ from ._faults import Fault as Fault
 from ._faults import FaultKind as FaultKind
 from ._faults import FaultPlan as FaultPlan
 from ._faults import FaultSpecError as FaultSpecError
+from ._load import LoadModel as LoadModel
 from ._server import FakeServer as FakeServer
 from ._server import open_fake_server as open_fake_server
 from ._server import serve_fake_server as serve_fake_server
@@ -50,6 +51,7 @@ __all__ = [
     "FaultPicker",
     "FaultPlan",
     "FaultSpecError",
+    "LoadModel",
     "ShapeVariant",
     "TimingModel",
     "count_prompt_tokens",

@@ -52,7 +52,7 @@ Handler = Callable[["Connection", h11.Request, bytes, bool], Awaitable[None]]
 class Connection:
     """One HTTP/1.1 connection: a request loop over h11."""
 
-    __slots__ = ("conn", "fd", "state", "stream")
+    __slots__ = ("conn", "extra_headers", "fd", "state", "stream")
 
     def __init__(self, state: ServerState, stream: trio.SocketStream) -> None:
         self.state = state
@@ -61,6 +61,8 @@ class Connection:
         # Hot path: on POSIX, write to the (non-blocking) socket directly and only
         # fall back to trio's send_all when the kernel buffer is full.
         self.fd = stream.socket.fileno() if os.name == "posix" else -1
+        #: Headers every response to the current request carries (``x-ratelimit-*``).
+        self.extra_headers: list[tuple[bytes, bytes]] = []
 
     async def write(self, data: bytearray, *, checkpoint: bool) -> None:
         """Send ``data``; a checkpoint only if ``checkpoint`` or the kernel buffer is full.
@@ -121,6 +123,7 @@ class Connection:
                     break
                 else:
                     return  # connection closed mid-request
+            self.extra_headers = []
             try:
                 await handler(self, event, bytes(body), too_big)
             except (ClientGone, Closed):
@@ -141,6 +144,7 @@ class Connection:
     ) -> None:
         """Send a complete response with a ``content-length`` body."""
         headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(payload))]
+        headers += self.extra_headers
         if extra:
             headers.extend(extra)
         reason = REASONS.get(status, b"")

@@ -33,13 +33,23 @@ def fault_headers(fault: Fault) -> list[tuple[bytes, bytes]]:
 
 
 async def stream_response(
-    conn: Connection, resp: ResponseTemplate, fault: Fault | None, arrived: float
+    conn: Connection,
+    resp: ResponseTemplate,
+    fault: Fault | None,
+    arrived: float,
+    *,
+    first_token_delay: float = 0.0,
 ) -> None:
+    """Stream ``resp`` as SSE, paced from ``arrived``, with ``fault`` striking in it.
+
+    ``first_token_delay`` is added before the first content event (a slow first token).
+    """
     timing = conn.state.timing
     headers = [
         (b"content-type", b"text/event-stream; charset=utf-8"),
         (b"cache-control", b"no-cache"),
         (b"transfer-encoding", b"chunked"),
+        *conn.extra_headers,
     ]
     if fault is not None:
         headers.extend(fault_headers(fault))
@@ -62,7 +72,7 @@ async def stream_response(
     strike = min(fault.after_events, n_events) if fault is not None else -1
     if fault is not None and fault.variant in TAIL_VARIANTS:
         strike = n_events
-    due = arrived + timing.ttft
+    due = arrived + timing.ttft + first_token_delay
     itl = timing.itl
     now = trio.current_time()
     pending = bytearray()  # events not yet framed
@@ -164,11 +174,20 @@ async def _strike_stream(
 
 
 async def whole_response(
-    conn: Connection, resp: ResponseTemplate, fault: Fault | None, arrived: float
+    conn: Connection,
+    resp: ResponseTemplate,
+    fault: Fault | None,
+    arrived: float,
+    *,
+    first_token_delay: float = 0.0,
 ) -> None:
+    """Send ``resp`` as one JSON body when its last token is due, or misbehave as ``fault`` says.
+
+    ``first_token_delay`` is added before the body (a slow first token).
+    """
     timing = conn.state.timing
     n = resp.completion_tokens
-    due = arrived + timing.ttft + timing.itl * max(0, n - 1)
+    due = arrived + timing.ttft + first_token_delay + timing.itl * max(0, n - 1)
     if due > trio.current_time():
         await conn.state.ticker.sleep_until(due)
     else:
@@ -188,7 +207,7 @@ async def whole_response(
         )
     else:
         payload = resp.whole_body()
-    headers = [*JSON_HEADERS]
+    headers = [*JSON_HEADERS, *conn.extra_headers]
     if fault is not None:
         headers.extend(fault_headers(fault))
     if kind is FaultKind.DRIP:

@@ -26,6 +26,7 @@ import trio
 
 from ._connection import serve_connection
 from ._faults import FaultPlan
+from ._load import LoadModel
 from ._routes import handle
 from ._state import ServerState
 from ._stats import FakeServerStatistics
@@ -95,6 +96,16 @@ class FakeServer:
         return self._state.models
 
     @property
+    def load(self) -> LoadModel:
+        """Its load model."""
+        return self._state.load
+
+    @property
+    def no_usage(self) -> bool:
+        """Whether it withholds the usage chunk of streams."""
+        return self._state.no_usage
+
+    @property
     def faults(self) -> FaultPlan:
         """The fault plan in force."""
         return self._state.faults
@@ -128,6 +139,8 @@ async def serve_fake_server(
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
     models: tuple[str, ...] = (DEFAULT_MODEL,),
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    load: LoadModel | None = None,
+    no_usage: bool = False,
     task_status: trio.TaskStatus[FakeServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a fake OpenAI-compatible server until cancelled.
@@ -154,6 +167,10 @@ async def serve_fake_server(
         models: Model names ``GET /v1/models`` lists; the first is echoed when a
             request names no model.
         max_connections: Connections served at once; more wait in the listen backlog.
+        load: The `LoadModel` (capacity, queueing, rate limits, preemption, slow first
+            tokens); ``None`` has no limits.
+        no_usage: Never send the usage chunk of a stream, even when the request asks
+            for it with ``stream_options.include_usage`` (as some servers do).
         task_status: Supplied by ``nursery.start``.
 
     Raises:
@@ -182,6 +199,8 @@ async def serve_fake_server(
             default_max_tokens=default_max_tokens,
             models=models,
             faults=faults if faults is not None else FaultPlan(),
+            load=load if load is not None else LoadModel(),
+            no_usage=no_usage,
         )
         server = FakeServer(host=host, port=int(sockname[1]), state=state)
         slots = trio.Semaphore(max_connections)
@@ -232,6 +251,8 @@ async def open_fake_server(
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
     models: tuple[str, ...] = (DEFAULT_MODEL,),
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    load: LoadModel | None = None,
+    no_usage: bool = False,
 ) -> AsyncIterator[FakeServer]:
     """Run a fake OpenAI-compatible server for the duration of an ``async with`` block.
 
@@ -256,6 +277,8 @@ async def open_fake_server(
         default_max_tokens: Completion tokens when a request sets no ``max_tokens``.
         models: Model names ``GET /v1/models`` lists.
         max_connections: Connections served at once.
+        load: The `LoadModel`; ``None`` has no limits.
+        no_usage: Never send the usage chunk of a stream, even when asked.
 
     Yields:
         The running `FakeServer`.
@@ -271,6 +294,8 @@ async def open_fake_server(
                 default_max_tokens=default_max_tokens,
                 models=models,
                 max_connections=max_connections,
+                load=load,
+                no_usage=no_usage,
             )
         )
         try:

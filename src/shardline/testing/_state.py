@@ -13,6 +13,7 @@ import time
 import attrs
 
 from ._faults import FaultPlan
+from ._load import LoadGate, LoadModel
 from ._stats import Counters
 from ._timing import Ticker, TimingModel
 
@@ -26,6 +27,11 @@ class ServerState:
     default_max_tokens: int
     models: tuple[str, ...]
     faults: FaultPlan
+    load: LoadModel = attrs.field(factory=LoadModel)
+    no_usage: bool = False
+    gate: LoadGate = attrs.field(
+        default=attrs.Factory(lambda self: LoadGate(self.load), takes_self=True), init=False
+    )
     counters: Counters = attrs.field(factory=Counters)
     ticker: Ticker = attrs.field(factory=Ticker)
     created: int = attrs.field(factory=lambda: int(time.time()))

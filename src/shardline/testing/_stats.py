@@ -26,7 +26,8 @@ class FakeServerStatistics:
         requests: HTTP requests received (all endpoints, including bad ones).
         requests_by_endpoint: ``"chat.completions"``, ``"completions"``, ``"models"``
             or ``"other"`` to a count.
-        in_flight: Requests being answered now.
+        in_flight: Requests being answered now (all endpoints; queued and refused
+            completion requests included).
         max_in_flight: The most requests ever answered at once.
         faults: Fault kind name to the number of times it struck.
         malformed_shapes: ``malformed_shape`` variant name to the number of times it
@@ -37,6 +38,17 @@ class FakeServerStatistics:
         completion_tokens: Completion tokens of the completed responses.
         internal_errors: Connections dropped because of a bug in the fake server
             itself (logged on the ``shardline`` logger); 0 unless something is wrong.
+        capacity_refusals: Requests refused (``429`` or ``503``) because the server was at
+            its `LoadModel` capacity.
+        queued: Requests waiting for a slot now (``overload="queue"``).
+        max_queued: The most requests ever waiting for a slot at once.
+        rate_limit_refusals: Requests refused with ``429`` by the RPM/TPM limit.
+        preempted: Requests cut mid-response by a newer one (``preempt=True``).
+        slow_first_tokens: First attempts made slow before their first token.
+        generating: Completion requests admitted and being answered now (not queued,
+            not refused): what a `LoadModel` capacity bounds.
+        max_generating: The most completion requests ever answered at once.
+        usage_withheld: Streamed requests that asked for usage and got none (``no_usage``).
     """
 
     connections_accepted: int
@@ -51,6 +63,15 @@ class FakeServerStatistics:
     prompt_tokens: int
     completion_tokens: int
     internal_errors: int
+    capacity_refusals: int
+    queued: int
+    max_queued: int
+    rate_limit_refusals: int
+    preempted: int
+    slow_first_tokens: int
+    generating: int
+    max_generating: int
+    usage_withheld: int
 
     @property
     def faults_total(self) -> int:
@@ -115,6 +136,15 @@ class Counters:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     internal_errors: int = 0
+    capacity_refusals: int = 0
+    queued: int = 0
+    max_queued: int = 0
+    rate_limit_refusals: int = 0
+    preempted: int = 0
+    slow_first_tokens: int = 0
+    generating: int = 0
+    max_generating: int = 0
+    usage_withheld: int = 0
 
     def snapshot(self) -> FakeServerStatistics:
         """A frozen copy of the counters."""
@@ -131,4 +161,13 @@ class Counters:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             internal_errors=self.internal_errors,
+            capacity_refusals=self.capacity_refusals,
+            queued=self.queued,
+            max_queued=self.max_queued,
+            rate_limit_refusals=self.rate_limit_refusals,
+            preempted=self.preempted,
+            slow_first_tokens=self.slow_first_tokens,
+            generating=self.generating,
+            max_generating=self.max_generating,
+            usage_withheld=self.usage_withheld,
         )
