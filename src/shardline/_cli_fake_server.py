@@ -9,6 +9,9 @@ flushed at once, so a parent process can read it and point clients at it::
 It serves until interrupted (Ctrl-C / SIGINT) or terminated (SIGTERM), then exits
 0 without a traceback. A bad ``--faults`` spec or option exits 2 with a message
 naming the problem.
+
+``python -m shardline._cli_fake_server [OPTIONS]`` runs the same command without
+loading the other subcommands; `shardline.testing.fake_server_process` uses it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 EXIT_OK = 0
@@ -271,3 +275,16 @@ async def _stop_on_sigterm(scope: Any) -> None:
 
 async def _serve(fn: Any, kwargs: dict[str, Any], *, task_status: Any) -> None:
     await fn(task_status=task_status, **kwargs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``shardline fake-server`` with ``argv`` (the options only). Returns the exit status."""
+    parser = argparse.ArgumentParser(prog="shardline")
+    register(parser.add_subparsers())
+    args = parser.parse_args(["fake-server", *(sys.argv[1:] if argv is None else argv)])
+    status: int = args.func(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,6 +17,8 @@ from ._faults import FaultKind as FaultKind
 from ._faults import FaultPlan as FaultPlan
 from ._faults import FaultSpecError as FaultSpecError
 from ._load import LoadModel as LoadModel
+from ._process import FakeServerProcess as FakeServerProcess
+from ._process import fake_server_process as fake_server_process
 from ._server import FakeServer as FakeServer
 from ._server import open_fake_server as open_fake_server
 from ._server import serve_fake_server as serve_fake_server
@@ -44,6 +46,7 @@ __all__ = [
     "STATS_PATH",
     "TRANSPORT_FAULTS",
     "FakeServer",
+    "FakeServerProcess",
     "FakeServerStatistics",
     "FakeTransport",
     "Fault",
@@ -56,6 +59,7 @@ __all__ = [
     "TimingModel",
     "count_prompt_tokens",
     "expected_cause",
+    "fake_server_process",
     "fake_text",
     "fetch_statistics",
     "open_fake_server",
