@@ -362,6 +362,28 @@ async def test_slow_first_tokens_hit_a_seeded_share_of_first_attempts(
         assert [n for n in firsts if await ttft(c, item(n)) > 1.0] == slow
 
 
+@pytest.mark.parametrize("body", [STREAM, CHAT], ids=["stream", "whole"])
+async def test_leaving_before_the_first_token_frees_the_slot(
+    autojump_clock: trio.testing.MockClock, body: dict[str, Any]
+) -> None:
+    """A slow first attempt abandoned by its client stops at once; the retry gets the slot."""
+    load = LoadModel(capacity=1, overload="queue", slow_first_share=1.0, slow_first_delay=6.0)
+    async with open_fake_server(load=load) as server, client(server) as c:
+        async with client(server) as leaver:  # closing it closes the abandoned connection
+            with trio.move_on_after(1.0):
+                await leaver.post("/chat/completions", json=body, headers=item("x", 1))
+        start = trio.current_time()
+        retry = await c.post("/chat/completions", json=body, headers=item("x", 2))
+        elapsed = trio.current_time() - start
+        stats = server.statistics()
+    assert retry.status_code == 200
+    assert elapsed < 0.5  # not queued behind the 6 s first token
+    assert stats.abandoned == 1
+    assert stats.slow_first_tokens == 1
+    assert stats.completed == 1
+    assert stats.generating == 0
+
+
 async def test_slow_first_token_non_streamed(autojump_clock: trio.testing.MockClock) -> None:
     """A slow first attempt of a non-streamed request answers whole, late."""
     load = LoadModel(slow_first_share=1.0, slow_first_delay=3.0)

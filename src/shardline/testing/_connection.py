@@ -206,6 +206,32 @@ class Connection:
                 return
             self.conn.receive_data(data)
 
+    async def wait_first_token(self, due: float) -> None:
+        """Wait until ``due`` (trio time), the first token's time; notice a client leaving.
+
+        A real server stops working on a request whose client disconnected during
+        prefill; so does this one (counted as ``abandoned``), which frees its slot at
+        once for queued requests.
+
+        Raises:
+            ClientGone: if the client disconnects first; the connection is done.
+        """
+        gone = False
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal gone
+                await self.wait_client_gone()
+                gone = True
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            await self.state.ticker.sleep_until(due)
+            nursery.cancel_scope.cancel()
+        if gone:
+            self.state.counters.abandoned += 1
+            raise ClientGone
+
     async def stall(self, duration: float | None) -> None:
         """Send nothing for ``duration`` seconds (``None``: forever).
 

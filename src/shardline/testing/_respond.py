@@ -104,7 +104,10 @@ async def stream_response(
             if out:
                 await conn.write(out, checkpoint=False)  # sleep_until checkpoints
                 out = bytearray()
-            await conn.state.ticker.sleep_until(due)
+            if sent == 0:
+                await conn.wait_first_token(due)  # notices a client that left meanwhile
+            else:
+                await conn.state.ticker.sleep_until(due)
             now = trio.current_time()
         pending += resp.content_event(sent, count)
         sent += count
@@ -189,7 +192,7 @@ async def whole_response(
     n = resp.completion_tokens
     due = arrived + timing.ttft + first_token_delay + timing.itl * max(0, n - 1)
     if due > trio.current_time():
-        await conn.state.ticker.sleep_until(due)
+        await conn.wait_first_token(due)
     else:
         await trio.lowlevel.checkpoint()
     kind = fault.kind if fault is not None else None

@@ -49,6 +49,8 @@ class FakeServerStatistics:
             not refused): what a `LoadModel` capacity bounds.
         max_generating: The most completion requests ever answered at once.
         usage_withheld: Streamed requests that asked for usage and got none (``no_usage``).
+        abandoned: Completion requests whose client disconnected before their first
+            token (a cancelled hedge, a client deadline); the server stopped them there.
     """
 
     connections_accepted: int
@@ -72,6 +74,7 @@ class FakeServerStatistics:
     generating: int
     max_generating: int
     usage_withheld: int
+    abandoned: int
 
     @property
     def faults_total(self) -> int:
@@ -145,6 +148,7 @@ class Counters:
     generating: int = 0
     max_generating: int = 0
     usage_withheld: int = 0
+    abandoned: int = 0
 
     def snapshot(self) -> FakeServerStatistics:
         """A frozen copy of the counters."""
@@ -170,4 +174,5 @@ class Counters:
             generating=self.generating,
             max_generating=self.max_generating,
             usage_withheld=self.usage_withheld,
+            abandoned=self.abandoned,
         )
