@@ -1,8 +1,8 @@
 """Conformance: the official ``openai`` client talks to the fake server, and every chunk and
 response validates strictly against the ``openai`` package's own pydantic models.
 
-The fake server runs in its own thread under ``trio.run``; the (synchronous) ``openai``
-client and a raw ``httpx`` client run in the test thread. Raw wire JSON is validated
+The fake server runs in a child process (`fake_server_process`); the (synchronous)
+``openai`` client and a raw ``httpx`` client run in the test process. Raw wire JSON is validated
 with ``model_validate(..., strict=True)`` and must contain no field the models do not
 know (``model_extra`` empty at every level).
 """
@@ -10,56 +10,30 @@ know (``model_extra`` empty at every level).
 from __future__ import annotations
 
 import json
-import queue
-import threading
 from collections.abc import Iterator
 from typing import Any, Literal
 
 import httpx
 import openai
 import pytest
-import trio
 from openai.types import Completion, CompletionChoice
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel
 
-from shardline.testing import FakeServer, FaultPlan, fake_text, serve_fake_server
+from shardline.testing import FakeServerProcess, fake_server_process, fake_text
 
-FAULTS = FaultPlan(
-    items={
-        "rl": "rate_limit",
-        "boom": "http_503",
-        "err": "error_event",
-        "trunc": "truncate",
-    }
-)
+FAULTS = "rate_limit@item=rl,http_503@item=boom,error_event@item=err,truncate@item=trunc"
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[FakeServer]:
-    """A fake server running in a background thread for this module."""
-    ready: queue.Queue[tuple[FakeServer, trio.lowlevel.TrioToken, trio.CancelScope]] = queue.Queue()
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            fake = await nursery.start(
-                lambda task_status: serve_fake_server(faults=FAULTS, task_status=task_status)
-            )
-            ready.put((fake, trio.lowlevel.current_trio_token(), nursery.cancel_scope))
-
-    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
-    thread.start()
-    fake, token, scope = ready.get(timeout=30)
-    try:
+def server() -> Iterator[FakeServerProcess]:
+    """A fake server in a child process for this module (`fake_server_process`)."""
+    with fake_server_process(faults=FAULTS) as fake:
         yield fake
-    finally:
-        trio.from_thread.run_sync(scope.cancel, trio_token=token)
-        thread.join(timeout=30)
-        assert not thread.is_alive()
 
 
 @pytest.fixture
-def client(server: FakeServer) -> Iterator[openai.OpenAI]:
+def client(server: FakeServerProcess) -> Iterator[openai.OpenAI]:
     """The official synchronous client, without retries."""
     with openai.OpenAI(base_url=server.base_url, api_key="sk-fake", max_retries=0) as c:
         yield c
@@ -102,7 +76,7 @@ class StreamCompletion(Completion):
     choices: list[StreamCompletionChoice]  # type: ignore[assignment]
 
 
-def raw_events(server: FakeServer, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+def raw_events(server: FakeServerProcess, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     """POST a streamed request with httpx and return every ``data:`` JSON, checking [DONE]."""
     events: list[dict[str, Any]] = []
     lines: list[str] = []
@@ -124,7 +98,7 @@ def raw_events(server: FakeServer, path: str, body: dict[str, Any]) -> list[dict
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
 
 
-def test_chat_stream_chunks_validate(server: FakeServer, client: openai.OpenAI) -> None:
+def test_chat_stream_chunks_validate(server: FakeServerProcess, client: openai.OpenAI) -> None:
     """Every streamed chat chunk (role, content, finish, usage) is a valid ChatCompletionChunk."""
     body = {
         "model": "gpt-fake",
@@ -155,7 +129,7 @@ def test_chat_stream_chunks_validate(server: FakeServer, client: openai.OpenAI) 
     assert sdk_chunks[-1].usage.completion_tokens == 5
 
 
-def test_chat_non_stream_validates(server: FakeServer, client: openai.OpenAI) -> None:
+def test_chat_non_stream_validates(server: FakeServerProcess, client: openai.OpenAI) -> None:
     """A non-streamed chat answer is a valid ChatCompletion, raw and through the SDK."""
     with httpx.Client(base_url=server.base_url, timeout=30) as c:
         raw = c.post("/chat/completions", json={"model": "m", "messages": MESSAGES}).json()
@@ -168,7 +142,7 @@ def test_chat_non_stream_validates(server: FakeServer, client: openai.OpenAI) ->
     assert answer.usage.total_tokens == answer.usage.prompt_tokens + 16
 
 
-def test_legacy_completions_validate(server: FakeServer, client: openai.OpenAI) -> None:
+def test_legacy_completions_validate(server: FakeServerProcess, client: openai.OpenAI) -> None:
     """Legacy completions, streamed and not, validate against openai's Completion."""
     whole = client.completions.create(model="m", prompt="Say hi", max_tokens=4)
     strict(Completion, whole.model_dump(mode="json", exclude_unset=True))

@@ -6,11 +6,15 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import httpx
 import pytest
+
+from shardline.testing import FAULT_KINDS, SHAPE_VARIANTS
 
 pytestmark = pytest.mark.slow
 
@@ -80,3 +84,56 @@ def test_bad_fault_spec_exits_2_naming_the_problem() -> None:
     assert out.returncode == 2
     assert out.stdout == ""
     assert "bad fault entry 'nope=1': unknown fault kind 'nope'" in out.stderr
+
+
+def test_help_lists_every_fault_kind_variant_and_load_flag() -> None:
+    """--help names every fault kind, every malformed_shape variant and the load flags."""
+    out = subprocess.run(
+        [sys.executable, "-c", RUNNER, "fake-server", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0
+    words = set(out.stdout.split())
+    assert set(FAULT_KINDS) <= words
+    assert set(SHAPE_VARIANTS) <= words
+    for flag in ("--capacity", "--overload", "--rpm", "--tpm", "--preempt", "--no-usage"):
+        assert flag in words
+    assert {"--slow-first-share", "--slow-first-delay", "--capacity-retry-after"} <= words
+
+
+def test_conflicting_load_flags_exit_2_naming_the_problem() -> None:
+    """--preempt with --capacity exits 2 with the LoadModel's message."""
+    out = subprocess.run(
+        [sys.executable, "-c", RUNNER, "fake-server", "--preempt", "--capacity", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert "preempt serves one request at a time; capacity must be None, got 2" in out.stderr
+
+
+def test_load_flags_apply() -> None:
+    """--capacity/--overload/--capacity-retry-after configure the server's load model."""
+    args = ("--capacity", "1", "--capacity-retry-after", "2.5", "--ttft", "2")
+    with fake_server_process(*args) as (proc, url):
+
+        def post() -> httpx.Response:
+            return httpx.post(f"{url}/chat/completions", json=BODY, timeout=30)
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            first = pool.submit(post)
+            stats_url = url.removesuffix("/v1") + "/_shardline/stats"
+            deadline = time.monotonic() + 30
+            while httpx.get(stats_url, timeout=30).json()["generating"] < 1:
+                assert time.monotonic() < deadline, "the first request never started"
+            second = post()
+            assert first.result().status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert second.status_code == 429
+    assert second.headers["retry-after"] == "3"
+    assert second.headers["retry-after-ms"] == "2500"

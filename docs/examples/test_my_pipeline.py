@@ -25,6 +25,8 @@ from shardline.testing import (
     FakeTransport,
     Fault,
     FaultPlan,
+    LoadModel,
+    TimingModel,
     expected_cause,
     open_fake_server,
 )
@@ -78,6 +80,25 @@ async def test_summaries_under_rate_limits(fake_server: FakeServer) -> None:
         summaries = [await summarize(pipeline, f"doc-{n}", "text") for n in range(10)]
     assert all(summaries)
     assert fake_server.statistics().faults["rate_limit"] > 0
+
+
+async def test_summaries_from_a_busy_server() -> None:
+    """A server that queues beyond 2 requests in flight is slower, but every summary arrives."""
+    load = LoadModel(capacity=2, overload="queue")
+    summaries: dict[str, str] = {}
+
+    async def one(pipeline: Pipeline, doc_id: str) -> None:
+        summaries[doc_id] = await summarize(pipeline, doc_id, "text")
+
+    async with open_fake_server(load=load, timing=TimingModel(ttft=0.01)) as server:
+        async with open_pipeline(config_for(server)) as pipeline, trio.open_nursery() as nursery:
+            for n in range(8):
+                nursery.start_soon(one, pipeline, f"doc-{n}")
+    assert len(summaries) == 8
+    assert all(summaries.values())
+    stats = server.statistics()
+    assert stats.max_generating == 2  # the server never answered more than its capacity
+    assert stats.max_queued > 0  # and the others waited their turn
 
 
 @pytest.mark.parametrize("kind", ["stall_headers", "drip", "reset", "truncate", "malformed"])

@@ -6,8 +6,12 @@ flushed at once, so a parent process can read it and point clients at it::
     $ shardline fake-server --port 0 --faults "rate_limit=0.05,reset=0.01" --seed 7
     http://127.0.0.1:41237/v1
 
-It serves until interrupted (Ctrl-C / SIGINT), then exits 0 without a traceback.
-A bad ``--faults`` spec or option exits 2 with a message naming the problem.
+It serves until interrupted (Ctrl-C / SIGINT) or terminated (SIGTERM), then exits
+0 without a traceback. A bad ``--faults`` spec or option exits 2 with a message
+naming the problem.
+
+``python -m shardline._cli_fake_server [OPTIONS]`` runs the same command without
+loading the other subcommands; `shardline.testing.fake_server_process` uses it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 EXIT_OK = 0
@@ -26,9 +31,16 @@ fault spec (--faults): comma-separated entries
   KIND@item=ID[/ATTEMPT][:param...]  scripted for one item (x-shardline-item-id header)
   KIND@request=N[:param...]          scripted for the N-th completion request
 params: after=N  retry_after=SECONDS  duration=SECONDS  interval=SECONDS
+        variant=NAME (malformed_shape only; without it a variant is drawn per request)
 kinds: stall_headers stall_after_headers stall_mid drip rate_limit http_500
-       http_502 http_503 reset truncate malformed error_event
+       http_502 http_503 reset truncate malformed error_event malformed_shape
+       html_page
+malformed_shape variants: choices_not_list choice_not_object delta_not_object
+       message_not_object content_not_string finish_reason_not_string
+       usage_negative usage_not_integer error_not_object json_array json_scalar
+       not_utf8 garbage_after_finish line_too_long
 example: --faults "rate_limit=0.05:retry_after=2,stall_mid=0.01:after=3,reset@item=a/1"
+         --faults "malformed_shape=0.3,malformed_shape@item=a/1:variant=content_not_string"
 """
 
 
@@ -117,6 +129,66 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="connections served at once (default 4096)",
     )
+    load = parser.add_argument_group(
+        "load models",
+        "How the server behaves under load (see shardline.testing.LoadModel). "
+        "llama.cpp's server is --preempt --no-usage; vLLM is --capacity K --overload queue.",
+    )
+    load.add_argument(
+        "--capacity",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="completion requests in flight at most (default: no limit)",
+    )
+    load.add_argument(
+        "--overload",
+        choices=("429", "503", "queue"),
+        default="429",
+        help="beyond --capacity: refuse with 429 or 503, or queue first come first served "
+        "(default 429)",
+    )
+    load.add_argument(
+        "--capacity-retry-after",
+        type=_non_negative_float,
+        default=None,
+        metavar="S",
+        help="retry-after seconds on a capacity refusal (default: no header)",
+    )
+    load.add_argument(
+        "--rpm", type=_positive_int, default=None, metavar="N", help="requests per minute limit"
+    )
+    load.add_argument(
+        "--tpm",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="tokens (prompt + max_tokens) per minute limit",
+    )
+    load.add_argument(
+        "--preempt",
+        action="store_true",
+        help="one request at a time; a new request cuts the one in flight (llama.cpp)",
+    )
+    load.add_argument(
+        "--no-usage",
+        action="store_true",
+        help="never send the usage chunk of a stream, even when asked",
+    )
+    load.add_argument(
+        "--slow-first-share",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="F",
+        help="share of first attempts (x-shardline-attempt: 1) with a slow first token",
+    )
+    load.add_argument(
+        "--slow-first-delay",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="S",
+        help="extra seconds before the first token of a slow first attempt",
+    )
     parser.set_defaults(func=run)
 
 
@@ -124,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the server until Ctrl-C. Returns the exit status."""
     import trio
 
-    from .testing import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, FaultPlan, TimingModel
+    from .testing import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, FaultPlan, LoadModel, TimingModel
     from .testing._faults import FaultSpecError
     from .testing._server import DEFAULT_MAX_CONNECTIONS, serve_fake_server
 
@@ -134,6 +206,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"shardline fake-server: --faults: {exc}", file=sys.stderr)
         return EXIT_USAGE
     timing = TimingModel(ttft=args.ttft, itl=args.itl, tokens_per_event=args.tokens_per_event)
+    try:
+        load = LoadModel(
+            capacity=args.capacity,
+            overload=args.overload,
+            retry_after=args.capacity_retry_after,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            preempt=args.preempt,
+            slow_first_share=args.slow_first_share,
+            slow_first_delay=args.slow_first_delay,
+        )
+    except ValueError as exc:
+        print(f"shardline fake-server: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -150,6 +236,8 @@ def run(args: argparse.Namespace) -> int:
                     "default_max_tokens": args.default_max_tokens or DEFAULT_MAX_TOKENS,
                     "models": tuple(args.model or (DEFAULT_MODEL,)),
                     "max_connections": args.max_connections or DEFAULT_MAX_CONNECTIONS,
+                    "load": load,
+                    "no_usage": args.no_usage,
                 },
             )
             print(server.base_url, flush=True)
@@ -187,3 +275,16 @@ async def _stop_on_sigterm(scope: Any) -> None:
 
 async def _serve(fn: Any, kwargs: dict[str, Any], *, task_status: Any) -> None:
     await fn(task_status=task_status, **kwargs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``shardline fake-server`` with ``argv`` (the options only). Returns the exit status."""
+    parser = argparse.ArgumentParser(prog="shardline")
+    register(parser.add_subparsers())
+    args = parser.parse_args(["fake-server", *(sys.argv[1:] if argv is None else argv)])
+    status: int = args.func(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,28 +8,33 @@ fixture, or as a process with ``shardline fake-server``.
 
 from __future__ import annotations
 
-from ._faults import EXPECTED_CAUSE as EXPECTED_CAUSE
-from ._faults import EXPECTED_CAUSE_NON_STREAMING as EXPECTED_CAUSE_NON_STREAMING
+from ._causes import EXPECTED_CAUSE as EXPECTED_CAUSE
+from ._causes import EXPECTED_CAUSE_NON_STREAMING as EXPECTED_CAUSE_NON_STREAMING
+from ._causes import expected_cause as expected_cause
 from ._faults import FAULT_KINDS as FAULT_KINDS
 from ._faults import Fault as Fault
 from ._faults import FaultKind as FaultKind
 from ._faults import FaultPlan as FaultPlan
 from ._faults import FaultSpecError as FaultSpecError
-from ._faults import expected_cause as expected_cause
-from ._server import DEFAULT_MAX_TOKENS as DEFAULT_MAX_TOKENS
-from ._server import DEFAULT_MODEL as DEFAULT_MODEL
-from ._server import STATS_PATH as STATS_PATH
+from ._load import LoadModel as LoadModel
+from ._process import FakeServerProcess as FakeServerProcess
+from ._process import fake_server_process as fake_server_process
 from ._server import FakeServer as FakeServer
-from ._server import FakeServerStatistics as FakeServerStatistics
-from ._server import TimingModel as TimingModel
-from ._server import count_prompt_tokens as count_prompt_tokens
-from ._server import fake_text as fake_text
-from ._server import fetch_statistics as fetch_statistics
 from ._server import open_fake_server as open_fake_server
 from ._server import serve_fake_server as serve_fake_server
+from ._shapes import SHAPE_VARIANTS as SHAPE_VARIANTS
+from ._shapes import ShapeVariant as ShapeVariant
+from ._stats import STATS_PATH as STATS_PATH
+from ._stats import FakeServerStatistics as FakeServerStatistics
+from ._stats import fetch_statistics as fetch_statistics
+from ._timing import TimingModel as TimingModel
 from ._transport import TRANSPORT_FAULTS as TRANSPORT_FAULTS
 from ._transport import FakeTransport as FakeTransport
 from ._transport import FaultPicker as FaultPicker
+from ._wire import DEFAULT_MAX_TOKENS as DEFAULT_MAX_TOKENS
+from ._wire import DEFAULT_MODEL as DEFAULT_MODEL
+from ._wire import count_prompt_tokens as count_prompt_tokens
+from ._wire import fake_text as fake_text
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -37,9 +42,11 @@ __all__ = [
     "EXPECTED_CAUSE",
     "EXPECTED_CAUSE_NON_STREAMING",
     "FAULT_KINDS",
+    "SHAPE_VARIANTS",
     "STATS_PATH",
     "TRANSPORT_FAULTS",
     "FakeServer",
+    "FakeServerProcess",
     "FakeServerStatistics",
     "FakeTransport",
     "Fault",
@@ -47,9 +54,12 @@ __all__ = [
     "FaultPicker",
     "FaultPlan",
     "FaultSpecError",
+    "LoadModel",
+    "ShapeVariant",
     "TimingModel",
     "count_prompt_tokens",
     "expected_cause",
+    "fake_server_process",
     "fake_text",
     "fetch_statistics",
     "open_fake_server",

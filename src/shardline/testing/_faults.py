@@ -1,4 +1,4 @@
-"""Fault kinds, fault plans, the ``--faults`` text spec, and the causes they should produce.
+"""Fault kinds, fault plans and the ``--faults`` text spec.
 
 A `Fault` says *how* one response misbehaves; a `FaultPlan` says
 *which* requests get which fault: scripted per item and attempt (from the
@@ -18,17 +18,14 @@ from typing import Any, TypeAlias
 
 import attrs
 
-from .._exceptions import Cause
+from ._shapes import SHAPE_VARIANTS, ShapeVariant
 
 __all__ = [
-    "EXPECTED_CAUSE",
-    "EXPECTED_CAUSE_NON_STREAMING",
     "FAULT_KINDS",
     "Fault",
     "FaultKind",
     "FaultPlan",
     "FaultSpecError",
-    "expected_cause",
 ]
 
 
@@ -72,6 +69,17 @@ class FaultKind(enum.StrEnum):
     ERROR_EVENT = "error_event"
     """After ``after_events`` content events, send ``data: {"error": {...}}`` then
     ``data: [DONE]`` (no finish reason)."""
+    MALFORMED_SHAPE = "malformed_shape"
+    """Well-framed JSON of the wrong shape (a `ShapeVariant`: ``{"choices": 1}``, content a
+    number, usage counts negative, bytes that are not UTF-8, a line over 1 MiB, ...).
+
+    Choose the variant with ``variant=``; without one, each request draws a variant
+    (seeded, order-independent). Like ``malformed``, a response that carries on after
+    the bad chunk would let a lenient client "succeed" with text missing.
+    """
+    HTML_PAGE = "html_page"
+    """Answer ``200`` with ``content-type: text/html`` and an HTML page, as a gateway,
+    proxy or captive portal does, whether or not the request asked for a stream."""
 
 
 FAULT_KINDS: tuple[str, ...] = tuple(kind.value for kind in FaultKind)
@@ -85,6 +93,7 @@ _BEFORE_HEADERS = frozenset(
         FaultKind.HTTP_500,
         FaultKind.HTTP_502,
         FaultKind.HTTP_503,
+        FaultKind.HTML_PAGE,
     }
 )
 
@@ -128,6 +137,18 @@ def _kind(value: object) -> FaultKind:
         ) from None
 
 
+def _variant(value: object) -> ShapeVariant | None:
+    if value is None:
+        return None
+    try:
+        return ShapeVariant(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise ValueError(
+            f"unknown malformed_shape variant {value!r}; expected one of: "
+            f"{', '.join(SHAPE_VARIANTS)}"
+        ) from None
+
+
 def _default_after(self: Fault) -> int:
     return _DEFAULT_AFTER_EVENTS[self.kind]
 
@@ -144,6 +165,7 @@ class Fault:
         Fault(kind="stall_mid", after_events=3)        # three tokens, then silence
         Fault(kind="rate_limit", retry_after=2.5)      # 429, retry-after: 3, retry-after-ms: 2500
         Fault(kind="stall_headers", duration=5.0)      # five seconds late, then a normal answer
+        Fault(kind="malformed_shape", variant="content_not_string")   # {"content": 5}
 
     It is not a client-side error: what a correct client should *report* for it
     is `expected_cause`.
@@ -160,6 +182,8 @@ class Fault:
             the client disconnects or the server stops. After a finite stall the
             response carries on normally, so it models a slow server.
         interval: Seconds between keep-alive sends of a ``drip`` fault.
+        variant: The `ShapeVariant` (or its name) of a ``malformed_shape`` fault;
+            ``None`` (the default) draws one per request. Only for ``malformed_shape``.
     """
 
     kind: FaultKind = attrs.field(converter=_kind)
@@ -171,11 +195,17 @@ class Fault:
     )
     duration: float | None = attrs.field(default=None, validator=_non_negative("duration"))
     interval: float = attrs.field(default=DEFAULT_DRIP_INTERVAL, validator=_positive("interval"))
+    variant: ShapeVariant | None = attrs.field(default=None, converter=_variant)
 
     @after_events.validator
     def _check_after(self, _attr: object, value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"after_events must be an integer >= 0, got {value!r}")
+
+    @variant.validator
+    def _check_variant(self, _attr: object, value: ShapeVariant | None) -> None:
+        if value is not None and self.kind is not FaultKind.MALFORMED_SHAPE:
+            raise ValueError(f"variant is only for malformed_shape faults, not {self.kind}")
 
 
 FaultLike: TypeAlias = Fault | FaultKind | str
@@ -184,7 +214,7 @@ FaultLike: TypeAlias = Fault | FaultKind | str
 ItemKey: TypeAlias = tuple[str, int | None]
 
 
-def _to_fault(value: FaultLike) -> Fault:
+def to_fault(value: FaultLike) -> Fault:
     return value if isinstance(value, Fault) else Fault(kind=value)
 
 
@@ -193,7 +223,7 @@ def _to_rates(
 ) -> Mapping[Fault, float]:
     rates: dict[Fault, float] = {}
     for key, rate in (value or {}).items():
-        fault = _to_fault(key)
+        fault = to_fault(key)
         if isinstance(rate, bool) or not isinstance(rate, int | float):
             raise TypeError(f"rate of {fault.kind} must be a number, got {rate!r}")
         if not 0.0 <= rate <= 1.0:
@@ -216,9 +246,9 @@ def _to_items(value: Mapping[Any, FaultLike] | None) -> Mapping[ItemKey, Fault]:
                 isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1
             ):
                 raise ValueError(f"attempt must be an integer >= 1 or None, got {attempt!r}")
-            items[(str(item), attempt)] = _to_fault(fault)
+            items[(str(item), attempt)] = to_fault(fault)
         else:
-            items[(str(key), None)] = _to_fault(fault)
+            items[(str(key), None)] = to_fault(fault)
     return MappingProxyType(items)
 
 
@@ -227,7 +257,7 @@ def _to_requests(value: Mapping[int, FaultLike] | None) -> Mapping[int, Fault]:
     for key, fault in (value or {}).items():
         if isinstance(key, bool) or not isinstance(key, int) or key < 1:
             raise ValueError(f"request number must be an integer >= 1, got {key!r}")
-        requests[key] = _to_fault(fault)
+        requests[key] = to_fault(fault)
     return MappingProxyType(requests)
 
 
@@ -328,8 +358,11 @@ class FaultPlan:
                     | "request=" N                        the N-th completion request (1-based)
             param  := "after=" N | "retry_after=" SECONDS
                     | "duration=" SECONDS | "interval=" SECONDS
+                    | "variant=" NAME                       (malformed_shape only)
 
-        Example: ``"rate_limit=0.05:retry_after=2,stall_mid=0.01:after=3,reset@item=a/1"``.
+        Example: ``"rate_limit=0.05:retry_after=2,stall_mid=0.01:after=3,reset@item=a/1"``;
+        ``"malformed_shape=0.3"`` draws a shape per request,
+        ``"malformed_shape@item=a/1:variant=content_not_string"`` scripts one.
         Item ids may not contain ``,`` or ``:``; the last ``/N`` is the attempt.
 
         Raises:
@@ -360,6 +393,7 @@ _PARAMS = {
     "retry_after": "retry_after",
     "duration": "duration",
     "interval": "interval",
+    "variant": "variant",
 }
 
 
@@ -377,10 +411,13 @@ def _parse_entry(
         if not sep or name not in _PARAMS:
             raise FaultSpecError(
                 f"bad fault entry {entry!r}: unknown parameter {param!r}; "
-                f"expected one of after=N, retry_after=S, duration=S, interval=S"
+                f"expected one of after=N, retry_after=S, duration=S, interval=S, variant=NAME"
             )
         field = _PARAMS[name]
-        kwargs[field] = int(value) if field == "after_events" else float(value)
+        if field == "variant":
+            kwargs[field] = value.strip()
+        else:
+            kwargs[field] = int(value) if field == "after_events" else float(value)
     at = head.find("@")
     eq = head.find("=")
     if at != -1 and (eq == -1 or at < eq):
@@ -413,67 +450,3 @@ def _parse_entry(
         raise FaultSpecError(
             f"bad fault entry {entry!r}: expected KIND=RATE or KIND@item=ID[/N] or KIND@request=N"
         )
-
-
-EXPECTED_CAUSE: Mapping[FaultKind, Cause] = MappingProxyType(
-    {
-        FaultKind.STALL_HEADERS: Cause.TTFT_TIMEOUT,
-        FaultKind.STALL_AFTER_HEADERS: Cause.TTFT_TIMEOUT,
-        FaultKind.STALL_MID: Cause.STALL_TIMEOUT,
-        FaultKind.DRIP: Cause.TTFT_TIMEOUT,
-        FaultKind.RATE_LIMIT: Cause.RATE_LIMITED,
-        FaultKind.HTTP_500: Cause.SERVER_ERROR,
-        FaultKind.HTTP_502: Cause.SERVER_ERROR,
-        FaultKind.HTTP_503: Cause.SERVER_ERROR,
-        FaultKind.RESET: Cause.CONNECTION_LOST,
-        FaultKind.TRUNCATE: Cause.TRUNCATED,
-        FaultKind.MALFORMED: Cause.PROTOCOL_ERROR,
-        FaultKind.ERROR_EVENT: Cause.SERVER_ERROR,
-    }
-)
-"""What a correct client reports for each fault kind on a **streamed** request,
-with the kind's default parameters (``drip`` defaults to ``after_events=0``, so
-no content ever arrives: ``ttft_timeout``). Use `expected_cause` for a
-fault with other parameters. Stalls and drips assume they outlast the client's
-deadline (the default, ``duration=None``, always does)."""
-
-EXPECTED_CAUSE_NON_STREAMING: Mapping[FaultKind, Cause] = MappingProxyType(
-    {
-        **EXPECTED_CAUSE,
-        # A non-streamed body is the first (and only) content: any stall before it
-        # completes is a time-to-first-token failure.
-        FaultKind.STALL_MID: Cause.TTFT_TIMEOUT,
-        FaultKind.DRIP: Cause.TTFT_TIMEOUT,
-    }
-)
-"""Like `EXPECTED_CAUSE`, for requests with ``"stream": false``.
-
-Non-streamed faults: ``stall_mid`` sends half the body then stalls; ``drip``
-sends chunked whitespace forever; ``reset`` aborts after half the body;
-``truncate`` sends a complete, valid JSON body whose choice has
-``finish_reason: null`` and half the text; ``malformed`` sends a body that is
-not JSON; ``error_event`` answers ``200`` with an ``{"error": {...}}`` body."""
-
-
-def expected_cause(fault: FaultLike, *, stream: bool = True) -> Cause:
-    """The `Cause` a correct client reports for ``fault``.
-
-    Example::
-
-        expected_cause("rate_limit")                              # Cause.RATE_LIMITED
-        expected_cause(Fault(kind="drip", after_events=2))        # Cause.STALL_TIMEOUT
-        expected_cause(Fault(kind="stall_mid", after_events=0))   # Cause.TTFT_TIMEOUT
-
-    Args:
-        fault: The fault, or a kind name meaning its default parameters.
-        stream: Whether the request was streamed.
-
-    Returns:
-        The cause, assuming a stall or drip outlasts the client's deadlines.
-    """
-    fault = _to_fault(fault)
-    if not stream:
-        return EXPECTED_CAUSE_NON_STREAMING[fault.kind]
-    if fault.kind in (FaultKind.STALL_MID, FaultKind.DRIP):
-        return Cause.STALL_TIMEOUT if fault.after_events > 0 else Cause.TTFT_TIMEOUT
-    return EXPECTED_CAUSE[fault.kind]

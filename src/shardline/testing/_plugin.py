@@ -45,7 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "fake_server(**options): keyword options for the fake_server fixture, as for "
-        "shardline.testing.open_fake_server (faults, timing, seed, default_max_tokens, ...)",
+        "shardline.testing.open_fake_server (faults, timing, seed, load, no_usage, ...)",
     )
 
 
@@ -56,8 +56,9 @@ async def fake_server_factory(
     """Start fake servers in the test's nursery: ``server = await fake_server_factory(**opts)``.
 
     The options are those of `open_fake_server`
-    (``faults``, ``timing``, ``seed``, ``default_max_tokens``, ``models``,
-    ``host``, ``port``, ``max_connections``). Every server stops when the test ends.
+    (``faults``, ``timing``, ``seed``, ``load``, ``no_usage``, ``default_max_tokens``,
+    ``models``, ``host``, ``port``, ``max_connections``). Every server stops when the
+    test ends.
     """
     from ._server import serve_fake_server
 
