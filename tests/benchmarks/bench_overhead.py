@@ -54,7 +54,7 @@ CONCURRENCY = 64
 
 def sse_body(tokens: int = TOKENS) -> bytes:
     """The fake server's streamed body for one chat completion, byte for byte."""
-    from shardline.testing._server import _Response
+    from shardline.testing._wire import ResponseTemplate as _Response
 
     resp = _Response(
         chat=True,
