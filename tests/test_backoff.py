@@ -542,9 +542,9 @@ async def test_windowed_budget_forgets_old_requests(autojump_clock: object) -> N
 
 
 async def test_policy_budget_is_windowed_by_default(autojump_clock: object) -> None:
-    """RetryPolicy.new_budget() counts over its budget_window (60 s by default)."""
+    """RetryPolicy.new_budget() counts over its budget_window (10 s by default)."""
     budget = RetryPolicy().new_budget()
-    assert budget.window == 60.0
+    assert budget.window == 10.0
     assert RetryPolicy(budget_window=None).new_budget().window is None
 
 
