@@ -1,0 +1,160 @@
+"""Compare flow-control variants on simulated servers, in virtual time: ``python sim_flow.py``.
+
+Not a timed benchmark: every run is one ``trio.run`` on a ``MockClock`` that jumps
+whenever all tasks sleep, so ten virtual minutes take about a second and the
+numbers are the same on every machine (fixed seeds).
+
+Variants: ``fixed`` (the ceiling, no adaptation: the semaphore pattern), ``aimd``
+(refusals only), ``aimd+vegas`` and ``aimd+gradient`` (refusals plus a TTFT signal
+against its no-load minimum). Servers (``tests/test_flow_sim.py``): ``capacity``
+(429 beyond K), ``capacity503`` (503 beyond K), ``queue`` (FIFO beyond K; TTFT grows),
+``cut`` (one at a time; a new request cuts the one in flight).
+
+Columns: ``thr/K`` = successes per second over the ideal ``K / mean service time``;
+``limit`` = time-weighted mean limit over the second half, and ``limit/K``;
+``over`` = the largest limit above K in the second half, as a fraction of K;
+``ovl%`` = overload answers (429/503/cut) per attempt; ``ttft/base`` = mean TTFT over
+the server's prefill time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+import trio
+import trio.testing
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shardline._flow import AdaptiveLimit
+from shardline._flow_latency import make_latency_signal
+from test_flow_sim import (
+    CapacityServer,
+    CutServer,
+    QueueServer,
+    Server,
+    SimResult,
+    run_workload,
+)
+
+VARIANTS = (
+    "fixed",
+    "aimd",
+    "vegas/ewma",
+    "gradient/ewma",
+    "vegas/min",
+    "gradient/min",
+    "little/min",
+)
+
+
+#: Prefill (the TTFT of an unloaded server) varies with prompt length: 0.1-1.0 s.
+NOISY = (0.1, 1.0)
+
+
+def make_server(kind: str, capacity: int, rng: random.Random) -> Server:
+    if kind == "capacity":
+        return CapacityServer(capacity=capacity, rng=rng)
+    if kind == "capacity503":
+        return CapacityServer(capacity=capacity, rng=rng, status=503)
+    if kind == "capacity~":
+        return CapacityServer(capacity=capacity, rng=rng, prefill=NOISY)
+    if kind == "queue":
+        return QueueServer(capacity=capacity, rng=rng)
+    if kind == "queue~":
+        return QueueServer(capacity=capacity, rng=rng, prefill=NOISY)
+    if kind == "cut":
+        return CutServer(rng=rng)
+    raise ValueError(kind)
+
+
+def make_limit(variant: str, ceiling: int) -> AdaptiveLimit:
+    if variant == "fixed":
+        return AdaptiveLimit(ceiling=ceiling, floor=ceiling, latency=None)
+    if variant == "aimd":
+        return AdaptiveLimit(ceiling=ceiling, latency=None)
+    kind, current = variant.split("/")
+    signal = make_latency_signal(
+        {"vegas": "vegas", "gradient": "gradient", "little": "little"}[kind],  # type: ignore[arg-type]
+        current="ewma" if current == "ewma" else "recent_min",
+    )
+    return AdaptiveLimit(ceiling=ceiling, latency=signal)
+
+
+def simulate(
+    kind: str,
+    variant: str,
+    *,
+    capacity: int,
+    ceiling: int,
+    workers: int,
+    duration: float,
+    seed: int,
+) -> SimResult:
+    rng = random.Random(seed)
+    server = make_server(kind, capacity, rng)
+    flow = make_limit(variant, ceiling)
+
+    async def main() -> SimResult:
+        return await run_workload(server, flow, workers=workers, duration=duration, rng=rng)
+
+    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=600.0, help="virtual seconds per run")
+    parser.add_argument("--seeds", type=int, default=3, help="runs per cell, averaged")
+    args = parser.parse_args()
+    cases = [
+        ("capacity", 24, 128, 200),
+        ("capacity503", 24, 128, 200),
+        ("capacity~", 24, 128, 200),
+        ("queue", 24, 128, 200),
+        ("queue~", 24, 128, 200),
+        ("capacity", 4, 32, 64),
+        ("queue", 4, 32, 64),
+        ("cut", 1, 8, 16),
+    ]
+    mean_service = {"capacity~": 0.55, "queue~": 0.55}
+    header = (
+        f"{'server':<12}{'K':>4}{'ceil':>5} {'variant':<15}{'thr/K':>7}{'limit':>8}"
+        f"{'limit/K':>8}{'over':>7}{'ovl%':>7}{'ttft/base':>10}"
+    )
+    print(f"# {args.duration:g} virtual s per run, mean of {args.seeds} seeds")
+    print(header)
+    print("-" * len(header))
+    for kind, capacity, ceiling, workers in cases:
+        for variant in VARIANTS:
+            runs = [
+                simulate(
+                    kind,
+                    variant,
+                    capacity=capacity,
+                    ceiling=ceiling,
+                    workers=workers,
+                    duration=args.duration,
+                    seed=seed,
+                )
+                for seed in range(args.seeds)
+            ]
+            half = args.duration / 2
+            prefill = mean_service.get(kind, 0.2)
+            ideal = capacity / (prefill + 2.0)
+            thr = sum(r.successes / r.duration for r in runs) / len(runs) / ideal
+            limit = sum(r.mean_limit(half) for r in runs) / len(runs)
+            over = max(r.overshoot(capacity, half) for r in runs)
+            ovl = sum(r.overloads for r in runs) / max(1, sum(r.attempts for r in runs))
+            ttft = sum(r.mean_ttft for r in runs) / len(runs) / prefill
+            print(
+                f"{kind:<12}{capacity:>4}{ceiling:>5} {variant:<15}{thr:>7.2f}{limit:>8.1f}"
+                f"{limit / capacity:>8.2f}{over:>7.2f}{ovl * 100:>6.1f}%{ttft:>10.1f}"
+            )
+        print()
+
+
+if __name__ == "__main__":
+    main()
