@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shardline._flow import AdaptiveLimit
 from shardline._flow_latency import make_latency_signal
+from shardline._flow_pacer import HeaderPacer
 from test_flow_sim import (
     CapacityServer,
     CutServer,
@@ -104,6 +105,91 @@ def simulate(
     return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+def simulate_split(shards: int, *, duration: float, seed: int) -> tuple[float, float, float]:
+    """Per-shard limits (floor 1 each) against one cut-the-stream server, vs one shared limit.
+
+    Returns (cut streams per attempt with per-shard limits, with one shared limit,
+    successes per second per-shard / shared).
+    """
+    outcomes = []
+    for split in (True, False):
+        rng = random.Random(seed)
+        server = CutServer(rng=rng)
+
+        async def main(
+            split: bool = split, server: CutServer = server, rng: random.Random = rng
+        ) -> list[SimResult]:
+            results: list[SimResult] = []
+            shared = AdaptiveLimit(ceiling=4 * shards)
+
+            async def one() -> None:
+                flow = AdaptiveLimit(ceiling=4) if split else shared
+                results.append(
+                    await run_workload(server, flow, workers=8, duration=duration, rng=rng)
+                )
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(shards):
+                    nursery.start_soon(one)
+            return results
+
+        results = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+        cuts = sum(r.overloads for r in results) / max(1, sum(r.attempts for r in results))
+        rate = sum(r.successes for r in results) / duration
+        outcomes.append((cuts, rate))
+    return outcomes[0][0], outcomes[1][0], outcomes[0][1] / outcomes[1][1]
+
+
+def simulate_pacer(paced: bool, *, duration: float, seed: int) -> tuple[int, int]:
+    """Workers against a server announcing a fixed-window quota of 60 requests per 10 s.
+
+    The server refuses (429) beyond the quota. Returns (successes, 429s).
+    """
+    rng = random.Random(seed)
+    quota, window = 60, 10.0
+
+    async def main() -> tuple[int, int]:
+        pacer = HeaderPacer(rng=rng)
+        start = trio.current_time()
+        used: dict[int, int] = {}
+        ok = refused = 0
+
+        def headers(now: float) -> dict[str, str]:
+            index = int((now - start) // window)
+            reset = (index + 1) * window - (now - start)
+            return {
+                "x-ratelimit-limit-requests": str(quota),
+                "x-ratelimit-remaining-requests": str(max(0, quota - used.get(index, 0))),
+                "x-ratelimit-reset-requests": f"{reset:.3f}s",
+            }
+
+        async def worker() -> None:
+            nonlocal ok, refused
+            while True:
+                if paced:
+                    await pacer.wait()
+                index = int((trio.current_time() - start) // window)
+                await trio.sleep(rng.uniform(0.02, 0.05))  # the request reaches the server
+                if used.get(index, 0) >= quota:
+                    refused += 1
+                    pacer.observe_headers(headers(trio.current_time()))
+                    await trio.sleep(rng.uniform(0.5, 1.5))  # backoff without Retry-After
+                    continue
+                used[index] = used.get(index, 0) + 1
+                pacer.observe_headers(headers(trio.current_time()))
+                await trio.sleep(rng.uniform(0.5, 2.0))
+                ok += 1
+
+        with trio.move_on_after(duration):
+            async with trio.open_nursery() as nursery:
+                for _ in range(32):
+                    nursery.start_soon(worker)
+        return ok, refused
+
+    result: tuple[int, int] = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=600.0, help="virtual seconds per run")
@@ -154,6 +240,22 @@ def main() -> None:
                 f"{limit / capacity:>8.2f}{over:>7.2f}{ovl * 100:>6.1f}%{ttft:>10.1f}"
             )
         print()
+
+    print("# where the limit lives: 2 and 4 shards x 8 workers, one cut-the-stream server")
+    print(
+        f"{'shards':>6} {'cuts/attempt per-shard':>24} {'shared':>8} {'thr per-shard/shared':>22}"
+    )
+    for shards in (2, 4):
+        split, shared, ratio = simulate_split(shards, duration=args.duration, seed=0)
+        print(f"{shards:>6} {split * 100:>23.1f}% {shared * 100:>7.1f}% {ratio:>22.2f}")
+    print()
+
+    print("# header pacing: 32 workers, server quota 60 requests / 10 s, 429 beyond it")
+    for paced in (False, True):
+        ok, refused = simulate_pacer(paced, duration=args.duration, seed=0)
+        label = "HeaderPacer" if paced else "no pacer"
+        share = refused / max(1, ok + refused) * 100
+        print(f"{label:<12} ok {ok:>6}  429s {refused:>6}  ({share:.1f}% of attempts)")
 
 
 if __name__ == "__main__":
