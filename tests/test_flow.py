@@ -283,19 +283,35 @@ async def test_latency_brakes_a_queueing_server(autojump_clock: trio.testing.Moc
 async def test_periodic_measurement_halves_then_restores(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Every probe_interval the limit halves until a few no-load TTFTs are in, then returns."""
+    """After TTFT rose, every probe_interval the limit halves until a few no-load TTFTs are in,
+    then returns, and the measured floor replaces the old one."""
     flow = AdaptiveLimit(ceiling=8, initial=8, latency=GradientSignal(), probe_interval=30.0)
-    flow.on_success(await flow.acquire(), ttft_s=0.5)
+    flow.on_success(await flow.acquire(), ttft_s=0.2)
+    for _ in range(12):  # a standing queue: the signal objects
+        flow.on_success(await flow.acquire(), ttft_s=0.5)
     await trio.sleep(31.0)
+    old = flow.limit
     change = flow.on_success(await flow.acquire(), ttft_s=0.5)
     assert change is not None
-    assert (change.old, change.new, change.reason) == (8, 4, "measure")
+    assert (change.old, change.new, change.reason) == (old, old // 2, "measure")
     reasons = [flow.on_success(await flow.acquire(), ttft_s=0.3) for _ in range(5)]
     last = reasons[-1]
     assert last is not None
-    assert (last.new, last.reason) == (8, "restore")
+    assert (last.new, last.reason) == (old, "restore")
     assert flow.latency is not None
     assert flow.latency.baseline == 0.3
+
+
+async def test_no_measurement_while_ttft_stays_at_its_floor(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With no objection from the latency signal, the periodic dip is skipped."""
+    flow = AdaptiveLimit(ceiling=8, initial=8, latency=GradientSignal(), probe_interval=30.0)
+    for _ in range(4):
+        for _ in range(8):
+            assert flow.on_success(await flow.acquire(), ttft_s=0.2) is None
+        await trio.sleep(31.0)
+    assert flow.limit == 8
 
 
 def test_no_load_min_falls_alone_and_rises_only_by_rebase() -> None:

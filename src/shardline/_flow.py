@@ -75,6 +75,7 @@ DEFAULT_ANSWER_WINDOW = 60.0
 #: Seconds between measurements of the no-load TTFT: the limit is halved until
 #: :data:`PROBE_SAMPLES` requests sent under the halved limit have their first
 #: token (Envoy's adaptive concurrency filter measures every 60 s as well).
+#: Skipped while the latency signal raised no objection since the last one.
 DEFAULT_PROBE_INTERVAL = 60.0
 PROBE_SAMPLES = 5
 #: Slow start (+1 per success) ends once this many successive TTFTs all exceed
@@ -236,6 +237,7 @@ class AdaptiveLimit:
     _probe_started: float = attrs.field(init=False, default=0.0)
     _probe_saved: float = attrs.field(init=False, default=0.0)
     _probe_samples: list[float] = attrs.field(init=False, factory=list)
+    _objected: bool = attrs.field(init=False, default=False)
     _last_answer: float = attrs.field(init=False, default=-math.inf)
     _last_reason: str | None = attrs.field(init=False, default=None)
     _lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
@@ -414,6 +416,11 @@ class AdaptiveLimit:
                 self._next_probe = now + self.probe_interval
             if now < self._next_probe:
                 return False, None
+            if not self._objected:
+                # TTFT never rose above its floor: the floor cannot be stale in the
+                # way that matters (too low), so spare the server's throughput.
+                self._next_probe = now + self.probe_interval
+                return False, None
             # Halve the limit for one round trip: what those requests see is no-load.
             self._probe_saved = self._estimate
             self._probe_started = now
@@ -430,6 +437,7 @@ class AdaptiveLimit:
             self.latency.rebase(min(self._probe_samples))
         undisturbed = self._epoch == self._probe_epoch
         self._probe_epoch = None
+        self._objected = False
         self._next_probe = now + self.probe_interval
         if undisturbed:  # no refusal meanwhile: go back to where we were
             return True, self._set(self._probe_saved, "restore")
@@ -440,6 +448,7 @@ class AdaptiveLimit:
         if self.latency is not None and ttft_s is not None:
             cap = self.latency.propose(ttft_s, self._estimate, trio.current_time())
         if cap is not None:
+            self._objected = True
             # The server queues. Brake once per epoch: samples of requests sent
             # before the last decrease still carry the queue that decrease removes.
             self._slow_start = False
