@@ -34,6 +34,10 @@ def test_validation_names_the_parameter_and_bound() -> None:
         AdaptiveLimit(ceiling=4, initial=5)
     with pytest.raises(ConfigError, match=r"^backoff_ratio must be in \(0, 1\), got 1.0$"):
         AdaptiveLimit(ceiling=4, backoff_ratio=1.0)
+    with pytest.raises(ConfigError, match=r"^probe_interval must be > 0 seconds, got 0$"):
+        AdaptiveLimit(ceiling=4, probe_interval=0)
+    with pytest.raises(ConfigError, match=r"^answer_window must be finite, got inf$"):
+        AdaptiveLimit(ceiling=4, answer_window=float("inf"))
     with pytest.raises(ConfigError, match="latency signal must be"):
         make_latency_signal("bbr")  # type: ignore[arg-type]
 
@@ -231,6 +235,29 @@ async def test_probes_at_a_refused_level_get_rarer(autojump_clock: trio.testing.
         costs.append(successes)
     assert costs == [1, 2, 4, 8]
     assert flow.statistics().strikes == 3 <= MAX_PROBE_STRIKES  # the first refusal is no probe
+
+
+async def test_a_raising_callback_loses_no_wakeup(autojump_clock: trio.testing.MockClock) -> None:
+    """If on_change raises, the error propagates but the freed slot still goes to a waiter."""
+
+    def explode(change: LimitChange) -> None:
+        raise ValueError(change.reason)
+
+    flow = AdaptiveLimit(ceiling=8, initial=2, latency=None, on_change=explode)
+    a, b = await flow.acquire(), await flow.acquire()
+    got: list[FlowPermit] = []
+
+    async def waiter() -> None:
+        got.append(await flow.acquire())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(ValueError, match="rate_limited"):
+            flow.on_overload(a, Cause.RATE_LIMITED)  # 2 -> 1: no room yet
+        with pytest.raises(ValueError, match="probe"):
+            flow.on_success(b)  # 1 -> 2 (a probe of the refused level): room for the waiter
+    assert len(got) == 1
 
 
 def test_classify_maps_causes_to_signals() -> None:

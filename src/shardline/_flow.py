@@ -174,6 +174,18 @@ def _int_at_least(name: str, bound: int) -> Any:
     return check
 
 
+def _seconds(_inst: Any, attr: Any, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{attr.name} must be > 0 seconds, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{attr.name} must be finite, got {value!r}")
+
+
+def _seconds_or_none(inst: Any, attr: Any, value: Any) -> None:
+    if value is not None:
+        _seconds(inst, attr, value)
+
+
 def _ratio(_inst: object, _attr: object, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
         raise ConfigError(f"backoff_ratio must be in (0, 1), got {value!r}")
@@ -210,6 +222,8 @@ class AdaptiveLimit:
         latency: A TTFT signal that caps the limit on queueing servers
             (default the chosen one; ``None`` to react to refusals only).
         answer_window: Seconds after an answer during which timeouts count as overload.
+        probe_interval: Seconds between measurements of the no-load TTFT
+            (``None``: never measure; the floor then only falls).
         on_change: Called with each :class:`LimitChange` (the ``on_*`` methods return it too).
     """
 
@@ -218,8 +232,10 @@ class AdaptiveLimit:
     initial: int | None = attrs.field(default=None)
     backoff_ratio: float = attrs.field(default=DEFAULT_BACKOFF_RATIO, validator=_ratio)
     latency: LatencySignal | None = attrs.field(factory=make_latency_signal)
-    answer_window: float = DEFAULT_ANSWER_WINDOW
-    probe_interval: float | None = DEFAULT_PROBE_INTERVAL
+    answer_window: float = attrs.field(default=DEFAULT_ANSWER_WINDOW, validator=_seconds)
+    probe_interval: float | None = attrs.field(
+        default=DEFAULT_PROBE_INTERVAL, validator=_seconds_or_none
+    )
     on_change: Callable[[LimitChange], None] | None = None
     _estimate: float = attrs.field(init=False, default=0.0)
     _in_flight: int = attrs.field(init=False, default=0)
@@ -363,10 +379,12 @@ class AdaptiveLimit:
         held = self._release(permit)
         now = trio.current_time()
         self._last_answer = now
-        measuring, change = self._measure(permit, ttft_s, now)
-        if not measuring:
-            change = self._grow(permit, held, ttft_s)
-        self._wake()
+        try:  # even if on_change raises, the freed slot goes to a waiter
+            measuring, change = self._measure(permit, ttft_s, now)
+            if not measuring:
+                change = self._grow(permit, held, ttft_s)
+        finally:
+            self._wake()
         return change
 
     def on_overload(self, permit: FlowPermit, cause: Cause | str) -> LimitChange | None:
@@ -377,8 +395,10 @@ class AdaptiveLimit:
         """
         held = self._release(permit)
         self._slow_start = False
-        change = self._shrink(permit, held, str(cause))
-        self._wake()
+        try:
+            change = self._shrink(permit, held, str(cause))
+        finally:
+            self._wake()
         return change
 
     def on_ignore(self, permit: FlowPermit) -> None:
