@@ -554,3 +554,26 @@ def test_budget_window_validation() -> None:
         RetryPolicy(budget_window=0)
     with pytest.raises(ConfigError, match=r"^window must be > 0 seconds, got -1$"):
         RetryBudget(window=-1)
+
+
+@given(
+    st.lists(st.floats(min_value=0.0, max_value=1e4), min_size=1, max_size=30),
+    st.sampled_from([1.0, 10.0, 60.0, 0.3]),
+)
+def test_budget_window_never_expires_in_the_past(times: list[float], window: float) -> None:
+    """After the budget looked at the time, its next change is strictly in the future.
+
+    A waiter sleeps until that moment; one at or before now would make it spin
+    without ever letting a virtual clock advance (a float-rounding bug once did).
+    """
+    now = 0.0
+    budget = RetryBudget(ratio=0.0, min_retries=0, window=window, clock=lambda: now)
+    for t in sorted(times):
+        now = t
+        budget.record_request()
+        assert budget.available == 0
+        assert budget._next_change() > now
+        # The moment the oldest bucket expires, exactly: the edge float rounding hits.
+        now = budget._next_change()
+        assert budget.available == 0
+        assert budget._next_change() > now

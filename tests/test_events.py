@@ -24,6 +24,7 @@ from shardline._events import (
     FirstToken,
     ItemAdmitted,
     ItemEnd,
+    LimitChange,
     RetryScheduled,
     RunEnd,
     RunEndReason,
@@ -108,6 +109,15 @@ events: st.SearchStrategy[Event] = st.one_of(
         completion_tokens=st.none() | small,
         ttft_s=st.none() | finite,
         usage_estimated=st.booleans(),
+        message=opt_str,
+    ),
+    st.builds(
+        LimitChange,
+        t=times,
+        endpoint=small,
+        old=small,
+        new=small,
+        reason=st.text(max_size=12),
     ),
     st.builds(
         ShardState,
@@ -149,6 +159,7 @@ def test_every_kind_is_registered() -> None:
         "retry_scheduled",
         "item_end",
         "shard_state",
+        "limit_change",
         "run_end",
     }
     assert all(cls.kind == kind for kind, cls in EVENT_TYPES.items())

@@ -21,25 +21,26 @@ import shardline.testing
 
 TOP = {
     "AttemptError", "Backoff", "Cause", "ChatRequest", "CompletionRequest", "ConfigError",
-    "Deadlines", "Endpoint", "EventSink", "InputError", "ItemCancelled", "JsonlEventSink",
-    "MemoryEventSink", "Outcome", "Pipeline", "PipelineConfig", "PipelineStatistics", "Request",
-    "Result", "RetryBudget", "RetryPolicy", "ShardStatistics", "ShardlineError", "Status",
-    "TeeSink", "Usage", "no_delays", "open_pipeline",
+    "Deadlines", "Endpoint", "EventSink", "FlowControl", "InputError", "ItemCancelled",
+    "JsonlEventSink", "MemoryEventSink", "Outcome", "Pipeline", "PipelineConfig",
+    "PipelineStatistics", "Request", "Result", "RetryBudget", "RetryPolicy", "ShardStatistics",
+    "ShardlineError", "Status", "TeeSink", "Usage", "no_delays", "open_pipeline",
 }  # fmt: skip
 
 ERRORS = {
     "AttemptError", "AttemptTimeout", "ClientError", "ConfigError", "ConnectError",
     "ConnectTimeout", "ConnectionLost", "DeadlineExceeded", "EventDecodeError",
     "HTTPStatusError", "InputError", "InternalError", "ItemCancelled", "PoolTimeout",
-    "ProtocolError", "RateLimited", "ReportError", "ServerError", "ShardlineError", "StallTimeout",
-    "TTFTTimeout", "TransportError", "Truncated",
+    "ProtocolError", "RateLimited", "ReportError", "ServerError", "ShardlineError",
+    "StallTimeout", "TTFTTimeout", "TransportError", "Truncated",
 }  # fmt: skip
 
 EVENTS = {
     "SCHEMA_VERSION", "AttemptEnd", "AttemptOutcome", "AttemptStart", "Event",
     "EventDecodeError", "EventFileReader", "EventSink", "FirstToken", "ItemAdmitted", "ItemEnd",
-    "ItemId", "JsonlEventSink", "MemoryEventSink", "RetryScheduled", "RunEnd", "RunEndReason",
-    "RunStart", "ShardCondition", "ShardState", "TeeSink", "event_from_json", "event_to_json",
+    "ItemId", "JsonlEventSink", "LimitChange", "MemoryEventSink", "RetryScheduled", "RunEnd",
+    "RunEndReason", "RunStart", "ShardCondition", "ShardState", "TeeSink", "event_from_json",
+    "event_to_json",
 }  # fmt: skip
 
 REPORT = {

@@ -16,7 +16,7 @@ from shardline._flow import (
     MAX_PROBE_STRIKES,
     AdaptiveLimit,
     FlowPermit,
-    LimitChange,
+    LimitStep,
     Signal,
     classify,
 )
@@ -159,11 +159,11 @@ async def test_success_in_use_raises_by_one_and_reports_the_change(
 ) -> None:
     """A success with at least half the limit in flight adds one; the change is returned and
     passed to on_change."""
-    seen: list[LimitChange] = []
+    seen: list[LimitStep] = []
     flow = AdaptiveLimit(ceiling=8, initial=2, latency=None, on_change=seen.append)
     a, b = await flow.acquire(), await flow.acquire()
     change = flow.on_success(a)
-    assert change == LimitChange(t=trio.current_time(), old=2, new=3, reason="increase")
+    assert change == LimitStep(t=trio.current_time(), old=2, new=3, reason="increase")
     assert seen == [change]
     assert flow.statistics().last_reason == "increase"
     flow.on_success(b)  # held 1 of 3: not in use, no increase
@@ -240,7 +240,7 @@ async def test_probes_at_a_refused_level_get_rarer(autojump_clock: trio.testing.
 async def test_a_raising_callback_loses_no_wakeup(autojump_clock: trio.testing.MockClock) -> None:
     """If on_change raises, the error propagates but the freed slot still goes to a waiter."""
 
-    def explode(change: LimitChange) -> None:
+    def explode(change: LimitStep) -> None:
         raise ValueError(change.reason)
 
     flow = AdaptiveLimit(ceiling=8, initial=2, latency=None, on_change=explode)

@@ -28,7 +28,7 @@ import trio
 import trio.testing
 
 from shardline._exceptions import Cause
-from shardline._flow import AdaptiveLimit, LimitChange
+from shardline._flow import AdaptiveLimit, LimitStep
 
 #: (cause or None for success, HTTP status or None, TTFT in seconds or None)
 Served = tuple[Cause | None, int | None, float | None]
@@ -176,7 +176,7 @@ async def run_workload(
     result = SimResult(duration=duration)
     result.trace.append((0.0, flow.limit))
 
-    def changed(change: LimitChange) -> None:
+    def changed(change: LimitStep) -> None:
         result.trace.append((change.t - start, change.new))
 
     flow.on_change = changed

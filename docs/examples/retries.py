@@ -16,7 +16,7 @@ from shardline.events import AttemptStart, RetryScheduled, ShardState
 from shardline.testing import open_fake_server
 
 POLICY = RetryPolicy(
-    max_attempts=4,
+    max_attempts=6,
     backoff=Backoff(initial=0.05, max=0.4, multiplier=2.0, jitter=0.05),
     retry_after_cap=1.0,  # honour Retry-After up to 1 s
     retry_after_jitter=0.05,

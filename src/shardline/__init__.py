@@ -26,6 +26,7 @@ from ._backoff import no_delays as no_delays
 from ._budget import RetryBudget as RetryBudget
 from ._config import Deadlines as Deadlines
 from ._config import Endpoint as Endpoint
+from ._config import FlowControl as FlowControl
 from ._config import PipelineConfig as PipelineConfig
 from ._exceptions import AttemptError as AttemptError
 from ._exceptions import Cause as Cause
@@ -72,6 +73,7 @@ __all__ = [
     "Deadlines",
     "Endpoint",
     "EventSink",
+    "FlowControl",
     "InputError",
     "ItemCancelled",
     "JsonlEventSink",

@@ -132,6 +132,7 @@ async def send_attempt(
     *,
     headers: Mapping[str, str] | None = None,
     on_first_token: Callable[[float], None] | None = None,
+    on_response: Callable[[httpx.Headers], object] | None = None,
 ) -> AttemptResult:
     """Send ``request`` once and read the whole answer within ``deadlines``.
 
@@ -152,6 +153,9 @@ async def send_attempt(
         headers: Extra request headers (the pipeline's item id and attempt number).
         on_first_token: Called once, synchronously, with the TTFT in seconds
             when the first content event arrives.
+        on_response: Called once, synchronously, with the response headers as
+            soon as they arrive, whatever the status (rate-limit headers come
+            on errors too).
 
     Returns:
         The :class:`AttemptResult`.
@@ -187,6 +191,7 @@ async def send_attempt(
                 deadlines,
                 headers,
                 on_first_token,
+                on_response,
                 state,
                 progress_scope,
             )
@@ -251,6 +256,7 @@ async def _exchange(
     deadlines: Deadlines,
     extra_headers: Mapping[str, str] | None,
     on_first_token: Callable[[float], None] | None,
+    on_response: Callable[[httpx.Headers], object] | None,
     state: _State,
     progress: trio.CancelScope,
 ) -> AttemptResult:
@@ -265,6 +271,8 @@ async def _exchange(
     url = _url(endpoint.base_url, request.path, endpoint.azure_api_version)
     async with client.stream("POST", url, json=body, headers=headers) as response:
         state.status_code = response.status_code
+        if on_response is not None:
+            on_response(response.headers)
         if response.status_code >= 300:
             await raise_for_status(response, endpoint, body_deadline=state.body_deadline)
         content_type = response.headers.get("content-type", "")

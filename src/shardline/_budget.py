@@ -122,9 +122,11 @@ class RetryBudget:
         """Requests and retries that count now: in the window, or in the whole run."""
         if self.window is None:
             return float(self._requests), float(self._retries)
-        horizon = self.clock() - self.window
+        now = self.clock()
         buckets = self._buckets
-        while buckets and buckets[0][0] <= horizon:
+        # The same expression as _next_change(), so a bucket kept here always
+        # expires strictly after now (no float rounding can make a waiter spin).
+        while buckets and buckets[0][0] + self.window <= now:
             buckets.popleft()
         return sum(b[1] for b in buckets), sum(b[2] for b in buckets)
 
@@ -205,14 +207,19 @@ class RetryBudget:
         self._waited += 1
         try:
             while True:
-                if self._waiters[0] is waiter:
-                    if self.available > 0:
-                        self._take()
-                        return True
-                    if self.clock() >= give_up:
-                        self._retries += 1
-                        self._overdrafts += 1
-                        return False
+                if self._waiters[0] is not waiter:
+                    # Only the head of the line watches the clock; the others
+                    # wait to be woken when it leaves.
+                    await waiter.event.wait()
+                    waiter.event = trio.Event()
+                    continue
+                if self.available > 0:  # (also forgets what left the window)
+                    self._take()
+                    return True
+                if self.clock() >= give_up:
+                    self._retries += 1
+                    self._overdrafts += 1
+                    return False
                 with trio.move_on_at(min(self._next_change(), give_up)):
                     await waiter.event.wait()
                 waiter.event = trio.Event()

@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_TTFT_TIMEOUT",
     "Deadlines",
     "Endpoint",
+    "FlowControl",
     "PipelineConfig",
 ]
 
@@ -176,6 +177,44 @@ DEFAULT_QUEUE_SIZE = 64
 DEFAULT_DRAIN_GRACE = 30.0
 
 
+@attrs.frozen(kw_only=True)
+class FlowControl:
+    """How a pipeline fits what it sends to what the server can take.
+
+    With ``adaptive`` on (the default), ``PipelineConfig.concurrency`` is each
+    shard's *ceiling*, and one live in-flight limit per endpoint, shared by its
+    shards, moves between ``floor`` and ``shard_count * concurrency``: down
+    (x0.9) on overload signals (429, 503, a cut stream, a timeout while the
+    server otherwise answers), up by one on successes while the limit is in
+    use, and held back when TTFT rises over its no-load floor (servers that
+    queue instead of refusing). A server's capacity belongs to the server:
+    a one-at-a-time server gets one request at a time, however many shards.
+    See the flow-control explanation page for the algorithm and its measurements.
+
+    Example::
+
+        FlowControl(adaptive=False)   # a fixed cap: concurrency per shard, always
+
+    Args:
+        adaptive: Adapt the in-flight limit (``False``: a fixed
+            ``concurrency`` per shard, as in a plain semaphore pattern).
+        floor: The lowest the limit goes (>= 1).
+        initial: Where the limit starts (``None``: 4, or the ceiling if lower);
+            it grows by one per success until the server objects.
+        pace_headers: Read ``x-ratelimit-*`` headers (OpenAI's, and other
+            providers' variants) and wait before a send would overrun what
+            the server says remains, so 429s become rare instead of being how
+            the limit is found.
+    """
+
+    adaptive: bool = True
+    floor: int = attrs.field(default=1, validator=integer("floor", ge=1))
+    initial: int | None = attrs.field(
+        default=None, validator=integer("initial", ge=1, optional=True)
+    )
+    pace_headers: bool = True
+
+
 def _routing(_inst: object, _attr: object, value: str) -> None:
     if value not in ("hash", "least_loaded"):
         raise ConfigError(f"routing must be 'hash' or 'least_loaded', got {value!r}")
@@ -210,6 +249,7 @@ class PipelineConfig:
         deadlines: The per-attempt :class:`Deadlines`.
         drain_grace: Seconds in-flight work may take to finish when the
             pipeline is left, before it is cancelled.
+        flow: The :class:`FlowControl` (adaptive in-flight limit, header pacing).
         seed: Seeds the jitter of backoff delays, for reproducible runs.
     """
 
@@ -230,6 +270,7 @@ class PipelineConfig:
     )
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     deadlines: Deadlines = attrs.field(factory=Deadlines)
+    flow: FlowControl = attrs.field(factory=FlowControl)
     drain_grace: float = attrs.field(
         default=DEFAULT_DRAIN_GRACE, validator=number("drain_grace", ge=0, unit="seconds")
     )

@@ -58,6 +58,7 @@ __all__ = [
     "FirstToken",
     "ItemAdmitted",
     "ItemEnd",
+    "LimitChange",
     "RetryScheduled",
     "RunEnd",
     "RunEndReason",
@@ -244,6 +245,25 @@ class ShardState:
 
 
 @attrs.frozen(kw_only=True)
+class LimitChange:
+    """An endpoint's live in-flight limit moved from ``old`` to ``new``.
+
+    The limit belongs to the endpoint (a server's capacity is the server's) and
+    is shared by its shards. ``reason`` is the overload cause that lowered it
+    (``rate_limited``, ``server_error``, ``connection_lost``, a timeout), or
+    ``increase``, ``probe``, ``latency`` (TTFT rose over its no-load floor),
+    ``measure`` / ``restore`` (a periodic no-load TTFT measurement).
+    """
+
+    kind: ClassVar[str] = "limit_change"
+    t: float
+    endpoint: int
+    old: int
+    new: int
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
 class RunEnd:
     """The run ended; ``reason`` is ``completed``, ``cancelled`` or ``error``."""
 
@@ -261,6 +281,7 @@ Event = (
     | RetryScheduled
     | ItemEnd
     | ShardState
+    | LimitChange
     | RunEnd
 )
 
@@ -276,6 +297,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RetryScheduled,
         ItemEnd,
         ShardState,
+        LimitChange,
         RunEnd,
     )
 }

@@ -46,7 +46,7 @@ import trio
 from ._exceptions import Cause, ConfigError
 from ._flow_latency import LatencySignal, make_latency_signal
 from ._flow_signals import OVERLOAD_STATUS_CODES as OVERLOAD_STATUS_CODES
-from ._flow_signals import LimitChange as LimitChange
+from ._flow_signals import LimitStep as LimitStep
 from ._flow_signals import Signal as Signal
 from ._flow_signals import classify as classify
 
@@ -60,7 +60,7 @@ __all__ = [
     "AdaptiveLimit",
     "FlowPermit",
     "FlowStatistics",
-    "LimitChange",
+    "LimitStep",
     "Signal",
     "classify",
 ]
@@ -176,7 +176,7 @@ class AdaptiveLimit:
         answer_window: Seconds after an answer during which timeouts count as overload.
         probe_interval: Seconds between measurements of the no-load TTFT
             (``None``: never measure; the floor then only falls).
-        on_change: Called with each :class:`LimitChange` (the ``on_*`` methods return it too).
+        on_change: Called with each :class:`LimitStep` (the ``on_*`` methods return it too).
     """
 
     ceiling: int = attrs.field(validator=_int_at_least("ceiling", 1))
@@ -188,7 +188,7 @@ class AdaptiveLimit:
     probe_interval: float | None = attrs.field(
         default=DEFAULT_PROBE_INTERVAL, validator=_seconds_or_none
     )
-    on_change: Callable[[LimitChange], None] | None = None
+    on_change: Callable[[LimitStep], None] | None = None
     _estimate: float = attrs.field(init=False, default=0.0)
     _in_flight: int = attrs.field(init=False, default=0)
     _epoch: int = attrs.field(init=False, default=0)
@@ -310,23 +310,23 @@ class AdaptiveLimit:
         self._in_flight -= 1
         return held
 
-    def _set(self, estimate: float, reason: str) -> LimitChange | None:
+    def _set(self, estimate: float, reason: str) -> LimitStep | None:
         old = self.limit
         self._estimate = max(float(self.floor), min(float(self.ceiling), estimate))
         new = self.limit
         if new == old:
             return None
         self._last_reason = reason
-        change = LimitChange(t=trio.current_time(), old=old, new=new, reason=reason)
+        change = LimitStep(t=trio.current_time(), old=old, new=new, reason=reason)
         if self.on_change is not None:
             self.on_change(change)
         return change
 
-    def on_success(self, permit: FlowPermit, *, ttft_s: float | None = None) -> LimitChange | None:
+    def on_success(self, permit: FlowPermit, *, ttft_s: float | None = None) -> LimitStep | None:
         """Give back ``permit`` after a successful attempt (``ttft_s``: its time to first token).
 
         Returns:
-            The :class:`LimitChange` if the limit moved, else ``None``.
+            The :class:`LimitStep` if the limit moved, else ``None``.
         """
         held = self._release(permit)
         now = trio.current_time()
@@ -339,11 +339,11 @@ class AdaptiveLimit:
             self._wake()
         return change
 
-    def on_overload(self, permit: FlowPermit, cause: Cause | str) -> LimitChange | None:
+    def on_overload(self, permit: FlowPermit, cause: Cause | str) -> LimitStep | None:
         """Give back ``permit`` after the server refused it or cut it (``cause`` names how).
 
         Returns:
-            The :class:`LimitChange` if the limit moved, else ``None``.
+            The :class:`LimitStep` if the limit moved, else ``None``.
         """
         held = self._release(permit)
         self._slow_start = False
@@ -360,7 +360,7 @@ class AdaptiveLimit:
 
     def on_failure(
         self, permit: FlowPermit, cause: Cause, *, status_code: int | None = None
-    ) -> LimitChange | None:
+    ) -> LimitStep | None:
         """Give back ``permit`` after a failed attempt, classified by :func:`classify`.
 
         An HTTP status (any, even an error) counts as the server answering.
@@ -379,7 +379,7 @@ class AdaptiveLimit:
 
     def _measure(
         self, permit: FlowPermit, ttft_s: float | None, now: float
-    ) -> tuple[bool, LimitChange | None]:
+    ) -> tuple[bool, LimitStep | None]:
         """Run the periodic no-load TTFT measurement: (whether it took this sample, change)."""
         if self.latency is None or self.probe_interval is None or ttft_s is None:
             return False, None
@@ -415,7 +415,7 @@ class AdaptiveLimit:
             return True, self._set(self._probe_saved, "restore")
         return True, None
 
-    def _grow(self, permit: FlowPermit, held: int, ttft_s: float | None) -> LimitChange | None:
+    def _grow(self, permit: FlowPermit, held: int, ttft_s: float | None) -> LimitStep | None:
         cap: float | None = None
         if self.latency is not None and ttft_s is not None:
             cap = self.latency.propose(ttft_s, self._estimate, trio.current_time())
@@ -472,7 +472,7 @@ class AdaptiveLimit:
             reason = "increase"
         return self._set(self._estimate + 1.0, reason)
 
-    def _shrink(self, permit: FlowPermit, held: int, reason: str) -> LimitChange | None:
+    def _shrink(self, permit: FlowPermit, held: int, reason: str) -> LimitStep | None:
         self._credit = 0.0
         limit = self.limit
         if permit.epoch == self._epoch:

@@ -3,7 +3,7 @@
 The vocabulary shared by :class:`~shardline._flow.AdaptiveLimit` and whoever
 reports to it (a shard) or logs its moves (the pipeline's events):
 :func:`classify` maps an attempt's :class:`~shardline._exceptions.Cause` and
-HTTP status to a :class:`Signal`, and :class:`LimitChange` is what the limit
+HTTP status to a :class:`Signal`, and :class:`LimitStep` is what the limit
 returns (and passes to its ``on_change`` callback) when it moves.
 """
 
@@ -15,7 +15,7 @@ import attrs
 
 from ._exceptions import Cause
 
-__all__ = ["OVERLOAD_STATUS_CODES", "LimitChange", "Signal", "classify"]
+__all__ = ["OVERLOAD_STATUS_CODES", "LimitStep", "Signal", "classify"]
 
 #: Statuses that mean "too many": 429 Too Many Requests, 503 Service
 #: Unavailable, 529 (Anthropic's "overloaded").
@@ -59,7 +59,7 @@ def classify(cause: Cause | None, status_code: int | None, *, answering: bool) -
 
 
 @attrs.frozen(kw_only=True)
-class LimitChange:
+class LimitStep:
     """The live limit moved: emit it as an event (``t`` is trio's clock)."""
 
     t: float

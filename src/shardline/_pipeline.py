@@ -22,8 +22,10 @@ import httpx
 import trio
 
 from ._config import Endpoint, PipelineConfig
-from ._events import Event, ItemEnd, RunEnd, RunStart
+from ._events import Event, ItemEnd, LimitChange, RunEnd, RunStart
 from ._exceptions import ConfigError, ShardlineError
+from ._flow import AdaptiveLimit, LimitStep
+from ._flow_pacer import HeaderPacer
 from ._http import make_client
 from ._models import ChatRequest, CompletionRequest, ItemId, Outcome, Request, Result, Status
 from ._ratelimit import SlidingWindowLimiter
@@ -61,6 +63,8 @@ class PipelineStatistics:
             the events). Anything but 0 deserves a bug report.
         retries: Retries scheduled.
         budget_waiting: Retries waiting for the retry budget right now.
+        limit: The endpoint's live in-flight limit, shared by its shards
+            (``None`` without adaptive flow control).
         draining: True once the pipeline is being left.
         shards: One :class:`ShardStatistics` per shard.
     """
@@ -77,6 +81,7 @@ class PipelineStatistics:
     internal_errors: int
     retries: int
     budget_waiting: int
+    limit: int | None
     draining: bool
     shards: tuple[ShardStatistics, ...]
 
@@ -284,6 +289,7 @@ class Pipeline:
             internal_errors=state.internal_errors,
             retries=sum(s.retries for s in shards),
             budget_waiting=state.budget.waiting,
+            limit=None if state.flow is None else state.flow.limit,
             draining=state.draining,
             shards=shards,
         )
@@ -394,6 +400,7 @@ async def open_pipeline(
         tpm=None if config.tpm is None else SlidingWindowLimiter(limit=config.tpm),
         t0=trio.current_time(),
     )
+    _flow_control(config, state, rng)
     pipeline = Pipeline(config=config, run_id=run_id or uuid.uuid4().hex[:12], state=state)
     state.emit(
         RunStart(
@@ -446,6 +453,31 @@ async def open_pipeline(
             for client in clients:
                 await client.aclose()
         state.emit(RunEnd(t=state.now(), reason=reason))
+
+
+def _flow_control(config: PipelineConfig, state: RunState, rng: random.Random) -> None:
+    """Give ``state`` the endpoint's adaptive limit and header pacer, as configured."""
+    flow = config.flow
+    ceiling = config.shard_count * config.concurrency
+    if flow.floor > ceiling:
+        raise ConfigError(
+            f"flow.floor must be <= shard_count * concurrency ({ceiling}), got {flow.floor}"
+        )
+    if flow.adaptive:
+
+        def changed(step: LimitStep) -> None:
+            state.emit(
+                LimitChange(
+                    t=state.now(), endpoint=0, old=step.old, new=step.new, reason=step.reason
+                )
+            )
+
+        initial = None if flow.initial is None else max(flow.floor, min(ceiling, flow.initial))
+        state.flow = AdaptiveLimit(
+            ceiling=ceiling, floor=flow.floor, initial=initial, on_change=changed
+        )
+    if flow.pace_headers:
+        state.pacer = HeaderPacer(rng=random.Random(rng.getrandbits(64)))
 
 
 def _only_cancellation(exc: BaseException) -> bool:

@@ -48,6 +48,7 @@ from ._events import (
     ShardState,
 )
 from ._exceptions import AttemptError, Cause, InternalError, ItemCancelled, RateLimited
+from ._flow import FlowPermit
 from ._models import Outcome, Result, Status, Usage, estimate_tokens
 from ._ratelimit import Charge
 from ._state import (
@@ -290,14 +291,29 @@ class Shard:
                 )
             )
 
-    async def _acquire_slot(self, token: object) -> None:
-        """Wait out any cooldown, then take an in-flight slot (outside a cooldown)."""
+    async def _acquire_slot(self, token: object, tokens: int) -> FlowPermit | None:
+        """Wait out any cooldown and the endpoint's announced quota, then take an
+        in-flight slot of this shard and a permit of the endpoint's live limit.
+
+        Returns the permit (``None`` without adaptive flow control); the caller
+        must settle it (``on_success`` / ``on_failure`` / ``on_ignore``).
+        """
+        state = self.state
         while True:
             await self._wait_cooldown()
+            if state.pacer is not None:
+                await state.pacer.wait(tokens=tokens)
             await self._limiter.acquire_on_behalf_of(token)
+            try:
+                permit = None if state.flow is None else await state.flow.acquire()
+            except BaseException:
+                self._limiter.release_on_behalf_of(token)
+                raise
             if trio.current_time() >= self._cooling_until:
-                return
-            # A 429 cooled the shard while we waited for the slot: wait again.
+                return permit
+            # A 429 cooled the shard while we waited: give both back and wait again.
+            if permit is not None and state.flow is not None:
+                state.flow.on_ignore(permit)
             self._limiter.release_on_behalf_of(token)
 
     async def _attempts(self, item: WorkItem) -> Outcome:
@@ -307,12 +323,14 @@ class Shard:
         request = item.request
         estimate_in = estimate_tokens(request.prompt_text())
         estimate_out = request.max_tokens() or DEFAULT_MAX_TOKENS
+        estimate = estimate_in + estimate_out
         attempt = 0
         last_error: AttemptError | None = None
         with item.scope:
             while True:
                 attempt += 1
                 token = object()
+                permit: FlowPermit | None = None
                 if attempt == 1:
                     # Until it is sent, a drain ends the item as unsent, like a queued one.
                     acquired = False
@@ -320,7 +338,7 @@ class Shard:
                         self._unsent.add(unsent)
                         try:
                             if not state.draining:
-                                await self._acquire_slot(token)
+                                permit = await self._acquire_slot(token, estimate)
                                 acquired = True
                         finally:
                             self._unsent.discard(unsent)
@@ -333,16 +351,17 @@ class Shard:
                         )
                     state.budget.record_request()
                 else:
-                    await self._acquire_slot(token)
+                    permit = await self._acquire_slot(token, estimate)
                 try:
-                    if state.rpm is not None:
-                        await state.rpm.acquire(1)
-                    charge = (
-                        None
-                        if state.tpm is None
-                        else await state.tpm.acquire(estimate_in + estimate_out)
-                    )
-                    result = await self._attempt(item, attempt, charge, estimate_in)
+                    try:
+                        if state.rpm is not None:
+                            await state.rpm.acquire(1)
+                        charge = None if state.tpm is None else await state.tpm.acquire(estimate)
+                    except BaseException:
+                        if permit is not None and state.flow is not None:
+                            state.flow.on_ignore(permit)
+                        raise
+                    result = await self._attempt(item, attempt, charge, estimate_in, permit)
                 finally:
                     self._limiter.release_on_behalf_of(token)
                 if isinstance(result, Outcome):
@@ -388,10 +407,17 @@ class Shard:
         return self._unfinished(item, last_error)
 
     async def _attempt(
-        self, item: WorkItem, attempt: int, charge: Charge | None, estimate_in: int
+        self,
+        item: WorkItem,
+        attempt: int,
+        charge: Charge | None,
+        estimate_in: int,
+        permit: FlowPermit | None,
     ) -> Outcome | AttemptError:
-        """Send attempt ``attempt`` of ``item`` (holding a slot): its outcome, or its error."""
+        """Send attempt ``attempt`` of ``item`` (holding a slot and ``permit``): its
+        outcome, or its error. Settles ``permit`` however the attempt ends."""
         state = self.state
+        flow = state.flow if permit is not None else None
         started = state.now()
         item.attempts = attempt
         state.emit(AttemptStart(t=started, item_id=item.id, shard=self.index, attempt=attempt))
@@ -419,8 +445,11 @@ class Shard:
                     "x-shardline-attempt": str(attempt),
                 },
                 on_first_token=first_token,
+                on_response=None if state.pacer is None else state.pacer.observe_headers,
             )
         except AttemptError as err:
+            if flow is not None and permit is not None:
+                flow.on_failure(permit, err.cause, status_code=err.status_code)
             # A server that answered 200 has processed the prompt; one that
             # refused (429, 5xx) or never answered has not.
             accepted = err.status_code is not None and err.status_code < 300
@@ -438,6 +467,8 @@ class Shard:
             )
             return err
         except trio.Cancelled:
+            if flow is not None and permit is not None:
+                flow.on_ignore(permit)
             self._reconcile(charge, 0)
             self._attempt_ended(
                 item,
@@ -448,6 +479,8 @@ class Shard:
             )
             raise
         except Exception as exc:
+            if flow is not None and permit is not None:
+                flow.on_ignore(permit)
             self._reconcile(charge, 0)
             defect = self._defect(item, exc)
             self._attempt_ended(
@@ -461,6 +494,8 @@ class Shard:
             raise defect from exc
         finally:
             self.in_flight -= 1
+        if flow is not None and permit is not None:
+            flow.on_success(permit, ttft_s=result.ttft_s)
         self._reconcile(charge, result.usage.total_tokens)
         self._attempt_ended(
             item,

@@ -19,6 +19,8 @@ from ._backoff import RetryPolicy
 from ._budget import RetryBudget
 from ._config import Deadlines, Endpoint
 from ._events import Event
+from ._flow import AdaptiveLimit
+from ._flow_pacer import HeaderPacer
 from ._models import ItemId, Outcome, Request, Status
 from ._ratelimit import SlidingWindowLimiter
 
@@ -50,6 +52,10 @@ class RunState:
         budget: The retry budget shared by every shard.
         rpm: The requests-per-minute limit shared by every shard, if any.
         tpm: The tokens-per-minute limit shared by every shard, if any.
+        flow: The endpoint's adaptive in-flight limit, shared by its shards
+            (``None``: fixed caps only).
+        pacer: Waits before a send would overrun what the endpoint's
+            ``x-ratelimit-*`` headers say remains (``None``: headers ignored).
         t0: trio's clock at the start of the run (event times count from it).
         draining: Set by the pipeline when it stops admitting.
         cancelled: Set by ``Pipeline.cancel()``: in-flight items are being cancelled now.
@@ -65,6 +71,8 @@ class RunState:
     budget: RetryBudget
     rpm: SlidingWindowLimiter | None = None
     tpm: SlidingWindowLimiter | None = None
+    flow: AdaptiveLimit | None = None
+    pacer: HeaderPacer | None = None
     t0: float = 0.0
     draining: bool = False
     cancelled: bool = False

@@ -30,6 +30,7 @@ from ._events import EventFileReader as EventFileReader
 from ._events import FirstToken as FirstToken
 from ._events import ItemAdmitted as ItemAdmitted
 from ._events import ItemEnd as ItemEnd
+from ._events import LimitChange as LimitChange
 from ._events import RetryScheduled as RetryScheduled
 from ._events import RunEnd as RunEnd
 from ._events import RunEndReason as RunEndReason
@@ -58,6 +59,7 @@ __all__ = [
     "ItemEnd",
     "ItemId",
     "JsonlEventSink",
+    "LimitChange",
     "MemoryEventSink",
     "RetryScheduled",
     "RunEnd",
