@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from shardline._batch_io import OutputFirstSink, default_paths
 from shardline._cli import main
-from shardline._cli_run import _OutputFirstSink, default_paths
 from shardline._events import ItemAdmitted, ItemEnded, RunEnded
 from shardline._sinks import MemoryEventSink
 
@@ -119,7 +119,7 @@ def read_jsonl(path: Path) -> list[dict[str, object]]:
 def test_output_first_sink_holds_item_end_until_written() -> None:
     """An item_end (and all after it) reaches the events only after the item's line is written."""
     memory = MemoryEventSink()
-    gate = _OutputFirstSink(memory)
+    gate = OutputFirstSink(memory)
     end_a = ItemEnded(t=1.0, item_id="a", shard=0, status="ok", attempts=1, latency_s=0.1)
     admitted_b = ItemAdmitted(t=1.1, item_id="b", shard=0)
     cancelled_c = ItemEnded(
@@ -405,12 +405,12 @@ def test_internal_error_is_one_line_and_a_file(
     plain_server: str,
 ) -> None:
     """A bug surfaces as exit 70 with one line naming a traceback file, not a traceback."""
-    import shardline._cli_run as cli_run
+    import shardline._batch as batch
 
     def broken(*_args: object) -> dict[str, object]:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli_run, "outcome_to_json", broken)
+    monkeypatch.setattr(batch, "outcome_to_json", broken)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     inp = write_input(tmp_path / "in.jsonl", 3)
     assert main(["run", str(inp), "--base-url", plain_server, *FAST]) == 70
