@@ -457,3 +457,40 @@ def test_demo_bad_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--items" in capsys.readouterr().err
     assert main(["demo", "--faults", "explode=2"]) == 2
     assert "invalid value for --faults" in capsys.readouterr().err
+
+
+def test_check_command_ok(plain_server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`shardline check` against a working server: exit 0, one line with the latency."""
+    assert main(["check", "--base-url", plain_server, "--model", "m"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    assert out[0].startswith(f"shardline check: ok: {plain_server} (model m) answered in ")
+
+
+def test_run_check_then_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], plain_server: str
+) -> None:
+    """`run --check` probes once, says so, then runs every item."""
+    inp = write_input(tmp_path / "in.jsonl", 5)
+    assert main(["run", str(inp), "--base-url", plain_server, "--check", *FAST]) == 0
+    assert f"shardline run: check ok: {plain_server}" in capsys.readouterr().err
+    assert len(read_jsonl(tmp_path / "in.out.jsonl")) == 5
+
+
+def test_cli_defaults_are_the_library_defaults(tmp_path: Path) -> None:
+    """One default per setting: what the CLI builds without options is PipelineConfig()'s."""
+    from shardline._cli import build_parser
+    from shardline._cli_run import resolve_run_settings
+    from shardline._pipeline import DEFAULT_DRAIN_GRACE, PipelineConfig
+
+    args = build_parser().parse_args(["run", str(tmp_path / "in.jsonl"), "--base-url", "http://x"])
+    config = resolve_run_settings(args, {}).config
+    assert config.drain_grace == DEFAULT_DRAIN_GRACE
+    library = PipelineConfig()
+    assert (config.shard_count, config.concurrency, config.queue_size, config.deadlines) == (
+        library.shard_count,
+        library.concurrency,
+        library.queue_size,
+        library.deadlines,
+    )
+    assert config.retry.max_attempts == library.retry.max_attempts

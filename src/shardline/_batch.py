@@ -161,6 +161,7 @@ async def _feed(
                     await trio.lowlevel.checkpoint()
                 continue
             await pipeline.submit(entry.request, send.clone())
+            summary.submitted += 1
 
 
 async def _consume(
@@ -294,17 +295,15 @@ async def _run_pipeline(
                             raise _Stopped
                 except* _Stopped:
                     pass
-                # Leaving the pipeline drained it: every admitted item has its outcome,
+                # Leaving the pipeline drained it: every submitted item has its outcome,
                 # and the stream of outcomes ends once the last one is written...
-                stats = pipeline.statistics()
-                lost = stats.admitted + summary.invalid - stats.done
-                if lost > 0:
-                    # ...unless a defect lost some: their channel clones stay open, so
-                    # the stream never ends. Write what arrived, then say so loudly.
+                if not all_done.is_set():
+                    # ...unless a defect lost one: its channel clone stays open and the
+                    # stream never ends. Once every task waits, whatever arrived is written.
                     await trio.testing.wait_all_tasks_blocked()
-                    summary.lost = lost
-                else:
-                    await all_done.wait()
+                if not all_done.is_set():
+                    received = summary.ok + summary.failed + summary.cancelled - summary.invalid
+                    summary.lost = max(0, summary.submitted - received)
                 final = snapshot()
                 outer.cancel_scope.cancel()
         finally:
@@ -423,8 +422,8 @@ def run_batch(
         print_error(
             err,
             title,
-            f"internal error: {summary.lost} admitted items ended without an outcome (a "
-            "defect in shardline's pipeline, please report it); they are not written, so "
+            f"internal error: {summary.lost} submitted items got no outcome from the "
+            "pipeline (a defect in shardline, please report it); they are not written, so "
             "--resume runs them",
         )
     if summary.stopped is not None:

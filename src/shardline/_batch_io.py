@@ -114,9 +114,10 @@ class BatchSummary:
 
     ``stopped`` holds the one-line reason when the run was stopped because its
     endpoint cannot work (see :mod:`shardline._endpoint_check`). ``invalid``
-    counts the input lines rejected before sending (also counted in ``failed``);
-    ``lost`` counts admitted items the pipeline ended without an outcome, which
-    is a defect in shardline (exit status 70).
+    counts the input lines rejected before sending (also counted in ``failed``),
+    ``submitted`` the items the pipeline accepted; ``lost`` counts submitted
+    items that never got an outcome, which is a defect in shardline (exit
+    status 70).
     """
 
     total: int = 0
@@ -125,6 +126,7 @@ class BatchSummary:
     failed: int = 0
     cancelled: int = 0
     invalid: int = 0
+    submitted: int = 0
     lost: int = 0
     interrupted: bool = False
     stopped: str | None = None

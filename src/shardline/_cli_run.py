@@ -169,13 +169,15 @@ def register(subparsers: Any) -> None:
     check.set_defaults(func=check_command)
 
 
-def run_check(config: PipelineConfig, title: str, out: IO[str], err: IO[str]) -> bool:
+def run_check(
+    config: PipelineConfig, title: str, out: IO[str], err: IO[str], *, label: str = "check "
+) -> bool:
     """Probe the endpoint once; print one line (ok on ``out``, a failure on ``err``)."""
     result = trio.run(check_endpoint, config)
     if result.ok:
-        print(f"{title}: check {result.describe()}", file=out, flush=True)
+        print(f"{title}: {label}{result.describe()}", file=out, flush=True)
     else:
-        print(f"{title}: error: check {result.describe()}", file=err, flush=True)
+        print(f"{title}: error: {label}{result.describe()}", file=err, flush=True)
     return result.ok
 
 
@@ -204,5 +206,5 @@ def check_command(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print_usage_error(sys.stderr, title, exc)
         return ExitStatus.USAGE
-    ok = run_check(config, title, sys.stdout, sys.stderr)
+    ok = run_check(config, title, sys.stdout, sys.stderr, label="")
     return ExitStatus.OK if ok else ExitStatus.USAGE
