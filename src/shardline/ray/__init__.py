@@ -18,12 +18,12 @@ CLI, which calls :func:`run_on_ray`.
 
 from __future__ import annotations
 
-from ._batch import COLUMNS as COLUMNS
 from ._batch import ShardlineBatch as ShardlineBatch
-from ._batch import batch_identity as batch_identity
 from ._merge import MergeSummary as MergeSummary
 from ._merge import merge_event_dir as merge_event_dir
 from ._merge import merge_events as merge_events
+from ._rows import COLUMNS as COLUMNS
+from ._rows import batch_identity as batch_identity
 from ._run import DEFAULT_RAY_ACTORS as DEFAULT_RAY_ACTORS
 from ._run import DEFAULT_RAY_NUM_CPUS as DEFAULT_RAY_NUM_CPUS
 from ._run import RaySettings as RaySettings
