@@ -96,7 +96,7 @@ def _runner_side(name: str) -> bool:
     leaf = name.rpartition(".")[2]
     return (
         leaf.startswith(("_cli", "_batch"))
-        or leaf in ("_exit", "_endpoint_check", "_jsonl", "_progress")
+        or leaf in ("_exit", "_endpoint_check", "_jsonl", "_jsonl_output", "_progress")
         or name.startswith("shardline.ray")
     )
 

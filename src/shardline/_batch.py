@@ -21,7 +21,7 @@ Crash safety: each output line is flushed as it is written and fsynced every
 second (in a worker thread) and at exit; an item's ``item_end`` event is
 written only after its output line, so after ``kill -9`` the events never
 claim more than the output holds. A resume compacts the output to its ok
-lines (atomically, see :func:`shardline._jsonl.prepare_resume`), skips those
+lines (atomically, see :func:`shardline._jsonl_output.prepare_resume`), skips those
 ids and appends the rest: the final output holds every input id once, and only
 the requests that were in flight at the kill are sent again.
 """
@@ -58,7 +58,8 @@ from ._batch_io import (
 )
 from ._endpoint_check import DeadEndpoint, FirstAttemptsWatch
 from ._exit import ExitStatus
-from ._jsonl import InputEntry, OutputWriter, outcome_to_json, read_input
+from ._jsonl import InputEntry, read_input
+from ._jsonl_output import OutputWriter, outcome_to_json
 from ._metrics import LiveMetrics
 from ._models import Outcome, Status
 from ._pipeline import Pipeline, PipelineConfig, open_pipeline

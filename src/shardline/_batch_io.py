@@ -23,7 +23,8 @@ import attrs
 
 from ._events import Event, EventFileReader, ItemEnded
 from ._exit import ExitStatus
-from ._jsonl import OutputWriter, ResumeState, count_lines, prepare_resume
+from ._jsonl import count_lines
+from ._jsonl_output import OutputWriter, ResumeState, prepare_resume
 from ._metrics import ReportBuilder, RunReport, render_text
 from ._models import ItemId, Outcome, Status
 from ._sinks import EventSink

@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 
 from .._exceptions import InputError
-from .._jsonl import outcome_to_json
+from .._jsonl_output import outcome_to_json
 from .._models import ItemId, Outcome, Request, request_from_json
 
 __all__ = [

@@ -60,7 +60,8 @@ from .._batch_io import (
 )
 from .._events import EventFileReader, ItemEnded, event_to_json
 from .._exit import ExitStatus
-from .._jsonl import outcome_to_json, read_input
+from .._jsonl import read_input
+from .._jsonl_output import outcome_to_json
 from .._metrics import RunReport, compute_report
 from .._models import ChatRequest, Outcome, Request, Status
 from .._pipeline import PipelineConfig
