@@ -29,6 +29,7 @@ from shardline._endpoint_check import (
 )
 from shardline._events import AttemptEnded, Event, ItemAdmitted
 from shardline._exit import ExitStatus
+from shardline._models import Outcome
 from shardline._pipeline import PipelineConfig
 from shardline._sinks import MemoryEventSink
 from shardline.testing import FakeServer
@@ -213,6 +214,15 @@ def unauthorized(_request: httpx.Request) -> httpx.Response:
     return httpx.Response(401, json=body)
 
 
+def fine(_request: httpx.Request) -> httpx.Response:
+    body = {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }  # fmt: skip
+    return httpx.Response(200, json=body)
+
+
 def attempts_in(events: Path) -> int:
     return sum(1 for e in read_jsonl(events) if e["kind"] == "attempt_start")
 
@@ -250,14 +260,6 @@ def test_401_stops_and_resume_runs_every_item_once(tmp_path: Path) -> None:
     assert len(lines) < 100  # only the items whose (unretried) 401 ended them
     assert {line["status"] for line in lines} <= {"failed"}
 
-    def ok(request: httpx.Request) -> httpx.Response:
-        body = {
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-        }  # fmt: skip
-        return httpx.Response(200, json=body)
-
     resumed = BatchSettings(
         input=settings.input,
         output=settings.output,
@@ -270,7 +272,7 @@ def test_401_stops_and_resume_runs_every_item_once(tmp_path: Path) -> None:
         resume=True,
         progress=False,
     )
-    status = run_batch(resumed, stdout=io.StringIO(), stderr=err, transport=every_request(ok))
+    status = run_batch(resumed, stdout=io.StringIO(), stderr=err, transport=every_request(fine))
     assert status is ExitStatus.OK, err.getvalue()
     final = read_jsonl(settings.output)
     assert sorted(str(line["id"]) for line in final) == sorted(f"q{i}" for i in range(300))
@@ -422,3 +424,30 @@ async def test_check_endpoint_reports_the_cause_without_retrying(fake_server: Fa
         f"failed: {fake_server.base_url} (model m): server_error 500"
     )
     assert fake_server.statistics().requests == 1
+
+
+def test_a_lost_outcome_ends_the_run_loudly_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A defect that drops one item's outcome: every other line is written, exit 70, no hang.
+
+    Nothing cancels this run: the runner notices the idle pipeline within a
+    second and stops waiting for the outcome that will never come.
+    """
+    import shardline._shard as shard_module
+
+    deliver = shard_module.deliver
+
+    async def drop_q3(channel: object, outcome: Outcome) -> None:
+        if outcome.id != "q3":
+            await deliver(channel, outcome)  # type: ignore[arg-type]
+        # q3: neither sent nor closed, as when a defect ends an item's task early
+
+    monkeypatch.setattr(shard_module, "deliver", drop_q3)
+    settings = settings_for(tmp_path, 20)
+    err = io.StringIO()
+    status = run_batch(settings, stdout=io.StringIO(), stderr=err, transport=every_request(fine))
+    assert status is ExitStatus.INTERNAL
+    assert "internal error: 1 submitted items got no outcome" in err.getvalue()
+    ids = sorted(str(line["id"]) for line in read_jsonl(settings.output))
+    assert ids == sorted(f"q{i}" for i in range(20) if i != 3)

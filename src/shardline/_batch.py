@@ -71,6 +71,8 @@ __all__ = ["OUTCOME_BUFFER", "run_batch"]
 #: Outcomes buffered between the pipeline and the output writer. Small, so
 #: that after ``kill -9`` little beyond the requests in flight is sent again.
 OUTCOME_BUFFER = 8
+#: Seconds between checks for an idle pipeline whose outcome stream has not ended.
+LOST_CHECK_INTERVAL = 1.0
 
 
 class _Stopped(Exception):
@@ -230,6 +232,23 @@ async def _show_progress(
         display.update(snapshot())
 
 
+async def _notice_lost(pipeline: Pipeline, wait_scope: trio.CancelScope) -> None:
+    """Stop waiting for the end of the outcome stream once the pipeline holds no item.
+
+    Normally the stream ends with the last outcome and the run never gets
+    here. If a defect loses an outcome, the item's channel clone stays open and
+    the stream never ends: every ``LOST_CHECK_INTERVAL`` seconds this looks for
+    an idle pipeline (nothing queued, no item holding a slot) and then ends the
+    wait, so the run finishes and reports the loss instead of hanging.
+    """
+    while True:
+        await trio.sleep(LOST_CHECK_INTERVAL)
+        stats = pipeline.statistics()
+        if stats.queued == 0 and sum(s.busy for s in stats.shards) == 0:
+            wait_scope.cancel()
+            return
+
+
 async def _sync_output(writer: OutputWriter) -> None:
     """Fsync the output every OUTPUT_FSYNC_INTERVAL seconds, in a worker thread."""
     while True:
@@ -289,6 +308,7 @@ async def _run_pipeline(
                             await _feed(pipeline, entries, send, writer, sinks.gate, summary)
                             if sinks.watch is not None:
                                 sinks.watch.input_done()
+                            outer.start_soon(_notice_lost, pipeline, stop.wait_scope)
                         with stop.wait_scope:
                             await all_done.wait()
                         if stop.stopping:

@@ -21,8 +21,8 @@ import attrs
 
 from ._backoff import Backoff
 from ._batch import run_batch
-from ._batch_io import BatchSettings
-from ._cli_options import UsageError, add_pipeline_options, build_config, print_usage_error
+from ._batch_io import BatchSettings, print_error
+from ._cli_options import UsageError, add_pipeline_options, build_config
 from ._exit import ExitStatus
 
 __all__ = ["DEFAULT_DEMO_FAULTS", "demo_command", "register", "write_demo_input"]
@@ -121,7 +121,7 @@ def demo_command(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
     except UsageError as exc:
-        print_usage_error(sys.stderr, title, exc)
+        print_error(sys.stderr, title, str(exc))
         return ExitStatus.USAGE
     config = attrs.evolve(config, endpoint=attrs.evolve(config.endpoint, model="shardline-demo"))
     workdir = Path(tempfile.mkdtemp(prefix="shardline-demo-"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import Any
 
 from ._backoff import DEFAULT_MAX_ATTEMPTS, Backoff, RetryPolicy
 from ._config import (
@@ -37,17 +37,11 @@ __all__ = [
     "add_endpoint_options",
     "add_pipeline_options",
     "build_config",
-    "print_usage_error",
 ]
 
 
 class UsageError(Exception):
     """A bad option, environment value or file: exit status 2, nothing sent."""
-
-
-def print_usage_error(stderr: IO[str], title: str, exc: UsageError) -> None:
-    """``shardline run: error: invalid value for --shards: ...``."""
-    print(f"{title}: error: {exc}", file=stderr, flush=True)
 
 
 #: Which option sets the parameter a ConfigError message starts with.
@@ -183,7 +177,7 @@ def add_deadline_options(p: argparse.ArgumentParser, *, stall: bool = True) -> N
 
 
 #: The demo's own shape and deadlines: short, to suit the in-process fake server.
-DEMO_SHARDS = 8
+_DEMO_SHARDS = 8
 _DEMO_DEADLINES = {
     "connect_timeout": 2.0,
     "ttft_timeout": 1.0,
@@ -199,11 +193,11 @@ def add_pipeline_options(p: argparse.ArgumentParser, *, demo: bool) -> None:
     g.add_argument(
         "--shards",
         type=int,
-        default=DEMO_SHARDS if demo else None,
+        default=_DEMO_SHARDS if demo else None,
         metavar="N",
         help="number of shards, each with its own queue, cap and connection pool "
         + (
-            f"(default: {DEMO_SHARDS})"
+            f"(default: {_DEMO_SHARDS})"
             if demo
             else f"(env SHARD_COUNT; default: {DEFAULT_SHARD_COUNT})"
         ),

@@ -30,14 +30,13 @@ from typing import IO, Any
 import trio
 
 from ._batch import run_batch
-from ._batch_io import BatchSettings, default_paths
+from ._batch_io import BatchSettings, default_paths, print_error
 from ._cli_options import (
     UsageError,
     add_deadline_options,
     add_endpoint_options,
     add_pipeline_options,
     build_config,
-    print_usage_error,
 )
 from ._cli_ray import add_ray_options, ray_settings
 from ._config import DEFAULT_BASE_URL
@@ -188,7 +187,7 @@ def run_command(args: argparse.Namespace) -> int:
         settings = resolve_run_settings(args, os.environ)
         on_ray = ray_settings(args) if args.ray else None
     except UsageError as exc:
-        print_usage_error(sys.stderr, title, exc)
+        print_error(sys.stderr, title, str(exc))
         return ExitStatus.USAGE
     if args.check and not run_check(settings.config, title, sys.stderr, sys.stderr):
         return ExitStatus.USAGE
@@ -204,7 +203,7 @@ def check_command(args: argparse.Namespace) -> int:
         config = build_config(args, os.environ)
         _require_key(config)
     except UsageError as exc:
-        print_usage_error(sys.stderr, title, exc)
+        print_error(sys.stderr, title, str(exc))
         return ExitStatus.USAGE
     ok = run_check(config, title, sys.stdout, sys.stderr, label="")
     return ExitStatus.OK if ok else ExitStatus.USAGE
