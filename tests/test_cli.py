@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from shardline._batch_io import OutputFirstSink, default_paths
 from shardline._cli import main
-from shardline._cli_run import _OutputFirstSink, default_paths
 from shardline._events import ItemAdmitted, ItemEnd, RunEnd
 from shardline._sinks import MemoryEventSink
 
@@ -119,7 +119,7 @@ def read_jsonl(path: Path) -> list[dict[str, object]]:
 def test_output_first_sink_holds_item_end_until_written() -> None:
     """An item_end (and all after it) reaches the events only after the item's line is written."""
     memory = MemoryEventSink()
-    gate = _OutputFirstSink(memory)
+    gate = OutputFirstSink(memory)
     end_a = ItemEnd(t=1.0, item_id="a", shard=0, status="ok", attempts=1, latency_s=0.1)
     admitted_b = ItemAdmitted(t=1.1, item_id="b", shard=0)
     cancelled_c = ItemEnd(t=1.2, item_id="c", shard=0, status="cancelled", attempts=0, latency_s=0)
@@ -403,12 +403,12 @@ def test_internal_error_is_one_line_and_a_file(
     plain_server: str,
 ) -> None:
     """A bug surfaces as exit 70 with one line naming a traceback file, not a traceback."""
-    import shardline._cli_run as cli_run
+    import shardline._batch as batch
 
     def broken(*_args: object) -> dict[str, object]:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli_run, "outcome_to_json", broken)
+    monkeypatch.setattr(batch, "outcome_to_json", broken)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     inp = write_input(tmp_path / "in.jsonl", 3)
     assert main(["run", str(inp), "--base-url", plain_server, *FAST]) == 70
@@ -455,3 +455,40 @@ def test_demo_bad_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--items" in capsys.readouterr().err
     assert main(["demo", "--faults", "explode=2"]) == 2
     assert "invalid value for --faults" in capsys.readouterr().err
+
+
+def test_check_command_ok(plain_server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`shardline check` against a working server: exit 0, one line with the latency."""
+    assert main(["check", "--base-url", plain_server, "--model", "m"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    assert out[0].startswith(f"shardline check: ok: {plain_server} (model m) answered in ")
+
+
+def test_run_check_then_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], plain_server: str
+) -> None:
+    """`run --check` probes once, says so, then runs every item."""
+    inp = write_input(tmp_path / "in.jsonl", 5)
+    assert main(["run", str(inp), "--base-url", plain_server, "--check", *FAST]) == 0
+    assert f"shardline run: check ok: {plain_server}" in capsys.readouterr().err
+    assert len(read_jsonl(tmp_path / "in.out.jsonl")) == 5
+
+
+def test_cli_defaults_are_the_library_defaults(tmp_path: Path) -> None:
+    """One default per setting: what the CLI builds without options is PipelineConfig()'s."""
+    from shardline._cli import build_parser
+    from shardline._cli_run import resolve_run_settings
+    from shardline._config import DEFAULT_DRAIN_GRACE, PipelineConfig
+
+    args = build_parser().parse_args(["run", str(tmp_path / "in.jsonl"), "--base-url", "http://x"])
+    config = resolve_run_settings(args, {}).config
+    assert config.drain_grace == DEFAULT_DRAIN_GRACE
+    library = PipelineConfig()
+    assert (config.shard_count, config.concurrency, config.queue_size, config.deadlines) == (
+        library.shard_count,
+        library.concurrency,
+        library.queue_size,
+        library.deadlines,
+    )
+    assert config.retry.max_attempts == library.retry.max_attempts

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from shardline._cli_run import OUTCOME_BUFFER
+from shardline._batch import OUTCOME_BUFFER
 from shardline.testing import fetch_statistics
 
 pytestmark = pytest.mark.slow

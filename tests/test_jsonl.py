@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 
 from shardline._exceptions import Cause, InputError, ItemCancelled, ServerError
-from shardline._jsonl import (
-    IdSet,
-    OutputWriter,
-    count_lines,
-    outcome_to_json,
-    read_input,
-    repair_torn_tail,
-)
+from shardline._jsonl import IdSet, count_lines, read_input
+from shardline._jsonl_output import OutputWriter, outcome_to_json, repair_torn_tail
 from shardline._models import ChatRequest, CompletionRequest, Outcome, Result, Status, Usage
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
@@ -315,7 +309,7 @@ def test_writer_fsyncs_at_intervals(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     """fsync runs when the interval has passed, on sync() and at close, not per line."""
     now = [0.0]
     synced: list[int] = []
-    monkeypatch.setattr("shardline._jsonl.os.fsync", lambda fd: synced.append(fd))
+    monkeypatch.setattr("shardline._jsonl_output.os.fsync", lambda fd: synced.append(fd))
     writer = OutputWriter(tmp_path / "out.jsonl", fsync_interval=1.0, clock=lambda: now[0])
     writer.write({"n": 1})
     writer.write({"n": 2})
@@ -335,7 +329,7 @@ def test_writer_without_interval_fsyncs_only_on_request(
 ) -> None:
     """fsync_interval=None never fsyncs in write(); fsync_written() does, once per batch."""
     synced: list[int] = []
-    monkeypatch.setattr("shardline._jsonl.os.fsync", lambda fd: synced.append(fd))
+    monkeypatch.setattr("shardline._jsonl_output.os.fsync", lambda fd: synced.append(fd))
     writer = OutputWriter(tmp_path / "out.jsonl", fsync_interval=None)
     writer.write({"n": 1})
     writer.write({"n": 2})

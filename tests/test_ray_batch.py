@@ -7,7 +7,6 @@ These tests are synchronous on purpose: they stand where a Ray actor stands.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -24,8 +23,9 @@ import attrs
 import pytest
 import trio
 
-from shardline import _cli_run
 from shardline._backoff import Backoff, RetryPolicy
+from shardline._batch_io import BatchSettings
+from shardline._cli import main
 from shardline._config import Deadlines, Endpoint, PipelineConfig
 from shardline._events import EventFileReader
 from shardline._exceptions import ConfigError
@@ -34,8 +34,8 @@ from shardline._pipeline import open_pipeline
 from shardline._sinks import MemoryEventSink
 from shardline.ray import (
     COLUMNS,
+    RaySettings,
     ShardlineBatch,
-    add_ray_options,
     batch_identity,
     merge_event_dir,
     merge_events,
@@ -468,23 +468,27 @@ def test_default_batch_size_spreads_small_inputs() -> None:
     assert default_batch_size(config, 4, 0) == 1
 
 
-def test_run_on_ray_rejects_bad_ray_options(tmp_path: Path) -> None:
+def test_run_on_ray_rejects_bad_ray_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """--ray-actors 0 is a usage error (exit 2) naming the option, before Ray is touched."""
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps(chat("x")) + "\n")
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    _cli_run.register(sub)
-    run = sub.choices["run"]
-    if not any(a.dest == "ray" for a in run._actions):
-        add_ray_options(run)
-    args = parser.parse_args(
-        ["run", str(source), "--base-url", "http://127.0.0.1:9/v1", "--ray", "--ray-actors", "0"]
-    )
-    err = io.StringIO()
-    assert run_on_ray(args, environ={}, stderr=err) == 2
-    assert "invalid value for --ray-actors: must be >= 1, got 0" in err.getvalue()
+    base = ["run", str(source), "--base-url", "http://127.0.0.1:9/v1", "--ray"]
+    assert main([*base, "--ray-actors", "0"]) == 2
+    assert "invalid value for --ray-actors: must be >= 1, got 0" in capsys.readouterr().err
+    assert main([*base, "--ray-cpus", "nan"]) == 2
+    assert "invalid value for --ray-cpus: must be > 0, got nan" in capsys.readouterr().err
     assert not (tmp_path / "in.out.jsonl").exists()
+
+
+def test_ray_settings_validate_with_the_field_name() -> None:
+    """RaySettings, the library's record, names the field and the bound."""
+    assert RaySettings() == RaySettings(actors=2, num_cpus=0.25, batch_size=None)
+    with pytest.raises(ValueError, match=r"^actors must be >= 1, got 0$"):
+        RaySettings(actors=0)
+    with pytest.raises(ValueError, match=r"^batch_size must be >= 1, got 0$"):
+        RaySettings(batch_size=0)
 
 
 def test_importing_shardline_ray_does_not_import_ray() -> None:
@@ -498,16 +502,15 @@ def test_run_on_ray_checks_the_events_path_before_running(tmp_path: Path) -> Non
     pytest.importorskip("ray")
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps(chat("x")) + "\n")
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    _cli_run.register(sub)
-    run = sub.choices["run"]
-    if not any(a.dest == "ray" for a in run._actions):
-        add_ray_options(run)
     missing = tmp_path / "no" / "such" / "events.jsonl"
-    base = ["run", str(source), "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]
-    args = parser.parse_args([*base, "--events", str(missing), "--ray"])
+    settings = BatchSettings(
+        input=source,
+        output=tmp_path / "in.out.jsonl",
+        events=missing,
+        report_json=None,
+        config=PipelineConfig(endpoint=Endpoint(base_url="http://127.0.0.1:9/v1", model="m")),
+    )
     err = io.StringIO()
-    assert run_on_ray(args, environ={"RAY_ADDRESS": "127.0.0.1:9"}, stderr=err) == 2
+    assert run_on_ray(settings, environ={"RAY_ADDRESS": "127.0.0.1:9"}, stderr=err) == 2
     assert f"cannot write events file {missing}: directory" in err.getvalue()
     assert not (tmp_path / "in.out.jsonl").exists()

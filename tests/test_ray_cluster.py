@@ -26,10 +26,12 @@ import attrs
 import pytest
 import trio
 
-from shardline import _cli_run
+from shardline._cli import build_parser
+from shardline._cli_ray import ray_settings
+from shardline._cli_run import resolve_run_settings
 from shardline._config import Deadlines, Endpoint, PipelineConfig
 from shardline._events import EventFileReader
-from shardline.ray import ShardlineBatch, add_ray_options, merge_event_dir, run_on_ray
+from shardline.ray import ShardlineBatch, merge_event_dir, run_on_ray
 from shardline.report import RunReport, compute_report
 from shardline.testing import FaultPlan, open_fake_server
 
@@ -115,13 +117,7 @@ def fake_url() -> Iterator[str]:
 
 
 def run_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shardline")
-    sub = parser.add_subparsers()
-    _cli_run.register(sub)
-    run = sub.choices["run"]
-    if not any(a.dest == "ray" for a in run._actions):
-        add_ray_options(run)
-    return parser
+    return build_parser()
 
 
 def report_of(path: Path) -> RunReport:
@@ -180,7 +176,8 @@ def test_run_on_ray_gives_the_outputs_and_report_of_a_single_machine_run(
          "--events", str(tmp_path / "ray.events.jsonl"), "--report-json",
          str(tmp_path / "ray.report.json"), "--ray", "--ray-actors", "2", *common]
     )  # fmt: skip
-    assert run_on_ray(on_ray, stdout=out, stderr=err) == 1, err.getvalue()
+    settings = resolve_run_settings(on_ray, os.environ)
+    assert run_on_ray(settings, ray_settings(on_ray), stdout=out, stderr=err) == 1, err.getvalue()
 
     assert outputs(tmp_path / "ray.out.jsonl") == outputs(tmp_path / "single.out.jsonl")
     single_report = report_of(tmp_path / "single.events.jsonl")

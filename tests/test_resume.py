@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shardline._jsonl import OutputWriter, prepare_resume, read_input
+from shardline._jsonl import read_input
+from shardline._jsonl_output import OutputWriter, prepare_resume
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 

@@ -17,12 +17,10 @@ from typing import IO, Any
 import attrs
 
 from ._events import EventDecodeError, EventFileReader
+from ._exit import ExitStatus
 from .report import ReportError, compute_report, render_text
 
 __all__ = ["register", "run_report"]
-
-EXIT_OK = 0
-EXIT_USAGE = 2
 
 
 def register(subparsers: Any) -> None:
@@ -68,7 +66,7 @@ def run_report(
 
     def fail(message: str) -> int:
         print(f"shardline report: {message}", file=err)
-        return EXIT_USAGE
+        return ExitStatus.USAGE
 
     try:
         reader = EventFileReader(path)
@@ -90,4 +88,4 @@ def run_report(
         print(json.dumps(report.to_json(), indent=2, ensure_ascii=False), file=out)
     else:
         print(render_text(report), file=out, end="")
-    return EXIT_OK
+    return ExitStatus.OK

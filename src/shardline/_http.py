@@ -163,6 +163,19 @@ def map_exceptions(
     except httpx.HTTPError as exc:
         error = _translate(exc, partial=partial(), secret=secret)
         raise error from exc
+    except BaseExceptionGroup as group:
+        # A cancellation that lands while httpcore's trio backend connects
+        # (happy eyeballs runs a nursery) arrives as a group of Cancelled;
+        # above this boundary it is plain cancellation, as callers expect.
+        _, rest = group.split(trio.Cancelled)
+        if rest is None:
+            raise _first_leaf(group) from None
+        raise
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _translate(exc: httpx.HTTPError, *, partial: bool, secret: str | None) -> AttemptError:

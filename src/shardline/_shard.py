@@ -138,17 +138,23 @@ class Shard:
     # -- admission side ---------------------------------------------------
 
     async def put(self, item: WorkItem) -> None:
-        """Wait for room in the queue, record admission, enqueue (never blocks after)."""
+        """Wait for room in the queue, enqueue, record admission (never blocks after).
+
+        The admission is recorded only once the item is in the queue: if the
+        queue closed meanwhile (``Pipeline.cancel()``), the item was not admitted.
+        """
         await self._slots.acquire()
+        state = self.state
+        item.admitted_at = state.now()
         try:
-            state = self.state
-            item.admitted_at = state.now()
-            state.admitted += 1
-            state.emit(ItemAdmitted(t=item.admitted_at, item_id=item.id, shard=self.index))
             self._send.send_nowait(item)
         except BaseException:
             self._slots.release()
             raise
+        # Synchronous from here: the shard task cannot take the item before
+        # its admission is recorded.
+        state.admitted += 1
+        state.emit(ItemAdmitted(t=item.admitted_at, item_id=item.id, shard=self.index))
 
     def close_queue(self) -> None:
         """Stop accepting items; items not sent yet end as cancelled."""

@@ -1,6 +1,12 @@
-"""``shardline run INPUT.jsonl --ray --ray-actors K``: the same run, on Ray Data.
+"""The batch runner on Ray Data: :func:`run_on_ray`, behind ``shardline run INPUT.jsonl --ray``.
 
-The driver (the process running ``shardline run``) does what it does without
+This module owns running a batch file through :class:`ShardlineBatch` actors
+and merging their events; the files around the run (checks, resume, report,
+summary) are the single-machine runner's own (:mod:`shardline._batch_io`), and
+the ``--ray-*`` options live with the CLI (:mod:`shardline._cli_ray`): nothing
+here parses a command line.
+
+The driver (the process calling :func:`run_on_ray`) does what it does without
 Ray, except for sending: it reads and validates the input (invalid lines are
 written to the output and recorded as ``invalid_input`` at once, as without
 Ray), collects the valid requests in Arrow blocks, puts them into Ray's
@@ -26,7 +32,6 @@ driver's; on a cluster, set it on the nodes or in the job's ``runtime_env``).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -44,27 +49,29 @@ from typing import IO, Any
 
 import attrs
 
-from .._cli import EXIT_FAILED_ITEMS, EXIT_USAGE
-from .._cli_run import (
+from .._batch_io import (
     OUTPUT_FSYNC_INTERVAL,
-    RunSettings,
-    RunSummary,
-    UsageError,
+    BatchSettings,
+    BatchSummary,
+    finish_report,
     open_output,
-    resolve_run_settings,
+    print_error,
+    print_summary,
 )
 from .._config import PipelineConfig
 from .._events import EventFileReader, ItemEnd, event_to_json
-from .._jsonl import outcome_to_json, read_input
-from .._models import ChatRequest, Outcome, Request, Status
-from ..report import compute_report, render_text
+from .._exit import ExitStatus
+from .._jsonl import read_input
+from .._jsonl_output import outcome_to_json
+from .._models import Outcome, Request, Status
+from ..report import RunReport, compute_report
 from ._batch import ShardlineBatch
 from ._merge import merge_events, tag_event
 
 __all__ = [
     "DEFAULT_RAY_ACTORS",
     "DEFAULT_RAY_NUM_CPUS",
-    "add_ray_options",
+    "RaySettings",
     "run_on_ray",
 ]
 
@@ -81,59 +88,41 @@ MAX_BLOCK_ROWS = 2048
 DRIVER_ACTOR = "driver"
 
 
-def add_ray_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--ray``, ``--ray-actors``, ``--ray-cpus`` and ``--ray-batch-size`` to ``parser``."""
-    g = parser.add_argument_group("ray (needs the shardline[ray] extra)")
-    g.add_argument(
-        "--ray",
-        action="store_true",
-        help="run on Ray Data: a local Ray instance, or the cluster named by RAY_ADDRESS",
-    )
-    g.add_argument(
-        "--ray-actors",
-        type=int,
-        default=DEFAULT_RAY_ACTORS,
-        metavar="K",
-        help="actors, each a full shard group (--shards x --concurrency); --rpm/--tpm are "
-        f"split between them (default: {DEFAULT_RAY_ACTORS})",
-    )
-    g.add_argument(
-        "--ray-cpus",
-        type=float,
-        default=DEFAULT_RAY_NUM_CPUS,
-        metavar="CPUS",
-        help=f"CPUs each actor asks for; keep it below 1 (default: {DEFAULT_RAY_NUM_CPUS:g})",
-    )
-    g.add_argument(
-        "--ray-batch-size",
-        type=int,
-        default=None,
-        metavar="N",
-        help="rows per batch handed to an actor (default: 4 x shards x concurrency, "
-        "smaller for small inputs so every actor gets work)",
-    )
+def _positive(name: str, *, at_least_one: bool = False) -> Any:
+    def check(_inst: object, _attr: object, value: float | None) -> None:
+        if value is None:
+            return
+        if at_least_one and not value >= 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+
+    return check
 
 
 @attrs.frozen(kw_only=True)
 class RaySettings:
-    """The Ray part of a run: validated ``--ray-*`` options."""
+    """The Ray part of a run.
 
-    actors: int
-    num_cpus: float
-    batch_size: int | None
+    Args:
+        actors: How many :class:`ShardlineBatch` actors, each a full shard group
+            (``shard_count x concurrency`` in flight); ``rpm``/``tpm`` are split
+            evenly between them.
+        num_cpus: CPUs each actor asks Ray for; keep it below 1 (the work is I/O bound).
+        batch_size: Rows per batch handed to an actor (``None``:
+            :func:`default_batch_size`).
 
+    Raises:
+        ValueError: naming the field and the bound (``actors must be >= 1, got 0``).
+    """
 
-def _ray_settings(args: argparse.Namespace) -> RaySettings:
-    actors = getattr(args, "ray_actors", DEFAULT_RAY_ACTORS)
-    cpus = getattr(args, "ray_cpus", DEFAULT_RAY_NUM_CPUS)
-    batch_size = getattr(args, "ray_batch_size", None)
-    if actors < 1:
-        raise UsageError(f"invalid value for --ray-actors: must be >= 1, got {actors}")
-    if not cpus > 0:
-        raise UsageError(f"invalid value for --ray-cpus: must be > 0, got {cpus}")
-    if batch_size is not None and batch_size < 1:
-        raise UsageError(f"invalid value for --ray-batch-size: must be >= 1, got {batch_size}")
-    return RaySettings(actors=actors, num_cpus=cpus, batch_size=batch_size)
+    actors: int = attrs.field(
+        default=DEFAULT_RAY_ACTORS, validator=_positive("actors", at_least_one=True)
+    )
+    num_cpus: float = attrs.field(default=DEFAULT_RAY_NUM_CPUS, validator=_positive("num_cpus"))
+    batch_size: int | None = attrs.field(
+        default=None, validator=_positive("batch_size", at_least_one=True)
+    )
 
 
 def actor_config(config: PipelineConfig, actors: int) -> PipelineConfig:
@@ -152,15 +141,7 @@ def actor_config(config: PipelineConfig, actors: int) -> PipelineConfig:
 
 def request_to_json(request: Request) -> dict[str, Any]:
     """The JSON object of a request: :func:`~shardline._models.request_from_json` gives it back."""
-    obj: dict[str, Any] = {"id": request.id}
-    if isinstance(request, ChatRequest):
-        obj["messages"] = [dict(m) for m in request.messages]
-    else:
-        obj["prompt"] = request.prompt
-    if request.model is not None:
-        obj["model"] = request.model
-    obj.update(request.params)
-    return obj
+    return request.to_json()
 
 
 def default_batch_size(config: PipelineConfig, actors: int, rows: int) -> int:
@@ -223,29 +204,31 @@ def _dataset(ray: Any, tables: list[Any]) -> Any:
 
 
 def run_on_ray(
-    args: argparse.Namespace,
+    settings: BatchSettings,
+    ray_settings: RaySettings | None = None,
     *,
     environ: Mapping[str, str] | None = None,
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
-) -> int:
-    """``shardline run ... --ray``: the run on Ray Data; returns the exit status.
+) -> ExitStatus:
+    """Run a batch file on Ray Data; return the exit status.
 
-    Takes the parsed options of ``shardline run`` (plus :func:`add_ray_options`)
-    and gives the same output lines, events file and report as the run without
-    ``--ray``, with the same exit statuses (0 all ok, 1 some failed, 2 usage,
-    config or file error, 130 interrupted).
+    Gives the same output lines, events file and report as
+    :func:`shardline._batch.run_batch` (the run without Ray), with the same
+    exit statuses: 0 all ok, 1 some failed (or the Ray job failed part-way),
+    2 a file error or no Ray installed, 130 interrupted.
+
+    Args:
+        settings: What to run, as for the run without Ray.
+        ray_settings: Actors, CPUs and batch size (default: :class:`RaySettings()`).
+        environ: Where ``RAY_ADDRESS`` is read (default ``os.environ``).
+        stdout: Where the report goes (default ``sys.stdout``).
+        stderr: Where messages go (default ``sys.stderr``).
     """
     env = os.environ if environ is None else environ
     out = sys.stdout if stdout is None else stdout
     err = sys.stderr if stderr is None else stderr
-    title = "shardline run"
-    try:
-        settings = resolve_run_settings(args, env)
-        ray_settings = _ray_settings(args)
-    except UsageError as exc:
-        _print_error(err, title, str(exc))
-        return EXIT_USAGE
+    rs = RaySettings() if ray_settings is None else ray_settings
     local = not env.get("RAY_ADDRESS")
     if local:
         # `uv run shardline ...` would otherwise make Ray start every worker with
@@ -255,11 +238,11 @@ def run_on_ray(
         import ray
         import ray.data
     except ImportError:
-        _print_error(err, title, "--ray needs Ray Data: pip install 'shardline[ray]' (ray[data])")
-        return EXIT_USAGE
-    return _run(
-        settings, ray_settings, ray, local=local, progress=settings.progress, out=out, err=err
-    )
+        print_error(
+            err, settings.title, "--ray needs Ray Data: pip install 'shardline[ray]' (ray[data])"
+        )
+        return ExitStatus.USAGE
+    return _run(settings, rs, ray, local=local, progress=settings.progress, out=out, err=err)
 
 
 @contextlib.contextmanager
@@ -280,7 +263,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _run(
-    settings: RunSettings,
+    settings: BatchSettings,
     rs: RaySettings,
     ray: Any,
     *,
@@ -288,14 +271,14 @@ def _run(
     progress: bool,
     out: IO[str],
     err: IO[str],
-) -> int:
+) -> ExitStatus:
     title = settings.title
-    summary = RunSummary()
+    summary = BatchSummary()
     # 1. Everything that can be wrong with files, before anything is sent (as without
     #    Ray). The events file is written at the end, after the Ray job: checked now too.
     opened = open_output(settings, summary, err, fsync_interval=OUTPUT_FSYNC_INTERVAL)
     if isinstance(opened, int):
-        return opened
+        return ExitStatus(opened)
     writer = opened
 
     started_ray = False
@@ -448,10 +431,10 @@ def _run(
             append=settings.resume,
         )
     except OSError as exc:
-        _print_error(
+        print_error(
             err, title, f"cannot write events file {settings.events}: {exc.strerror or exc}"
         )
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     finally:
         for path in paths:
             path.unlink(missing_ok=True)
@@ -464,59 +447,15 @@ def _run(
             file=err,
             flush=True,
         )
-    _finish_report(settings, merged.sha256, out, err)
-    _print_summary(settings, summary, err)
+    finish_report(settings, lambda: _merged_report(settings, merged.sha256), out, err)
+    print_summary(settings, summary, err)
     if failure is not None:
-        _print_error(
-            err, title, f"{failure} (items without an output line run again with --resume)"
-        )
-        return max(summary.exit_status, EXIT_FAILED_ITEMS)
+        print_error(err, title, f"{failure} (items without an output line run again with --resume)")
+        return max(summary.exit_status, ExitStatus.FAILED_ITEMS)
     return summary.exit_status
 
 
-def _unwritable(path: Path | None) -> str | None:
-    """Why ``path`` cannot be written (or ``None``), checked before anything runs."""
-    if path is None:
-        return None
-    if path.is_dir():
-        return "it is a directory"
-    if not path.parent.is_dir():
-        return f"directory {path.parent} does not exist"
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        return "permission denied"
-    return None
-
-
-def _print_error(stderr: IO[str], title: str, message: str) -> None:
-    print(f"{title}: error: {message}", file=stderr, flush=True)
-
-
-def _finish_report(settings: RunSettings, digest: str, out: IO[str], err: IO[str]) -> None:
-    """Print the report of the merged events file (and write ``--report-json``)."""
-    try:
-        with EventFileReader(settings.events) as reader:
-            report = compute_report(reader, events_sha256=digest)
-    except ValueError as exc:
-        _print_error(err, settings.title, f"cannot compute the report: {exc}")
-        return
-    print(render_text(report), file=out, flush=True)
-    if settings.report_json is not None:
-        try:
-            settings.report_json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-        except OSError as exc:
-            _print_error(
-                err, settings.title, f"cannot write report {settings.report_json}: {exc.strerror}"
-            )
-
-
-def _print_summary(settings: RunSettings, summary: RunSummary, err: IO[str]) -> None:
-    parts = [f"{summary.ok} ok", f"{summary.failed} failed"]
-    if summary.skipped:
-        parts.append(f"{summary.skipped} skipped (already ok)")
-    if summary.cancelled:
-        parts.append(f"{summary.cancelled} not finished (run again with --resume)")
-    print(
-        f"{settings.title}: {', '.join(parts)}; output {settings.output}, events {settings.events}",
-        file=err,
-        flush=True,
-    )
+def _merged_report(settings: BatchSettings, digest: str) -> RunReport:
+    """The report of the merged events file, read back once."""
+    with EventFileReader(settings.events) as reader:
+        return compute_report(reader, events_sha256=digest)
