@@ -28,29 +28,22 @@ from __future__ import annotations
 import logging
 import math
 import random
-import traceback
-from typing import Any
-from urllib.parse import quote
 
 import attrs
 import httpx
 import trio
 
-from ._attempt import AttemptResult, send_attempt
 from ._backoff import is_testing
 from ._events import (
-    AttemptEnd,
-    AttemptStart,
-    FirstToken,
     ItemAdmitted,
     ItemEnd,
     RetryScheduled,
     ShardState,
 )
-from ._exceptions import AttemptError, Cause, InternalError, ItemCancelled, RateLimited
+from ._exceptions import AttemptError, InternalError, ItemCancelled, RateLimited
 from ._flow import FlowPermit
-from ._models import Outcome, Result, Status, Usage, estimate_tokens
-from ._ratelimit import Charge
+from ._models import Outcome, Status, Usage, estimate_tokens
+from ._send import defect, send_one
 from ._state import (
     CLEANUP_GRACE_S,
     DEFAULT_MAX_TOKENS,
@@ -248,29 +241,11 @@ class Shard:
                 raise
             except Exception as exc:
                 # A defect in shardline: it costs this item only, and stays loud.
-                outcome = self._unfinished(item, self._defect(item, exc))
+                outcome = self._unfinished(item, defect(self.state, self.index, item, exc))
             await self._finish(item, outcome)
         finally:
             self.busy -= 1
             self._active.release_on_behalf_of(token)
-
-    def _defect(self, item: WorkItem, exc: Exception) -> InternalError:
-        if isinstance(exc, InternalError):
-            return exc
-        text = "".join(traceback.format_exception(exc))
-        self.state.internal_errors += 1
-        log.error(
-            "internal error (a shardline bug) on item %r, shard %d; the item failed,"
-            " the run goes on",
-            item.id,
-            self.index,
-            exc_info=exc,
-        )
-        error = InternalError(
-            f"internal error: {type(exc).__name__}: {exc}", item_id=item.id, traceback=text
-        )
-        error.__cause__ = exc
-        return error
 
     async def _wait_cooldown(self) -> None:
         waited = False
@@ -367,7 +342,7 @@ class Shard:
                         if permit is not None and state.flow is not None:
                             state.flow.on_ignore(permit)
                         raise
-                    result = await self._attempt(item, attempt, charge, estimate_in, permit)
+                    result = await send_one(self, item, attempt, charge, estimate_in, permit)
                 finally:
                     self._limiter.release_on_behalf_of(token)
                 if isinstance(result, Outcome):
@@ -412,131 +387,6 @@ class Shard:
         assert last_error is not None
         return self._unfinished(item, last_error)
 
-    async def _attempt(
-        self,
-        item: WorkItem,
-        attempt: int,
-        charge: Charge | None,
-        estimate_in: int,
-        permit: FlowPermit | None,
-    ) -> Outcome | AttemptError:
-        """Send attempt ``attempt`` of ``item`` (holding a slot and ``permit``): its
-        outcome, or its error. Settles ``permit`` however the attempt ends."""
-        state = self.state
-        flow = state.flow if permit is not None else None
-        started = state.now()
-        item.attempts = attempt
-        state.emit(AttemptStart(t=started, item_id=item.id, shard=self.index, attempt=attempt))
-
-        def first_token(ttft_s: float) -> None:
-            state.emit(
-                FirstToken(
-                    t=state.now(),
-                    item_id=item.id,
-                    shard=self.index,
-                    attempt=attempt,
-                    ttft_s=ttft_s,
-                )
-            )
-
-        self.in_flight += 1
-        try:
-            result: AttemptResult = await send_attempt(
-                self.client,
-                state.endpoint,
-                item.request,
-                state.deadlines,
-                headers={
-                    "x-shardline-item-id": quote(str(item.id), safe=""),
-                    "x-shardline-attempt": str(attempt),
-                },
-                on_first_token=first_token,
-                on_response=None if state.pacer is None else state.pacer.observe_headers,
-            )
-        except AttemptError as err:
-            if flow is not None and permit is not None:
-                flow.on_failure(permit, err.cause, status_code=err.status_code)
-            # A server that answered 200 has processed the prompt; one that
-            # refused (429, 5xx) or never answered has not.
-            accepted = err.status_code is not None and err.status_code < 300
-            self._reconcile(charge, estimate_in if accepted else 0)
-            err.item_id, err.shard, err.attempt = item.id, self.index, attempt
-            self._attempt_ended(
-                item,
-                attempt,
-                "failed",
-                cause=err.cause.value,
-                status_code=err.status_code,
-                duration_s=state.now() - started,
-                retry_after_s=err.retry_after,
-                message=err.message,
-            )
-            return err
-        except trio.Cancelled:
-            if flow is not None and permit is not None:
-                flow.on_ignore(permit)
-            self._reconcile(charge, 0)
-            self._attempt_ended(
-                item,
-                attempt,
-                "cancelled",
-                cause=Cause.CANCELLED.value,
-                duration_s=state.now() - started,
-            )
-            raise
-        except Exception as exc:
-            if flow is not None and permit is not None:
-                flow.on_ignore(permit)
-            self._reconcile(charge, 0)
-            defect = self._defect(item, exc)
-            self._attempt_ended(
-                item,
-                attempt,
-                "failed",
-                cause=Cause.INTERNAL_ERROR.value,
-                duration_s=state.now() - started,
-                message=defect.traceback,
-            )
-            raise defect from exc
-        finally:
-            self.in_flight -= 1
-        if flow is not None and permit is not None:
-            flow.on_success(permit, ttft_s=result.ttft_s)
-        self._reconcile(charge, result.usage.total_tokens)
-        self._attempt_ended(
-            item,
-            attempt,
-            "ok",
-            status_code=result.status_code,
-            prompt_tokens=result.usage.prompt_tokens,
-            completion_tokens=result.usage.completion_tokens,
-            usage_estimated=result.usage.estimated,
-            ttft_s=result.ttft_s,
-            duration_s=result.duration_s,
-        )
-        latency = state.now() - item.admitted_at
-        return Outcome(
-            id=item.id,
-            status=Status.OK,
-            result=Result(
-                id=item.id,
-                text=result.text,
-                finish_reason=result.finish_reason,
-                usage=result.usage,
-                attempts=attempt,
-                shard=self.index,
-                ttft_s=result.ttft_s,
-                latency_s=latency,
-            ),
-            attempts=attempt,
-            shard=self.index,
-            latency_s=latency,
-        )
-
-    def _reconcile(self, charge: Charge | None, actual: int) -> None:
-        if charge is not None and self.state.tpm is not None:
-            self.state.tpm.reconcile(charge, actual)
-
     def _unfinished(
         self, item: WorkItem, error: AttemptError | ItemCancelled | InternalError
     ) -> Outcome:
@@ -548,18 +398,6 @@ class Shard:
             attempts=item.attempts,
             shard=self.index,
             latency_s=self.state.now() - item.admitted_at,
-        )
-
-    def _attempt_ended(self, item: WorkItem, attempt: int, outcome: str, **fields: Any) -> None:
-        self.state.emit(
-            AttemptEnd(
-                t=self.state.now(),
-                item_id=item.id,
-                shard=self.index,
-                attempt=attempt,
-                outcome=outcome,
-                **fields,
-            )
         )
 
     async def _finish(self, item: WorkItem, outcome: Outcome) -> None:
