@@ -9,6 +9,7 @@ import random
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from shardline._exceptions import Cause, ConfigError
@@ -53,7 +54,7 @@ async def test_acquire_nowait_raises_wouldblock_at_the_limit(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """acquire_nowait grants up to the limit, then raises trio.WouldBlock."""
-    flow = AdaptiveLimit(ceiling=8, initial=2, latency=None)
+    flow = AdaptiveLimit(ceiling=8, initial=2, latency=None, loss_tolerance=0)
     permits = [flow.acquire_nowait(), flow.acquire_nowait()]
     with pytest.raises(trio.WouldBlock):
         flow.acquire_nowait()
@@ -66,7 +67,7 @@ async def test_waiters_are_served_fifo_and_a_release_wakes_exactly_one(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """Blocked acquires are granted in arrival order, one per released permit."""
-    flow = AdaptiveLimit(ceiling=8, initial=1, latency=None)
+    flow = AdaptiveLimit(ceiling=8, initial=1, latency=None, loss_tolerance=0)
     first = await flow.acquire()
     order: list[int] = []
     permits: list[FlowPermit] = []
@@ -93,7 +94,7 @@ async def test_waiters_are_served_fifo_and_a_release_wakes_exactly_one(
 
 async def test_no_barging_past_waiters(autojump_clock: trio.testing.MockClock) -> None:
     """acquire_nowait refuses while others wait, even right after a release frees a slot."""
-    flow = AdaptiveLimit(ceiling=4, initial=1, latency=None)
+    flow = AdaptiveLimit(ceiling=4, initial=1, latency=None, loss_tolerance=0)
     held = await flow.acquire()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(flow.acquire)
@@ -108,7 +109,7 @@ async def test_cancelled_waiter_holds_nothing_and_loses_no_wakeup(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A waiter cancelled while parked leaves no permit behind; the next waiter gets the slot."""
-    flow = AdaptiveLimit(ceiling=4, initial=1, latency=None)
+    flow = AdaptiveLimit(ceiling=4, initial=1, latency=None, loss_tolerance=0)
     held = await flow.acquire()
     got: list[FlowPermit] = []
     doomed = trio.CancelScope()
@@ -137,7 +138,7 @@ async def test_cancelled_waiter_holds_nothing_and_loses_no_wakeup(
 
 async def test_acquire_is_a_checkpoint(autojump_clock: trio.testing.MockClock) -> None:
     """acquire raises Cancelled in a cancelled scope even when a permit is free."""
-    flow = AdaptiveLimit(ceiling=4, latency=None)
+    flow = AdaptiveLimit(ceiling=4, latency=None, loss_tolerance=0)
     with trio.CancelScope() as scope:
         scope.cancel()
         with pytest.raises(trio.Cancelled):
@@ -147,7 +148,7 @@ async def test_acquire_is_a_checkpoint(autojump_clock: trio.testing.MockClock) -
 
 async def test_double_release_raises(autojump_clock: trio.testing.MockClock) -> None:
     """A permit is given back exactly once."""
-    flow = AdaptiveLimit(ceiling=4, latency=None)
+    flow = AdaptiveLimit(ceiling=4, latency=None, loss_tolerance=0)
     permit = await flow.acquire()
     flow.on_success(permit)
     with pytest.raises(RuntimeError, match="already released"):
@@ -160,7 +161,9 @@ async def test_success_in_use_raises_by_one_and_reports_the_change(
     """A success with at least half the limit in flight adds one; the change is returned and
     passed to on_change."""
     seen: list[LimitStep] = []
-    flow = AdaptiveLimit(ceiling=8, initial=2, latency=None, on_change=seen.append)
+    flow = AdaptiveLimit(
+        ceiling=8, initial=2, latency=None, loss_tolerance=0, on_change=seen.append
+    )
     a, b = await flow.acquire(), await flow.acquire()
     change = flow.on_success(a)
     assert change == LimitStep(t=trio.current_time(), old=2, new=3, reason="increase")
@@ -172,7 +175,7 @@ async def test_success_in_use_raises_by_one_and_reports_the_change(
 
 async def test_success_while_idle_does_not_raise(autojump_clock: trio.testing.MockClock) -> None:
     """Successes with less than half the limit in flight prove nothing about more."""
-    flow = AdaptiveLimit(ceiling=16, initial=8, latency=None)
+    flow = AdaptiveLimit(ceiling=16, initial=8, latency=None, loss_tolerance=0)
     for _ in range(10):
         assert flow.on_success(await flow.acquire()) is None
     assert flow.limit == 8
@@ -182,15 +185,15 @@ async def test_overload_drops_multiplicatively_with_at_least_one(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """An overload sets max(floor, min(limit - 1, int(limit * 0.9)))."""
-    flow = AdaptiveLimit(ceiling=64, initial=40, latency=None)
+    flow = AdaptiveLimit(ceiling=64, initial=40, latency=None, loss_tolerance=0)
     permit = await flow.acquire()
     change = flow.on_overload(permit, Cause.RATE_LIMITED)
     assert change is not None
     assert (change.old, change.new, change.reason) == (40, 36, "rate_limited")
-    small = AdaptiveLimit(ceiling=8, initial=3, latency=None)
+    small = AdaptiveLimit(ceiling=8, initial=3, latency=None, loss_tolerance=0)
     small.on_overload(await small.acquire(), Cause.CONNECTION_LOST)
     assert small.limit == 2
-    floor = AdaptiveLimit(ceiling=8, floor=2, initial=2, latency=None)
+    floor = AdaptiveLimit(ceiling=8, floor=2, initial=2, latency=None, loss_tolerance=0)
     assert floor.on_overload(await floor.acquire(), Cause.RATE_LIMITED) is None
     assert floor.limit == 2
 
@@ -199,7 +202,7 @@ async def test_a_burst_of_refusals_lands_on_the_survivors(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """Refusals of requests sent under the old limit lower it to what survived, not to the floor."""
-    flow = AdaptiveLimit(ceiling=64, initial=30, latency=None)
+    flow = AdaptiveLimit(ceiling=64, initial=30, latency=None, loss_tolerance=0)
     permits = [await flow.acquire() for _ in range(30)]
     for permit in permits[:6]:  # a server of capacity 24 refuses six of thirty
         flow.on_overload(permit, Cause.RATE_LIMITED)
@@ -209,7 +212,7 @@ async def test_a_burst_of_refusals_lands_on_the_survivors(
 
 async def test_dropping_the_limit_cancels_nothing(autojump_clock: trio.testing.MockClock) -> None:
     """In-flight permits stay valid when the limit drops; new acquires wait below it."""
-    flow = AdaptiveLimit(ceiling=8, initial=4, latency=None)
+    flow = AdaptiveLimit(ceiling=8, initial=4, latency=None, loss_tolerance=0)
     permits = [await flow.acquire() for _ in range(4)]
     flow.on_overload(permits[0], Cause.SERVER_ERROR)
     assert flow.limit == 3
@@ -222,7 +225,7 @@ async def test_dropping_the_limit_cancels_nothing(autojump_clock: trio.testing.M
 
 async def test_probes_at_a_refused_level_get_rarer(autojump_clock: trio.testing.MockClock) -> None:
     """Each failed probe at the refused level doubles the successes the next probe costs."""
-    flow = AdaptiveLimit(ceiling=8, initial=2, latency=None)
+    flow = AdaptiveLimit(ceiling=8, initial=2, latency=None, loss_tolerance=0)
     costs: list[int] = []
     for _ in range(4):
         a, b = await flow.acquire(), await flow.acquire()
@@ -243,7 +246,7 @@ async def test_a_raising_callback_loses_no_wakeup(autojump_clock: trio.testing.M
     def explode(change: LimitStep) -> None:
         raise ValueError(change.reason)
 
-    flow = AdaptiveLimit(ceiling=8, initial=2, latency=None, on_change=explode)
+    flow = AdaptiveLimit(ceiling=8, initial=2, latency=None, loss_tolerance=0, on_change=explode)
     a, b = await flow.acquire(), await flow.acquire()
     got: list[FlowPermit] = []
 
@@ -278,7 +281,7 @@ async def test_timeouts_count_only_while_the_server_answers(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A TTFT timeout lowers the limit within answer_window of an answer, not after it."""
-    flow = AdaptiveLimit(ceiling=8, initial=6, latency=None, answer_window=10.0)
+    flow = AdaptiveLimit(ceiling=8, initial=6, latency=None, loss_tolerance=0, answer_window=10.0)
     assert flow.on_failure(await flow.acquire(), Cause.TTFT_TIMEOUT) is None  # never answered
     flow.on_success(await flow.acquire())
     change = flow.on_failure(await flow.acquire(), Cause.TTFT_TIMEOUT)
@@ -382,3 +385,25 @@ async def test_one_at_a_time_server_limit_reaches_one_and_stays(
     assert result.mean_limit(since=600.0) < 1.1
     assert result.overloads / result.attempts < 0.05
     assert result.limit_violations == 0
+
+
+async def test_random_losses_below_the_tolerance_do_not_lower_the_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A few percent of random resets (noise, not overload) leave the limit where it is;
+    a share of losses above the tolerance lowers it."""
+    flow = AdaptiveLimit(ceiling=32, initial=32, latency=None)
+    rng = random.Random(3)
+    for _ in range(60):  # rounds of 32 requests in flight, 2 % of them lost at random
+        permits = [flow.acquire_nowait() for _ in range(32)]
+        for permit in permits:
+            if rng.random() < 0.02:
+                flow.on_overload(permit, "connection_lost")
+            else:
+                flow.on_success(permit)
+        await trio.lowlevel.checkpoint()
+    assert flow.limit == 32
+    permits = [flow.acquire_nowait() for _ in range(32)]
+    for permit in permits:  # now every request is refused
+        flow.on_overload(permit, "rate_limited")
+    assert flow.limit < 32

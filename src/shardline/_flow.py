@@ -49,11 +49,13 @@ from ._flow_signals import OVERLOAD_STATUS_CODES as OVERLOAD_STATUS_CODES
 from ._flow_signals import LimitStep as LimitStep
 from ._flow_signals import Signal as Signal
 from ._flow_signals import classify as classify
+from ._validate import number
 
 __all__ = [
     "DEFAULT_ANSWER_WINDOW",
     "DEFAULT_BACKOFF_RATIO",
     "DEFAULT_INITIAL_LIMIT",
+    "DEFAULT_LOSS_TOLERANCE",
     "DEFAULT_PROBE_INTERVAL",
     "MAX_PROBE_STRIKES",
     "OVERLOAD_STATUS_CODES",
@@ -65,6 +67,11 @@ __all__ = [
     "classify",
 ]
 
+#: Overload signals among the last LOSS_WINDOW load signals (successes and
+#: overloads) below this share are noise (random 429s, resets and stalls happen
+#: on healthy servers): they lower nothing. Above it, the limit falls as below.
+DEFAULT_LOSS_TOLERANCE = 0.1
+LOSS_WINDOW = 50
 #: Multiplicative decrease per overload epoch (Netflix AIMDLimit's default).
 DEFAULT_BACKOFF_RATIO = 0.9
 #: The limit a new endpoint starts at (capped by the ceiling): a few requests
@@ -177,6 +184,11 @@ class AdaptiveLimit:
         probe_interval: Seconds between measurements of the no-load TTFT
             (``None``: never measure; the floor then only falls).
         on_change: Called with each :class:`LimitStep` (the ``on_*`` methods return it too).
+        loss_tolerance: The share of overload signals among the last
+            :data:`LOSS_WINDOW` load signals that is taken as noise, not as
+            overload (in [0, 1); 0 reacts to every signal). Servers and networks
+            drop a few percent of requests at random; a limit that fell by 10 % on
+            each would sit far below what the server takes.
     """
 
     ceiling: int = attrs.field(validator=_int_at_least("ceiling", 1))
@@ -189,6 +201,10 @@ class AdaptiveLimit:
         default=DEFAULT_PROBE_INTERVAL, validator=_seconds_or_none
     )
     on_change: Callable[[LimitStep], None] | None = None
+    loss_tolerance: float = attrs.field(
+        default=DEFAULT_LOSS_TOLERANCE, validator=number("loss_tolerance", ge=0)
+    )
+    _recent: deque[bool] = attrs.field(init=False, factory=lambda: deque(maxlen=LOSS_WINDOW))
     _estimate: float = attrs.field(init=False, default=0.0)
     _in_flight: int = attrs.field(init=False, default=0)
     _epoch: int = attrs.field(init=False, default=0)
@@ -331,6 +347,7 @@ class AdaptiveLimit:
         held = self._release(permit)
         now = trio.current_time()
         self._last_answer = now
+        self._recent.append(False)
         try:  # even if on_change raises, the freed slot goes to a waiter
             measuring, change = self._measure(permit, ttft_s, now)
             if not measuring:
@@ -346,12 +363,29 @@ class AdaptiveLimit:
             The :class:`LimitStep` if the limit moved, else ``None``.
         """
         held = self._release(permit)
+        self._recent.append(True)
+        if not self._overloaded() and not self._probing():
+            self._wake()
+            return None
         self._slow_start = False
         try:
             change = self._shrink(permit, held, str(cause))
         finally:
             self._wake()
         return change
+
+    def _probing(self) -> bool:
+        """Whether the limit stands at (or just under) a level the server refused:
+        there, one refusal is an answer, not noise."""
+        refused = self._refused_at
+        return refused is not None and self.limit + 1 >= refused
+
+    def _overloaded(self) -> bool:
+        """Whether the recent overload signals are more than noise."""
+        losses = sum(self._recent)
+        if self.loss_tolerance == 0:
+            return losses > 0
+        return losses >= max(2, math.ceil(self.loss_tolerance * len(self._recent)))
 
     def on_ignore(self, permit: FlowPermit) -> None:
         """Give back ``permit`` after an attempt that says nothing about load (or was cancelled)."""

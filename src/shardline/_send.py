@@ -20,7 +20,7 @@ import trio
 
 from ._attempt import AttemptResult, send_attempt
 from ._events import AttemptEnd, AttemptStart, FirstToken
-from ._exceptions import AttemptError, Cause, InternalError
+from ._exceptions import AttemptError, Cause, InternalError, RateLimited
 from ._flow import FlowPermit
 from ._models import Outcome, Result, Status
 from ._ratelimit import Charge
@@ -83,7 +83,13 @@ async def send_one(
         )
     except AttemptError as err:
         if flow is not None and permit is not None:
-            flow.on_failure(permit, err.cause, status_code=err.status_code)
+            if isinstance(err, RateLimited) and err.retry_after is not None:
+                # The server said when to come back: the shard's cooldown paces
+                # that (it is a rate, not a concurrency, limit); the in-flight
+                # limit learns from refusals that carry no such answer.
+                flow.on_ignore(permit)
+            else:
+                flow.on_failure(permit, err.cause, status_code=err.status_code)
         # A server that answered 200 has processed the prompt; one that
         # refused (429, 5xx) or never answered has not.
         accepted = err.status_code is not None and err.status_code < 300
