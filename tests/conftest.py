@@ -1,4 +1,10 @@
-"""Test configuration shared by the whole suite."""
+"""Test configuration shared by the whole suite: the hypothesis profiles.
+
+Shared helpers (input files, reports, virtual time, SSE bytes, fake transports)
+are in ``helpers.py``. Fake servers come from `shardline.testing`, as users get
+them: the ``fake_server`` and ``fake_server_factory`` fixtures of the installed
+pytest plugin, and ``fake_server_process`` for a server in a child process.
+"""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import chunk, run_virtual, sse
 from shardline._attempt import (
     STALL_SLACK_MAX,
     STALL_SLACK_RATIO,
@@ -77,19 +78,6 @@ class ScriptedBody(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         self.closed = True
-
-
-def sse(obj: object) -> bytes:
-    return b"data: " + json.dumps(obj).encode() + b"\n\n"
-
-
-def chunk(content: str | None = None, *, role: bool = False, finish: str | None = None) -> bytes:
-    delta: dict[str, str] = {}
-    if role:
-        delta["role"] = "assistant"
-    if content is not None:
-        delta["content"] = content
-    return sse({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
 
 USAGE = sse({"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 3}})
@@ -695,11 +683,6 @@ def test_make_client_validates_max_connections(value: Any, message: str) -> None
 # Properties -----------------------------------------------------------------------
 
 contents = st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=12)
-
-
-def run_virtual(fn: Callable[[], Awaitable[Any]]) -> Any:
-    """Run ``fn`` in a fresh trio run on a clock that jumps over every sleep."""
-    return trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 @given(

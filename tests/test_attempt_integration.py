@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -36,7 +35,6 @@ from shardline.testing import (
     Fault,
     FaultPlan,
     expected_cause,
-    open_fake_server,
 )
 
 SHORT = 0.3
@@ -44,12 +42,6 @@ DEADLINES = Deadlines(connect=1.0, ttft=SHORT, stall=SHORT, attempt=3.0)
 TOLERANCE = 0.7  # scheduling slack on a busy CI machine; deadlines themselves are exact
 REQUEST = ChatRequest(messages=[{"role": "user", "content": "hello"}], params={"max_tokens": 8})
 SECRET = "sk-integration-secret-value"
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeServer]:
-    async with open_fake_server() as server:
-        yield server
 
 
 def endpoint_for(server: FakeServer, *, stream: bool = True) -> Endpoint:
@@ -95,11 +87,11 @@ async def fault_then_success(
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
 @pytest.mark.parametrize("kind", FAULT_KINDS)
 async def test_each_fault_ends_in_its_cause_then_the_pool_serves_again(
-    server: FakeServer, kind: str, stream: bool
+    fake_server: FakeServer, kind: str, stream: bool
 ) -> None:
     """Every fault kind ends in its expected cause within its deadline; a retry then succeeds."""
     fault = Fault(kind=kind)
-    error, elapsed, result = await fault_then_success(server, fault, stream=stream, item=kind)
+    error, elapsed, result = await fault_then_success(fake_server, fault, stream=stream, item=kind)
     cause = expected_cause(fault, stream=stream)
     assert error.cause is cause, f"{kind}: {error!r}"
     assert elapsed <= deadline_for(cause) + TOLERANCE, f"{kind} took {elapsed:.3f}s"
@@ -112,26 +104,26 @@ async def test_each_fault_ends_in_its_cause_then_the_pool_serves_again(
 
 
 @pytest.mark.parametrize("kind", ["stall_mid", "drip"])
-async def test_stalls_after_content_are_stall_timeouts(server: FakeServer, kind: str) -> None:
+async def test_stalls_after_content_are_stall_timeouts(fake_server: FakeServer, kind: str) -> None:
     """After some content, silence or a keep-alive drip ends in stall_timeout, partial."""
     fault = Fault(kind=kind, after_events=2, interval=0.05)
-    error, elapsed, _ = await fault_then_success(server, fault, stream=True, item=f"{kind}-2")
+    error, elapsed, _ = await fault_then_success(fake_server, fault, stream=True, item=f"{kind}-2")
     assert error.cause is Cause.STALL_TIMEOUT
     assert error.partial
     assert SHORT - 0.01 <= elapsed <= SHORT + TOLERANCE
 
 
-async def test_rate_limit_carries_retry_after(server: FakeServer) -> None:
+async def test_rate_limit_carries_retry_after(fake_server: FakeServer) -> None:
     """A 429 reports the server's Retry-After (from retry-after-ms)."""
     fault = Fault(kind="rate_limit", retry_after=2.5)
-    error, _, _ = await fault_then_success(server, fault, stream=True, item="rl")
+    error, _, _ = await fault_then_success(fake_server, fault, stream=True, item="rl")
     assert isinstance(error, RateLimited)
     assert error.retry_after == 2.5
 
 
-async def test_success_reuses_the_connection(server: FakeServer) -> None:
+async def test_success_reuses_the_connection(fake_server: FakeServer) -> None:
     """Sequential requests on one client share one keep-alive connection."""
-    endpoint = endpoint_for(server)
+    endpoint = endpoint_for(fake_server)
     async with make_client(endpoint, max_connections=4, deadlines=DEADLINES) as client:
         for i in range(5):
             result = await send_attempt(
@@ -140,14 +132,14 @@ async def test_success_reuses_the_connection(server: FakeServer) -> None:
             assert result.finish_reason is not None
             assert result.ttft_s is not None
         assert_pool_clean(client)
-    assert server.statistics().connections_accepted == 1
+    assert fake_server.statistics().connections_accepted == 1
 
 
-async def test_concurrent_faults_do_not_exhaust_the_pool(server: FakeServer) -> None:
+async def test_concurrent_faults_do_not_exhaust_the_pool(fake_server: FakeServer) -> None:
     """Cap-many stalled attempts at once all end, then cap-many requests succeed at once."""
     cap = 3
-    server.set_faults(FaultPlan(items={(f"s{i}", 1): "stall_mid" for i in range(cap)}))
-    endpoint = endpoint_for(server)
+    fake_server.set_faults(FaultPlan(items={(f"s{i}", 1): "stall_mid" for i in range(cap)}))
+    endpoint = endpoint_for(fake_server)
     causes: list[Cause] = []
     ok: list[AttemptResult] = []
     async with make_client(endpoint, max_connections=cap, deadlines=DEADLINES) as client:
@@ -179,10 +171,10 @@ async def test_concurrent_faults_do_not_exhaust_the_pool(server: FakeServer) -> 
         assert_pool_clean(client)
 
 
-async def test_pool_timeout_when_the_pool_is_held(server: FakeServer) -> None:
+async def test_pool_timeout_when_the_pool_is_held(fake_server: FakeServer) -> None:
     """With every pooled connection busy, another request ends in pool_timeout, not a hang."""
-    server.set_faults(FaultPlan(items={("hold", 1): "stall_headers"}))
-    endpoint = endpoint_for(server)
+    fake_server.set_faults(FaultPlan(items={("hold", 1): "stall_headers"}))
+    endpoint = endpoint_for(fake_server)
     holding = Deadlines(connect=0.2, ttft=2.0, stall=2.0, attempt=3.0)
     async with make_client(endpoint, max_connections=1, deadlines=holding) as client:
         async with trio.open_nursery() as nursery:
@@ -205,10 +197,10 @@ async def test_pool_timeout_when_the_pool_is_held(server: FakeServer) -> None:
         assert result.finish_reason is not None
 
 
-async def test_caller_cancellation_leaves_the_pool_clean(server: FakeServer) -> None:
+async def test_caller_cancellation_leaves_the_pool_clean(fake_server: FakeServer) -> None:
     """Cancelling mid-stream from outside raises Cancelled and the next request works."""
-    server.set_faults(FaultPlan(items={("c", 1): Fault(kind="stall_mid", after_events=1)}))
-    endpoint = endpoint_for(server)
+    fake_server.set_faults(FaultPlan(items={("c", 1): Fault(kind="stall_mid", after_events=1)}))
+    endpoint = endpoint_for(fake_server)
     slow = Deadlines(connect=1.0, ttft=5.0, stall=5.0, attempt=10.0)
     async with make_client(endpoint, max_connections=1, deadlines=slow) as client:
         with trio.move_on_after(0.2) as scope:
@@ -261,7 +253,7 @@ async def test_full_accept_queue_is_connect_timeout() -> None:
 
 
 async def test_a_read_timeout_never_fires_on_a_drip_but_the_stall_deadline_does(
-    server: FakeServer,
+    fake_server: FakeServer,
 ) -> None:
     """The counter-example: httpx's per-read timeout is reset by every keep-alive byte.
 
@@ -269,8 +261,8 @@ async def test_a_read_timeout_never_fires_on_a_drip_but_the_stall_deadline_does(
     keep-alives keeps the stream alive forever. The stall deadline does not care.
     """
     drip = Fault(kind="drip", after_events=1, interval=0.05)
-    server.set_faults(FaultPlan(items={("drip", None): drip}))
-    endpoint = endpoint_for(server)
+    fake_server.set_faults(FaultPlan(items={("drip", None): drip}))
+    endpoint = endpoint_for(fake_server)
     body = REQUEST.body(model="fake", stream=True)
     read_timeout = httpx.Timeout(5.0, read=SHORT)
     async with httpx.AsyncClient(timeout=read_timeout) as plain:
@@ -288,10 +280,10 @@ async def test_a_read_timeout_never_fires_on_a_drip_but_the_stall_deadline_does(
         assert trio.current_time() - start <= SHORT + TOLERANCE
 
 
-async def test_http2_client_works_against_an_http11_server(server: FakeServer) -> None:
+async def test_http2_client_works_against_an_http11_server(fake_server: FakeServer) -> None:
     """http2=True negotiates down to HTTP/1.1 on plain http:// and still succeeds."""
     pytest.importorskip("h2")
-    endpoint = Endpoint(base_url=server.base_url, api_key=SECRET, model="fake", http2=True)
+    endpoint = Endpoint(base_url=fake_server.base_url, api_key=SECRET, model="fake", http2=True)
     async with make_client(endpoint, max_connections=1, deadlines=DEADLINES) as client:
         result = await send_attempt(client, endpoint, REQUEST, DEADLINES)
         assert result.finish_reason is not None

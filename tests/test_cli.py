@@ -1,26 +1,24 @@
 """``shardline run`` and ``shardline demo`` in-process, via ``shardline._cli.main``.
 
-The fake server runs in another process (``shardline fake-server --port 0``),
+The fake server runs in another process (`shardline.testing.fake_server_process`),
 because ``main`` owns its own ``trio.run``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from helpers import read_jsonl, write_input
 from shardline._batch_io import OutputFirstSink, default_paths
 from shardline._cli import main
 from shardline._events import ItemAdmitted, ItemEnd, RunEnd
 from shardline._sinks import MemoryEventSink
+from shardline.testing import fake_server_process
 
 SECRET = "sk-test-SECRET"
 
@@ -40,44 +38,11 @@ FAST = [
 ]
 
 
-@contextlib.contextmanager
-def fake_server(faults: str = "", *extra: str) -> Iterator[str]:
-    """Run ``shardline fake-server`` in a child process; yield its base URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shardline._cli", "fake-server", "--port", "0"]
-        + (["--faults", faults] if faults else [])
-        + list(extra),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        if not url.startswith("http://"):
-            proc.kill()
-            _, err = proc.communicate(timeout=10)
-            raise AssertionError(f"fake server did not start: {err}")
-        yield url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-        if proc.stderr is not None:
-            proc.stderr.close()
-
-
 @pytest.fixture(scope="module")
 def plain_server() -> Iterator[str]:
     """One fault-free fake server shared by the tests that need no faults."""
-    with fake_server() as url:
-        yield url
+    with fake_server_process() as server:
+        yield server.base_url
 
 
 @pytest.fixture(autouse=True)
@@ -93,24 +58,6 @@ def _quick_env(monkeypatch: pytest.MonkeyPatch) -> None:
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LLM_RETRY_BACKOFF_S", "0.01")
-
-
-def write_input(path: Path, n: int, *, prefix: str = "q", extra: list[str] | None = None) -> Path:
-    with open(path, "w") as f:
-        for i in range(n):
-            record = {
-                "id": f"{prefix}{i}",
-                "messages": [{"role": "user", "content": f"item {i}"}],
-                "max_tokens": 8,
-            }
-            f.write(json.dumps(record) + "\n")
-        for line in extra or []:
-            f.write(line + "\n")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 # -- usage and file errors: exit 2, nothing sent ---------------------------------------------
@@ -270,8 +217,10 @@ def test_run_with_faults_all_ok(
     inp = write_input(tmp_path / "in.jsonl", 60)
     report = tmp_path / "report.json"
     faults = "rate_limit=0.05:retry_after=0.1,http_500=0.05,reset=0.05:after=1,truncate=0.05"
-    with fake_server(faults, "--seed", "3") as url:
-        status = main(["run", str(inp), "--base-url", url, "--report-json", str(report), *FAST])
+    with fake_server_process(faults=faults, seed=3) as server:
+        status = main(
+            ["run", str(inp), "--base-url", server.base_url, "--report-json", str(report), *FAST]
+        )
     captured = capsys.readouterr()
     assert status == 0, captured.err
     records = read_jsonl(tmp_path / "in.out.jsonl")
@@ -337,8 +286,10 @@ def test_failed_items_exit_1_and_resume_retries_them(
     """An item that keeps failing is written failed (exit 1); --resume retries only it."""
     inp = write_input(tmp_path / "in.jsonl", 6)
     out = tmp_path / "in.out.jsonl"
-    with fake_server("http_500@item=q3") as url:
-        status = main(["run", str(inp), "--base-url", url, "--max-attempts", "2", *FAST])
+    with fake_server_process(faults="http_500@item=q3") as server:
+        status = main(
+            ["run", str(inp), "--base-url", server.base_url, "--max-attempts", "2", *FAST]
+        )
     assert status == 1
     records = read_jsonl(out)
     failed = [r for r in records if r["status"] == "failed"]

@@ -15,16 +15,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from helpers import read_jsonl, write_input
 from shardline._batch import OUTCOME_BUFFER
-from shardline.testing import fetch_statistics
+from shardline.testing import FakeServerProcess, TimingModel, fake_server_process
 
 pytestmark = pytest.mark.slow
 
 #: A fake model slow enough that a run is still going when it is killed.
-SLOW_MODEL = ["--ttft", "0.05", "--itl", "0.02", "--tokens-per-event", "2"]
+SLOW_MODEL = {"timing": TimingModel(ttft=0.05, itl=0.02, tokens_per_event=2)}
 SHARDS, CONCURRENCY = 2, 8
 
 
@@ -39,42 +41,11 @@ def env() -> dict[str, str]:
 
 
 @pytest.fixture
-def server(request: pytest.FixtureRequest) -> Iterator[str]:
-    """``shardline fake-server --port 0`` in a child process, with the test's faults."""
-    extra: list[str] = getattr(request, "param", [])
-    proc = subprocess.Popen(
-        shardline("fake-server", "--port", "0", *extra),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env(),
-    )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        assert url.startswith("http://127.0.0.1:"), url
-        yield url
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
-
-
-def write_input(path: Path, n: int) -> Path:
-    with open(path, "w") as f:
-        for i in range(n):
-            record = {
-                "id": f"item-{i}",
-                "messages": [{"role": "user", "content": f"tell me about {i}"}],
-                "max_tokens": 12,
-            }
-            f.write(json.dumps(record) + "\n")
-    return path
+def server(request: pytest.FixtureRequest) -> Iterator[FakeServerProcess]:
+    """The fake server in a child process, with the test's options (``fake_server_process``)."""
+    options: dict[str, Any] = getattr(request, "param", {})
+    with fake_server_process(**options) as server:
+        yield server
 
 
 def read_events(path: Path) -> list[list[dict[str, object]]]:
@@ -114,14 +85,14 @@ RUN_OPTS = [
 
 @pytest.mark.parametrize(
     "server",
-    [["--faults", "rate_limit=0.05:retry_after=0.1,http_503=0.05,reset=0.03,drip=0.02"]],
+    [{"faults": "rate_limit=0.05:retry_after=0.1,http_503=0.05,reset=0.03,drip=0.02"}],
     indirect=True,
 )
-def test_subprocess_run_with_faults(server: str, tmp_path: Path) -> None:
+def test_subprocess_run_with_faults(server: FakeServerProcess, tmp_path: Path) -> None:
     """A real process against a faulty server: exit 0, each id once, report, plain progress."""
-    inp = write_input(tmp_path / "in.jsonl", 100)
+    inp = write_input(tmp_path / "in.jsonl", 100, prefix="item-", max_tokens=12)
     proc = subprocess.run(
-        shardline("run", str(inp), "--base-url", server, *RUN_OPTS),
+        shardline("run", str(inp), "--base-url", server.base_url, *RUN_OPTS),
         capture_output=True,
         text=True,
         timeout=60,
@@ -130,11 +101,11 @@ def test_subprocess_run_with_faults(server: str, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "shardline: 100/100 done (100%)" in proc.stderr  # final plain progress line
-    records = [json.loads(x) for x in (tmp_path / "in.out.jsonl").read_text().splitlines()]
+    records = read_jsonl(tmp_path / "in.out.jsonl")
     assert sorted(r["id"] for r in records) == sorted(f"item-{i}" for i in range(100))
     assert {r["status"] for r in records} == {"ok"}
     assert "sk-test-SECRET" not in proc.stdout + proc.stderr
-    stats = fetch_statistics(server)
+    stats = server.statistics()
     assert stats.max_in_flight <= SHARDS * CONCURRENCY
     assert stats.requests_by_endpoint["chat.completions"] > 100  # faults were retried
     assert "sk-test-SECRET" not in (tmp_path / "in.events.jsonl").read_text()
@@ -157,14 +128,16 @@ def test_subprocess_missing_input(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("server", [SLOW_MODEL], indirect=True)
-def test_kill_9_then_resume_loses_and_duplicates_nothing(server: str, tmp_path: Path) -> None:
+def test_kill_9_then_resume_loses_and_duplicates_nothing(
+    server: FakeServerProcess, tmp_path: Path
+) -> None:
     """kill -9 mid-run, then --resume: each id exactly once, ok; only in-flight work resent."""
     n = 160
-    inp = write_input(tmp_path / "in.jsonl", n)
+    inp = write_input(tmp_path / "in.jsonl", n, prefix="item-", max_tokens=12)
     out = tmp_path / "in.out.jsonl"
     events = tmp_path / "in.events.jsonl"
     proc = subprocess.Popen(
-        shardline("run", str(inp), "--base-url", server, "--no-progress", *RUN_OPTS),
+        shardline("run", str(inp), "--base-url", server.base_url, "--no-progress", *RUN_OPTS),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -183,7 +156,7 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(server: str, tmp_path: 
             "run",
             str(inp),
             "--base-url",
-            server,
+            server.base_url,
             "--no-progress",
             "--resume",
             "--report-json",
@@ -220,7 +193,7 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(server: str, tmp_path: 
     assert len(sent_again) <= SHARDS * CONCURRENCY + OUTCOME_BUFFER + 1
     # The server's own count agrees: every item once, plus what was in flight at the kill
     # (an attempt the killed process had started but not yet sent never reached it).
-    received = fetch_statistics(server).requests_by_endpoint["chat.completions"]
+    received = server.statistics().requests_by_endpoint["chat.completions"]
     assert n <= received <= data["attempts"] <= n + SHARDS * CONCURRENCY
     assert "Traceback" not in resumed.stderr
 
@@ -228,11 +201,11 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(server: str, tmp_path: 
 @pytest.mark.parametrize("server", [SLOW_MODEL], indirect=True)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_drains_flushes_and_exits_130(
-    server: str, tmp_path: Path, signum: signal.Signals
+    server: FakeServerProcess, tmp_path: Path, signum: signal.Signals
 ) -> None:
     """SIGINT or SIGTERM mid-run: exit 130, no traceback, whole lines, report; resume finishes."""
     n = 160
-    inp = write_input(tmp_path / "in.jsonl", n)
+    inp = write_input(tmp_path / "in.jsonl", n, prefix="item-", max_tokens=12)
     out = tmp_path / "in.out.jsonl"
     report = tmp_path / "report.json"
     proc = subprocess.Popen(
@@ -240,7 +213,7 @@ def test_ctrl_c_drains_flushes_and_exits_130(
             "run",
             str(inp),
             "--base-url",
-            server,
+            server.base_url,
             "--report-json",
             str(report),
             "--drain-grace",
@@ -273,7 +246,9 @@ def test_ctrl_c_drains_flushes_and_exits_130(
     assert data["succeeded"] == len(records)
     assert str(len(records)) in stdout
     resumed = subprocess.run(
-        shardline("run", str(inp), "--base-url", server, "--no-progress", "--resume", *RUN_OPTS),
+        shardline(
+            "run", str(inp), "--base-url", server.base_url, "--no-progress", "--resume", *RUN_OPTS
+        ),
         capture_output=True,
         text=True,
         timeout=60,

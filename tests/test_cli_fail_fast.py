@@ -9,14 +9,13 @@ on every request), or through ``shardline run`` against a closed port on
 from __future__ import annotations
 
 import io
-import json
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
+from helpers import mock_transports, read_jsonl, write_input
 from shardline._batch import run_batch
 from shardline._batch_io import BatchSettings
 from shardline._cli import main
@@ -52,18 +51,6 @@ def closed_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}/v1"
-
-
-def write_input(path: Path, n: int) -> Path:
-    with open(path, "w") as f:
-        for i in range(n):
-            record = {"id": f"q{i}", "messages": [{"role": "user", "content": f"item {i}"}]}
-            f.write(json.dumps(record) + "\n")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 # -- the watch, on synthetic events -----------------------------------------------------------
@@ -181,7 +168,7 @@ def test_public_url_drops_credentials() -> None:
 
 
 def settings_for(tmp_path: Path, n: int, **config: object) -> BatchSettings:
-    source = write_input(tmp_path / "in.jsonl", n)
+    source = write_input(tmp_path / "in.jsonl", n, max_tokens=None)
     return BatchSettings(
         input=source,
         output=tmp_path / "in.out.jsonl",
@@ -196,12 +183,6 @@ def settings_for(tmp_path: Path, n: int, **config: object) -> BatchSettings:
         ),
         progress=False,
     )
-
-
-def every_request(
-    handler: Callable[[httpx.Request], httpx.Response],
-) -> Callable[[int], httpx.AsyncBaseTransport]:
-    return lambda _shard: httpx.MockTransport(handler)
 
 
 def refused(request: httpx.Request) -> httpx.Response:
@@ -230,7 +211,7 @@ def test_refused_everywhere_stops_at_once_and_writes_no_line(tmp_path: Path) -> 
     """2,000 items, 64 in flight, nothing listening: exit 2 after a handful of attempts."""
     settings = settings_for(tmp_path, 2000)
     out, err = io.StringIO(), io.StringIO()
-    status = run_batch(settings, stdout=out, stderr=err, transport=every_request(refused))
+    status = run_batch(settings, stdout=out, stderr=err, transport=mock_transports(refused))
     assert status is ExitStatus.USAGE, err.getvalue()
     assert attempts_in(settings.events) < 100
     assert settings.output.read_text() == ""  # unfinished items are not failed lines
@@ -249,7 +230,7 @@ def test_401_stops_and_resume_runs_every_item_once(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, 300)
     err = io.StringIO()
     status = run_batch(
-        settings, stdout=io.StringIO(), stderr=err, transport=every_request(unauthorized)
+        settings, stdout=io.StringIO(), stderr=err, transport=mock_transports(unauthorized)
     )
     assert status is ExitStatus.USAGE
     assert "failed with client_error 401 (unauthorized) at http://mock.invalid/v1" in err.getvalue()
@@ -271,7 +252,7 @@ def test_401_stops_and_resume_runs_every_item_once(tmp_path: Path) -> None:
         resume=True,
         progress=False,
     )
-    status = run_batch(resumed, stdout=io.StringIO(), stderr=err, transport=every_request(fine))
+    status = run_batch(resumed, stdout=io.StringIO(), stderr=err, transport=mock_transports(fine))
     assert status is ExitStatus.OK, err.getvalue()
     final = read_jsonl(settings.output)
     assert sorted(str(line["id"]) for line in final) == sorted(f"q{i}" for i in range(300))
@@ -287,7 +268,7 @@ def test_404_names_the_path_and_the_model(tmp_path: Path) -> None:
         return httpx.Response(404, json={"error": {"message": "unknown path"}})
 
     status = run_batch(
-        settings, stdout=io.StringIO(), stderr=err, transport=every_request(not_found)
+        settings, stdout=io.StringIO(), stderr=err, transport=mock_transports(not_found)
     )
     assert status is ExitStatus.USAGE
     assert "client_error 404 (not found)" in err.getvalue()
@@ -301,7 +282,7 @@ def test_no_fail_fast_runs_every_item(tmp_path: Path) -> None:
         settings,
         stdout=io.StringIO(),
         stderr=io.StringIO(),
-        transport=every_request(unauthorized),
+        transport=mock_transports(unauthorized),
         fail_fast=False,
     )
     assert status is ExitStatus.FAILED_ITEMS
@@ -315,7 +296,7 @@ def test_run_against_a_closed_port_exits_2_quickly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], closed_url: str
 ) -> None:
     """`shardline run` with nothing listening: exit 2, 8 attempts, no output line."""
-    inp = write_input(tmp_path / "in.jsonl", 500)
+    inp = write_input(tmp_path / "in.jsonl", 500, max_tokens=None)
     # One request at a time: the stop then never lands on a connect in progress.
     args = ["run", str(inp), "--base-url", closed_url, "--model", "m", "--no-progress"]
     args += ["--shards", "1", "--concurrency", "1", "--max-attempts", "20"]
@@ -332,7 +313,7 @@ def test_run_at_full_concurrency_against_a_closed_port_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], closed_url: str
 ) -> None:
     """4 shards x 16 in flight, nothing listening: the run ends, exit 2, no output line."""
-    inp = write_input(tmp_path / "in.jsonl", 2000)
+    inp = write_input(tmp_path / "in.jsonl", 2000, max_tokens=None)
     args = ["run", str(inp), "--base-url", closed_url, "--model", "m", "--no-progress"]
     status = main([*args, "--shards", "4", "--concurrency", "16"])
     err = capsys.readouterr().err
@@ -346,7 +327,7 @@ def test_run_check_against_a_closed_port_touches_no_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], closed_url: str
 ) -> None:
     """`run --check` fails before anything is opened: exit 2, one line naming the cause."""
-    inp = write_input(tmp_path / "in.jsonl", 3)
+    inp = write_input(tmp_path / "in.jsonl", 3, max_tokens=None)
     assert main(["run", str(inp), "--base-url", closed_url, "--model", "m", "--check"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
@@ -372,7 +353,7 @@ def test_resume_with_overwrite_is_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--resume --overwrite: exit 2 naming both options, nothing touched."""
-    inp = write_input(tmp_path / "in.jsonl", 1)
+    inp = write_input(tmp_path / "in.jsonl", 1, max_tokens=None)
     args = ["run", str(inp), "--base-url", "http://127.0.0.1:9/v1", "--resume", "--overwrite"]
     assert main(args) == 2
     assert "--resume and --overwrite cannot be used together" in capsys.readouterr().err
@@ -439,7 +420,7 @@ def test_a_lost_outcome_ends_the_run_loudly_instead_of_hanging(
     monkeypatch.setattr(shard_module, "deliver", drop_q3)
     settings = settings_for(tmp_path, 20)
     err = io.StringIO()
-    status = run_batch(settings, stdout=io.StringIO(), stderr=err, transport=every_request(fine))
+    status = run_batch(settings, stdout=io.StringIO(), stderr=err, transport=mock_transports(fine))
     assert status is ExitStatus.INTERNAL
     assert "internal error: 1 submitted items got no outcome" in err.getvalue()
     ids = sorted(str(line["id"]) for line in read_jsonl(settings.output))
@@ -456,7 +437,7 @@ def test_a_defect_in_one_item_is_written_reported_and_exits_70(tmp_path: Path) -
         return fine(request)
 
     err = io.StringIO()
-    status = run_batch(settings, stdout=io.StringIO(), stderr=err, transport=every_request(buggy))
+    status = run_batch(settings, stdout=io.StringIO(), stderr=err, transport=mock_transports(buggy))
     assert status is ExitStatus.INTERNAL, err.getvalue()
     lines = {str(line["id"]): line for line in read_jsonl(settings.output)}
     assert len(lines) == 120

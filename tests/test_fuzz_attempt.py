@@ -16,15 +16,14 @@ Two properties, through :func:`send_attempt` over an in-memory transport:
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
-import trio
-import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import Body, run_virtual, split_at, sse
 from shardline._attempt import AttemptResult, send_attempt
 from shardline._config import Deadlines, Endpoint
 from shardline._exceptions import AttemptError, ProtocolError, Truncated
@@ -49,20 +48,11 @@ json_values = st.recursive(
 )
 
 
-class _Body(httpx.AsyncByteStream):
-    def __init__(self, parts: Sequence[bytes]) -> None:
-        self.parts = parts
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for part in self.parts:
-            yield part
-
-
 def _send(parts: Sequence[bytes], *, endpoint: Endpoint, content_type: str) -> object:
     """The attempt's result, or the exception it raised (any exception)."""
 
     async def handler(_request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-type": content_type}, stream=_Body(parts))
+        return httpx.Response(200, headers={"content-type": content_type}, stream=Body(parts))
 
     async def main() -> object:
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
@@ -71,11 +61,7 @@ def _send(parts: Sequence[bytes], *, endpoint: Endpoint, content_type: str) -> o
             except Exception as exc:
                 return exc
 
-    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-
-
-def _sse(obj: object) -> bytes:
-    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+    return run_virtual(main)
 
 
 def _is_count(v: object) -> bool:
@@ -159,7 +145,7 @@ def test_any_json_in_any_position_is_an_answer_or_a_typed_error(
     if position == "chunk" and isinstance(value, dict):
         value = [value]  # objects with unknown keys are fine; make it an array instead
     chunks, text, valid = _stream(position, value, texts)
-    body = [_sse(c) for c in chunks] + ([b"data: [DONE]\n\n"] if done else [])
+    body = [sse(c) for c in chunks] + ([b"data: [DONE]\n\n"] if done else [])
     result = _send(body, endpoint=STREAM, content_type="text/event-stream")
     if valid and position == "finish_reason" and not value and not done:
         # Neither a finish reason nor [DONE]: a clean end is not a complete answer.
@@ -231,13 +217,8 @@ GOOD_BYTES = (
 
 
 def _split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    parts, last = [], 0
-    for p in points:
-        parts.append(data[last:p])
-        last = p
-    parts.append(data[last:])
-    return [p for p in parts if p]
+    """``data`` cut at ``cuts``, without empty pieces."""
+    return [p for p in split_at(data, cuts) if p]
 
 
 def _summary(result: object) -> tuple[str, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -16,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 
+from helpers import Body, mock_transports, sse
 from shardline._backoff import Backoff, RetryPolicy
 from shardline._config import Deadlines, Endpoint, PipelineConfig
 from shardline._events import AttemptEnd, ItemEnd, RunEnd
@@ -50,19 +50,6 @@ def chat(i: int | str | None = None) -> ChatRequest:
     return ChatRequest(messages=[{"role": "user", "content": f"hello {i}"}], id=i)
 
 
-class _Body(httpx.AsyncByteStream):
-    def __init__(self, parts: list[bytes]) -> None:
-        self.parts = parts
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for part in self.parts:
-            yield part
-
-
-def sse(obj: object) -> bytes:
-    return b"data: " + json.dumps(obj).encode() + b"\n\n"
-
-
 def good_stream(text: str = "hi") -> list[bytes]:
     return [
         sse({"choices": [{"index": 0, "delta": {"content": text}}]}),
@@ -72,20 +59,8 @@ def good_stream(text: str = "hi") -> list[bytes]:
     ]
 
 
-def transport(answer: Any) -> Any:
-    """A per-shard transport factory whose handler is ``answer(request) -> Response``."""
-
-    def factory(_shard: int) -> httpx.AsyncBaseTransport:
-        async def handler(request: httpx.Request) -> httpx.Response:
-            return answer(request)
-
-        return httpx.MockTransport(handler)
-
-    return factory
-
-
 def streamed(parts: list[bytes], content_type: str = "text/event-stream") -> httpx.Response:
-    return httpx.Response(200, headers={"content-type": content_type}, stream=_Body(parts))
+    return httpx.Response(200, headers={"content-type": content_type}, stream=Body(parts))
 
 
 def attempt_of(request: httpx.Request) -> int:
@@ -96,7 +71,7 @@ async def run_items(
     cfg: PipelineConfig, requests: list[ChatRequest], answer: Any, sink: MemoryEventSink
 ) -> list[Outcome]:
     send, recv = trio.open_memory_channel[Outcome](len(requests))
-    async with open_pipeline(cfg, sink=sink, transport=transport(answer)) as pipeline:
+    async with open_pipeline(cfg, sink=sink, transport=mock_transports(answer)) as pipeline:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pipeline.map, requests, send)
             return [o async for o in recv]
@@ -174,7 +149,7 @@ async def test_a_defect_costs_only_its_item_and_stays_loud(
     sink = MemoryEventSink()
     caplog.set_level(logging.ERROR, logger="shardline")
     send, recv = trio.open_memory_channel[Outcome](30)
-    async with open_pipeline(config(), sink=sink, transport=transport(answer)) as pipeline:
+    async with open_pipeline(config(), sink=sink, transport=mock_transports(answer)) as pipeline:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pipeline.map, [chat(i) for i in range(30)], send)
             outcomes = {o.id: o async for o in recv}
@@ -209,7 +184,7 @@ async def test_complete_raises_the_defect_of_its_item(
             raise ZeroDivisionError("bug")
         return streamed(good_stream("after"))
 
-    async with open_pipeline(config(shard_count=1), transport=transport(answer)) as pipeline:
+    async with open_pipeline(config(shard_count=1), transport=mock_transports(answer)) as pipeline:
         with pytest.raises(InternalError) as info:
             await pipeline.complete(chat(1))
         assert info.value.item_id == 1
@@ -284,7 +259,9 @@ async def test_complete_and_submit_reject_what_is_not_a_request(
     autojump_clock: trio.testing.MockClock, bad: Any
 ) -> None:
     """complete() and submit() given something that is not a request raise TypeError at once."""
-    async with open_pipeline(config(), transport=transport(lambda r: streamed(good_stream()))) as p:
+    async with open_pipeline(
+        config(), transport=mock_transports(lambda r: streamed(good_stream()))
+    ) as p:
         with pytest.raises(TypeError, match=r"^complete\(\) takes a ChatRequest or"):
             await p.complete(bad)
         send, _recv = trio.open_memory_channel[Outcome](1)
@@ -298,7 +275,9 @@ async def test_submitting_twice_with_one_channel_is_an_error(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """The pipeline owns (and closes) the channel it is given: giving it twice is a ValueError."""
-    async with open_pipeline(config(), transport=transport(lambda r: streamed(good_stream()))) as p:
+    async with open_pipeline(
+        config(), transport=mock_transports(lambda r: streamed(good_stream()))
+    ) as p:
         send, recv = trio.open_memory_channel[Outcome](2)
         await p.submit(chat(1), send)
         with pytest.raises(ValueError, match="pass a fresh clone each time"):
@@ -317,7 +296,7 @@ async def test_generated_ids_never_collide_with_user_ids(
 
     sink = MemoryEventSink()
     async with open_pipeline(
-        config(), sink=sink, transport=transport(lambda r: streamed(good_stream()))
+        config(), sink=sink, transport=mock_transports(lambda r: streamed(good_stream()))
     ) as p:
         first = await p.complete(chat(1))
         second = await p.complete(chat(None))
@@ -347,7 +326,7 @@ async def test_an_error_in_the_block_ends_the_run_as_error(
     """An exception raised by the caller inside the block is run_end reason `error`."""
     sink = MemoryEventSink()
     with pytest.raises(KeyError):
-        async with open_pipeline(config(), sink=sink, transport=transport(lambda r: 1)):
+        async with open_pipeline(config(), sink=sink, transport=mock_transports(lambda r: 1)):
             raise KeyError("caller's bug")
     assert [e.reason for e in sink.events if isinstance(e, RunEnd)] == ["error"]
 
@@ -358,7 +337,7 @@ async def test_cancellation_ends_the_run_as_cancelled(
     """Cancelling the block is run_end reason `cancelled`."""
     sink = MemoryEventSink()
     with trio.move_on_after(1):
-        async with open_pipeline(config(), sink=sink, transport=transport(lambda r: 1)):
+        async with open_pipeline(config(), sink=sink, transport=mock_transports(lambda r: 1)):
             await trio.sleep_forever()
     assert [e.reason for e in sink.events if isinstance(e, RunEnd)] == ["cancelled"]
 

@@ -8,6 +8,7 @@ import pytest
 import trio
 import trio.testing
 
+from helpers import Transports
 from shardline._backoff import Backoff, RetryPolicy
 from shardline._config import Deadlines, Endpoint, PipelineConfig
 from shardline._events import AttemptStart, ItemAdmitted, ItemEnd, ShardState
@@ -28,24 +29,6 @@ DEADLINES = Deadlines(connect=1.0, ttft=2.0, stall=1.0, attempt=10.0)
 
 def req(i: int | str, **params: object) -> ChatRequest:
     return ChatRequest(messages=[{"role": "user", "content": f"hello {i}"}], id=i, params=params)
-
-
-class Transports:
-    """A transport factory that remembers the transport of each shard."""
-
-    def __init__(self, plan: FaultPicker | None = None, **kwargs: object) -> None:
-        self.plan = plan
-        self.kwargs = kwargs
-        self.by_shard: dict[int, FakeTransport] = {}
-
-    def __call__(self, shard: int) -> FakeTransport:
-        t = (
-            FakeTransport(**self.kwargs)
-            if self.plan is None
-            else FakeTransport(plan=self.plan, **self.kwargs)
-        )
-        self.by_shard[shard] = t
-        return t
 
 
 def config(**overrides: object) -> PipelineConfig:

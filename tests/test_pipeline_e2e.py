@@ -7,14 +7,13 @@ requests), and the report's token totals.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
+from helpers import report_of
 from shardline import (
     Backoff,
     ChatRequest,
@@ -26,45 +25,28 @@ from shardline import (
     RetryPolicy,
     open_pipeline,
 )
-from shardline._events import EventFileReader
-from shardline.report import compute_report
-from shardline.testing import fetch_statistics
+from shardline.testing import FakeServerProcess, TimingModel, fake_server_process
 
 SHARDS, CONCURRENCY, ITEMS = 3, 4, 300
 FAULTS = "rate_limit=0.03:retry_after=0.2,http_503=0.03,reset=0.02,truncate=0.02,stall_mid=0.02"
 
 
 @pytest.fixture
-def server_url() -> Iterator[str]:
+def server() -> Iterator[FakeServerProcess]:
     """`shardline fake-server` in a child process, with a fault mix and fast timing."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shardline._cli", "fake-server", "--port", "0",
-         "--faults", FAULTS, "--seed", "7", "--ttft", "0.01", "--itl", "0.001"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        assert url.startswith("http://127.0.0.1:"), url
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    with fake_server_process(
+        faults=FAULTS, seed=7, timing=TimingModel(ttft=0.01, itl=0.001)
+    ) as server:
+        yield server
 
 
 @pytest.mark.slow
-async def test_caps_and_reuse_show_in_the_server_counters(server_url: str, tmp_path: Path) -> None:
+async def test_caps_and_reuse_show_in_the_server_counters(
+    server: FakeServerProcess, tmp_path: Path
+) -> None:
     """Max in flight <= shards x concurrency, connections reused, report tokens == served."""
     config = PipelineConfig(
-        endpoint=Endpoint(base_url=server_url, model="m", api_key="sk-e2e"),
+        endpoint=Endpoint(base_url=server.base_url, model="m", api_key="sk-e2e"),
         shard_count=SHARDS,
         concurrency=CONCURRENCY,
         queue_size=8,
@@ -93,7 +75,7 @@ async def test_caps_and_reuse_show_in_the_server_counters(server_url: str, tmp_p
     assert len(outcomes) == ITEMS
     assert all(o.ok for o in outcomes), [o for o in outcomes if not o.ok][:3]
 
-    stats = await trio.to_thread.run_sync(fetch_statistics, server_url)
+    stats = await trio.to_thread.run_sync(server.statistics)
     assert stats.max_in_flight <= SHARDS * CONCURRENCY
     assert stats.faults_total > 0
     # Reuse: connections are only replaced after a fault that kills one (resets,
@@ -101,8 +83,7 @@ async def test_caps_and_reuse_show_in_the_server_counters(server_url: str, tmp_p
     assert stats.connections_accepted <= SHARDS * CONCURRENCY + stats.faults_total
     assert stats.connections_accepted < stats.requests / 3
 
-    with EventFileReader(events) as reader:
-        report = compute_report(reader, events_sha256=None)
+    report = report_of(events)
     assert report.succeeded == ITEMS
     assert report.tokens_out_total == stats.completion_tokens
     assert report.tokens_in_total == stats.prompt_tokens

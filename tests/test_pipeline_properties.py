@@ -9,6 +9,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import Transports, run_virtual
 from shardline._backoff import Backoff, RetryPolicy
 from shardline._config import Deadlines, Endpoint, PipelineConfig
 from shardline._events import AttemptStart, ItemEnd
@@ -16,7 +17,6 @@ from shardline._models import ChatRequest, Outcome, Status
 from shardline._pipeline import open_pipeline
 from shardline._ratelimit import SlidingWindowLimiter
 from shardline._sinks import MemoryEventSink
-from shardline.testing._transport import FakeTransport
 
 FAULTS = [
     None,
@@ -77,19 +77,15 @@ fault_plans = st.dictionaries(
 
 def run_case(config: PipelineConfig, plan: dict[tuple[str, int], str | None], n: int) -> None:
     sink = MemoryEventSink()
-    transports: dict[int, FakeTransport] = {}
+    transports = Transports(
+        plan=lambda item, attempt: plan.get((item, attempt)), completion_tokens=4
+    )
     violations: list[str] = []
-
-    def transport(shard: int) -> FakeTransport:
-        transports[shard] = FakeTransport(
-            plan=lambda item, attempt: plan.get((item, attempt)), completion_tokens=4
-        )
-        return transports[shard]
 
     async def main() -> list[Outcome]:
         send, recv = trio.open_memory_channel[Outcome](4)
         got: list[Outcome] = []
-        async with open_pipeline(config, sink=sink, transport=transport) as pipeline:
+        async with open_pipeline(config, sink=sink, transport=transports) as pipeline:
 
             async def monitor() -> None:
                 while True:
@@ -114,7 +110,7 @@ def run_case(config: PipelineConfig, plan: dict[tuple[str, int], str | None], n:
                 nursery.cancel_scope.cancel()
         return got
 
-    outcomes = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    outcomes = run_virtual(main)
 
     # Every submitted item gets exactly one terminal outcome: none lost, none duplicated.
     assert sorted(o.id for o in outcomes) == sorted(str(i) for i in range(n))
@@ -136,7 +132,7 @@ def run_case(config: PipelineConfig, plan: dict[tuple[str, int], str | None], n:
             assert o.cause.value == TRANSPORT_CAUSE[fault], (fault, o)
     # Caps and bounds held at every sample and in the transports' own counters.
     assert not violations, violations[:3]
-    for t in transports.values():
+    for t in transports.by_shard.values():
         assert t.max_in_flight <= config.concurrency
         assert t.in_flight == 0
     # RPM: no 60 s window holds more attempt starts than the limit.
@@ -177,7 +173,7 @@ def test_sliding_window_never_exceeds_its_limit(
                 nursery.start_soon(one)
         return granted
 
-    granted = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    granted = run_virtual(main)
     granted.sort()
     for i, (t0, _) in enumerate(granted):
         window = [a for (u, a) in granted[i:] if u < t0 + 60.0]

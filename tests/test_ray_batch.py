@@ -1,7 +1,8 @@
 """ShardlineBatch and the events merge, called directly the way Ray Data calls them (no Ray).
 
-The fake server runs in a trio loop on a thread of its own, because the batch
-class blocks its calling thread while its own trio loop (another thread) works.
+The fake server runs in a process of its own (`shardline.testing.fake_server_process`),
+because the batch class blocks its calling thread while its own trio loop (another
+thread) works.
 These tests are synchronous on purpose: they stand where a Ray actor stands.
 """
 
@@ -23,11 +24,11 @@ import attrs
 import pytest
 import trio
 
+from helpers import report_of
 from shardline._backoff import Backoff, RetryPolicy
 from shardline._batch_io import BatchSettings
 from shardline._cli import main
 from shardline._config import Deadlines, Endpoint, PipelineConfig
-from shardline._events import EventFileReader
 from shardline._exceptions import ConfigError
 from shardline._models import Outcome, request_from_json
 from shardline._pipeline import open_pipeline
@@ -45,7 +46,7 @@ from shardline.ray._batch import _interrupt_only
 from shardline.ray._merge import batch_end_line, batch_start_line, tag_event
 from shardline.ray._run import actor_config, default_batch_size, request_to_json
 from shardline.report import RunReport, compute_report
-from shardline.testing import FakeServer, FaultPlan, open_fake_server
+from shardline.testing import FakeServerProcess, fake_server_process
 
 FAULTS = (
     "http_500@item=q3/1,rate_limit@item=q5/1:retry_after=0.05,"
@@ -53,42 +54,11 @@ FAULTS = (
 )
 
 
-@attrs.define
-class ServerThread:
-    server: FakeServer
-    token: trio.lowlevel.TrioToken
-    stop: trio.Event
-    thread: threading.Thread
-
-    @property
-    def url(self) -> str:
-        return self.server.base_url
-
-    def statistics(self) -> Any:
-        return trio.from_thread.run_sync(self.server.statistics, trio_token=self.token)
-
-
 @pytest.fixture(scope="module")
-def fake() -> Iterator[ServerThread]:
-    """A fake server with scripted faults, in a thread of its own for the whole module."""
-    box: dict[str, Any] = {}
-    ready = threading.Event()
-
-    async def serve() -> None:
-        box["stop"] = trio.Event()
-        box["token"] = trio.lowlevel.current_trio_token()
-        async with open_fake_server(faults=FaultPlan.parse(FAULTS), seed=1) as server:
-            box["server"] = server
-            ready.set()
-            await box["stop"].wait()
-
-    thread = threading.Thread(target=trio.run, args=(serve,), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    st = ServerThread(server=box["server"], token=box["token"], stop=box["stop"], thread=thread)
-    yield st
-    trio.from_thread.run_sync(st.stop.set, trio_token=st.token)
-    thread.join(10)
+def fake() -> Iterator[FakeServerProcess]:
+    """A fake server with scripted faults, in a child process for the whole module."""
+    with fake_server_process(faults=FAULTS, seed=1) as server:
+        yield server
 
 
 def make_config(url: str, **overrides: Any) -> PipelineConfig:
@@ -104,8 +74,8 @@ def make_config(url: str, **overrides: Any) -> PipelineConfig:
 
 
 @pytest.fixture
-def batch_fn(fake: ServerThread) -> Iterator[ShardlineBatch]:
-    fn = ShardlineBatch(config=make_config(fake.url))
+def batch_fn(fake: FakeServerProcess) -> Iterator[ShardlineBatch]:
+    fn = ShardlineBatch(config=make_config(fake.base_url))
     yield fn
     fn.close()
 
@@ -198,9 +168,9 @@ def test_pyarrow_batch_comes_back_with_explicit_types(batch_fn: ShardlineBatch) 
     assert out.schema.field("prompt_tokens").type == pa.int64()
 
 
-def test_records_output_is_the_run_output_line(fake: ServerThread) -> None:
+def test_records_output_is_the_run_output_line(fake: FakeServerProcess) -> None:
     """output='records' gives the exact `shardline run` output line of each item."""
-    with ShardlineBatch(config=make_config(fake.url), output="records") as fn:
+    with ShardlineBatch(config=make_config(fake.base_url), output="records") as fn:
         out = fn(requests_column(["r1", "q3"]))
     records = [json.loads(r) for r in out["record"]]
     assert [r["id"] for r in records] == ["r1", "q3"]
@@ -208,23 +178,24 @@ def test_records_output_is_the_run_output_line(fake: ServerThread) -> None:
     assert set(records[0]) >= {"id", "status", "text", "usage", "attempts", "shard", "latency_s"}
 
 
-def test_one_pipeline_and_pool_serve_every_batch(fake: ServerThread) -> None:
+def test_one_pipeline_and_pool_serve_every_batch(fake: FakeServerProcess) -> None:
     """Batches reuse the actor's pipeline and connections: no client per batch."""
     before = fake.statistics().connections_accepted
-    with ShardlineBatch(config=make_config(fake.url)) as fn:
+    with ShardlineBatch(config=make_config(fake.base_url)) as fn:
         assert fn._loop is not None
         pipeline = fn._loop.pipeline
         for b in range(5):
             fn(requests_column([f"c{b}-{i}" for i in range(8)]))
             assert fn._loop.pipeline is pipeline
         assert fn.batches == 5
-    # two shards x four connections at most, however many batches
-    assert fake.statistics().connections_accepted - before <= 8
+    # two shards x four connections at most, however many batches (the last statistics()
+    # request is one connection more)
+    assert fake.statistics().connections_accepted - before - 1 <= 8
 
 
-def test_close_is_idempotent_and_final(fake: ServerThread) -> None:
+def test_close_is_idempotent_and_final(fake: FakeServerProcess) -> None:
     """close() stops the loop; calling again is a no-op and a later batch is refused."""
-    fn = ShardlineBatch(config=make_config(fake.url))
+    fn = ShardlineBatch(config=make_config(fake.base_url))
     fn.close()
     fn.close()
     assert "closed" in repr(fn)
@@ -232,28 +203,28 @@ def test_close_is_idempotent_and_final(fake: ServerThread) -> None:
         fn(requests_column(["z"]))
 
 
-def test_bad_arguments_are_config_errors(fake: ServerThread) -> None:
+def test_bad_arguments_are_config_errors(fake: FakeServerProcess) -> None:
     """Exclusive or invalid constructor arguments fail before any loop starts."""
     with pytest.raises(ConfigError, match="events_dir or inline_events"):
-        ShardlineBatch(config=make_config(fake.url), events_dir="x", inline_events=True)
+        ShardlineBatch(config=make_config(fake.base_url), events_dir="x", inline_events=True)
     with pytest.raises(ConfigError, match="output must be 'columns' or 'records'"):
-        ShardlineBatch(config=make_config(fake.url), output="rows")  # type: ignore[arg-type]
+        ShardlineBatch(config=make_config(fake.base_url), output="rows")  # type: ignore[arg-type]
 
 
 def test_api_key_comes_from_the_actor_environment(
-    fake: ServerThread, monkeypatch: pytest.MonkeyPatch
+    fake: FakeServerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without a key in the config, the actor reads OPENAI_API_KEY; its repr hides it."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
-    with ShardlineBatch(config=make_config(fake.url)) as fn:
+    with ShardlineBatch(config=make_config(fake.base_url)) as fn:
         assert fn.config.endpoint.api_key == "sk-test-secret"
         assert "sk-test-secret" not in repr(fn.config)
         assert fn(requests_column(["k1"]))["status"] == ["ok"]
 
 
-def test_interrupt_cancels_the_batch_and_the_actor_lives_on(fake: ServerThread) -> None:
+def test_interrupt_cancels_the_batch_and_the_actor_lives_on(fake: FakeServerProcess) -> None:
     """Ctrl-C / ray.cancel during a batch: a plain KeyboardInterrupt, and the next batch runs."""
-    config = make_config(fake.url)
+    config = make_config(fake.base_url)
     started = time.monotonic()
     with ShardlineBatch(config=config) as fn:
         timer = threading.Timer(0.5, os.kill, args=(os.getpid(), signal.SIGINT))
@@ -279,12 +250,6 @@ def test_interrupt_only_unwraps_groups() -> None:
 # -- events and their merge ------------------------------------------------------------------
 
 
-def report_of(path: Path) -> RunReport:
-    with EventFileReader(path) as reader:
-        report = compute_report(reader, events_sha256=None)
-        return attrs.evolve(report, events_sha256=reader.hexdigest())
-
-
 def totals(report: RunReport) -> tuple[Any, ...]:
     return (
         report.items,
@@ -298,10 +263,12 @@ def totals(report: RunReport) -> tuple[Any, ...]:
     )
 
 
-def test_two_actors_merge_to_the_report_of_one_pipeline(fake: ServerThread, tmp_path: Path) -> None:
+def test_two_actors_merge_to_the_report_of_one_pipeline(
+    fake: FakeServerProcess, tmp_path: Path
+) -> None:
     """Two actors' inline events merge into one run whose totals equal a single pipeline's."""
     ids = [f"q{i}" for i in range(12)] + ["bad"]
-    config = make_config(fake.url)
+    config = make_config(fake.base_url)
 
     async def single() -> list[Outcome]:
         sink = MemoryEventSink()
@@ -339,12 +306,12 @@ def test_two_actors_merge_to_the_report_of_one_pipeline(fake: ServerThread, tmp_
     assert set(rows) == expected
 
 
-def test_a_re_run_batch_is_counted_once(fake: ServerThread, tmp_path: Path) -> None:
+def test_a_re_run_batch_is_counted_once(fake: FakeServerProcess, tmp_path: Path) -> None:
     """The same batch run on two actors (a Ray re-run): the merge keeps one execution."""
     batch = requests_column(["q3", "e1", "e2"])
     with (
-        ShardlineBatch(config=make_config(fake.url), events_dir=tmp_path, run_id="job") as a1,
-        ShardlineBatch(config=make_config(fake.url), events_dir=tmp_path, run_id="job") as a2,
+        ShardlineBatch(config=make_config(fake.base_url), events_dir=tmp_path, run_id="job") as a1,
+        ShardlineBatch(config=make_config(fake.base_url), events_dir=tmp_path, run_id="job") as a2,
     ):
         a1(batch)
         a2(batch)

@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -24,16 +23,15 @@ from typing import Any
 
 import attrs
 import pytest
-import trio
 
+from helpers import report_of
 from shardline._cli import build_parser
 from shardline._cli_ray import ray_settings
 from shardline._cli_run import resolve_run_settings
 from shardline._config import Deadlines, Endpoint, PipelineConfig
-from shardline._events import EventFileReader
 from shardline.ray import ShardlineBatch, merge_event_dir, run_on_ray
-from shardline.report import RunReport, compute_report
-from shardline.testing import FaultPlan, open_fake_server
+from shardline.report import RunReport
+from shardline.testing import fake_server_process
 
 # Under `uv run pytest`, Ray would start every worker with `uv run` in a fresh copy
 # of the project (without the ray extra); local workers should use this interpreter.
@@ -96,33 +94,13 @@ def hard_timeout() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def fake_url() -> Iterator[str]:
-    """A fake server with seeded faults (the same faults for the same items), in a thread."""
-    box: dict[str, Any] = {}
-    ready = threading.Event()
-
-    async def serve() -> None:
-        box["stop"] = trio.Event()
-        box["token"] = trio.lowlevel.current_trio_token()
-        async with open_fake_server(faults=FaultPlan.parse(FAULTS), seed=3) as server:
-            box["url"] = server.base_url
-            ready.set()
-            await box["stop"].wait()
-
-    thread = threading.Thread(target=trio.run, args=(serve,), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    yield box["url"]
-    trio.from_thread.run_sync(box["stop"].set, trio_token=box["token"])
-    thread.join(10)
+    """A fake server with seeded faults (the same faults for the same items), in a process."""
+    with fake_server_process(faults=FAULTS, seed=3) as server:
+        yield server.base_url
 
 
 def run_parser() -> argparse.ArgumentParser:
     return build_parser()
-
-
-def report_of(path: Path) -> RunReport:
-    with EventFileReader(path) as reader:
-        return compute_report(reader, events_sha256=None)
 
 
 def totals(report: RunReport) -> dict[str, Any]:

@@ -10,24 +10,26 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import attrs
 import trio
 
+from helpers import report_of
 from shardline._backoff import Backoff, RetryPolicy
 from shardline._config import Deadlines, Endpoint, PipelineConfig
-from shardline._events import EventFileReader
 from shardline._models import ChatRequest, Outcome
 from shardline._pipeline import open_pipeline
 from shardline._sinks import JsonlEventSink, TeeSink
-from shardline.report import ReportBuilder, compute_report
-from shardline.testing import FaultPlan, expected_cause, open_fake_server
+from shardline.report import ReportBuilder
+from shardline.testing import FakeServer, FaultPlan, expected_cause
 
 ITEMS = 60
 
 
-async def test_report_matches_the_server_and_the_faults(tmp_path: Path) -> None:
+async def test_report_matches_the_server_and_the_faults(
+    fake_server_factory: Callable[..., Awaitable[FakeServer]], tmp_path: Path
+) -> None:
     """tokens == server tokens, failure causes == injected faults, digest == sha256sum."""
     plan = FaultPlan(
         items={
@@ -46,39 +48,39 @@ async def test_report_matches_the_server_and_the_faults(tmp_path: Path) -> None:
     )
     path = tmp_path / "events.jsonl"
     with trio.fail_after(30):
-        async with open_fake_server(faults=plan) as server:
-            config = PipelineConfig(
-                endpoint=Endpoint(base_url=server.base_url, model="m", api_key="sk-e2e"),
-                shard_count=3,
-                concurrency=4,
-                queue_size=4,
-                retry=RetryPolicy(
-                    max_attempts=3,
-                    backoff=Backoff(initial=0.01, max=0.05, multiplier=2.0, jitter=0.01),
-                    retry_after_jitter=0.0,
-                    retry_after_cap=0.05,
-                    budget_ratio=1.0,
-                ),
-                deadlines=Deadlines(connect=2.0, ttft=2.0, stall=0.3, attempt=10.0),
-                drain_grace=5.0,
+        server = await fake_server_factory(faults=plan)
+        config = PipelineConfig(
+            endpoint=Endpoint(base_url=server.base_url, model="m", api_key="sk-e2e"),
+            shard_count=3,
+            concurrency=4,
+            queue_size=4,
+            retry=RetryPolicy(
+                max_attempts=3,
+                backoff=Backoff(initial=0.01, max=0.05, multiplier=2.0, jitter=0.01),
+                retry_after_jitter=0.0,
+                retry_after_cap=0.05,
+                budget_ratio=1.0,
+            ),
+            deadlines=Deadlines(connect=2.0, ttft=2.0, stall=0.3, attempt=10.0),
+            drain_grace=5.0,
+        )
+        jsonl = JsonlEventSink(path)
+        builder = ReportBuilder()
+        sink = TeeSink(jsonl, builder)
+        requests = [
+            ChatRequest(
+                messages=[{"role": "user", "content": f"question number {i}" * (i % 5 + 1)}],
+                id=str(i),
+                params={"max_tokens": 3 + i % 7},
             )
-            jsonl = JsonlEventSink(path)
-            builder = ReportBuilder()
-            sink = TeeSink(jsonl, builder)
-            requests = [
-                ChatRequest(
-                    messages=[{"role": "user", "content": f"question number {i}" * (i % 5 + 1)}],
-                    id=str(i),
-                    params={"max_tokens": 3 + i % 7},
-                )
-                for i in range(ITEMS)
-            ]
-            send, recv = trio.open_memory_channel[Outcome](ITEMS)
-            async with open_pipeline(config, sink=sink) as pipeline, trio.open_nursery() as n:
-                n.start_soon(pipeline.map, requests, send)
-                outcomes = [o async for o in recv]
-            sink.close()
-            stats = server.statistics()
+            for i in range(ITEMS)
+        ]
+        send, recv = trio.open_memory_channel[Outcome](ITEMS)
+        async with open_pipeline(config, sink=sink) as pipeline, trio.open_nursery() as n:
+            n.start_soon(pipeline.map, requests, send)
+            outcomes = [o async for o in recv]
+        sink.close()
+        stats = server.statistics()
 
     live = builder.build(events_sha256=jsonl.hexdigest())
     assert len(outcomes) == ITEMS
@@ -96,8 +98,5 @@ async def test_report_matches_the_server_and_the_faults(tmp_path: Path) -> None:
     assert live.failure_causes == {"server_error": 1}
     # digest and file round trip
     assert live.events_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    with EventFileReader(path) as reader:
-        from_file = compute_report(reader, events_sha256=None)
-        from_file = attrs.evolve(from_file, events_sha256=reader.hexdigest())
-    assert from_file == live
+    assert report_of(path) == live
     assert b"sk-e2e" not in path.read_bytes()

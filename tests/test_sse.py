@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import split_at
 from shardline._exceptions import (
     ClientError,
     ConfigError,
@@ -31,16 +32,6 @@ def decode_chunks(chunks: list[bytes], **kwargs: int) -> list[SSEEvent]:
     for chunk in chunks:
         out.extend(decoder.feed(chunk))
     return out + decoder.end()
-
-
-def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, last = [], 0
-    for p in points:
-        pieces.append(data[last:p])
-        last = p
-    pieces.append(data[last:])
-    return pieces
 
 
 # Decoder: the format ------------------------------------------------------------

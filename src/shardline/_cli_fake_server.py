@@ -22,8 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-EXIT_OK = 0
-EXIT_USAGE = 2
+from ._exit import ExitStatus
 
 _EPILOG = """\
 fault spec (--faults): comma-separated entries
@@ -204,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         plan = FaultPlan.parse(args.faults)
     except FaultSpecError as exc:
         print(f"shardline fake-server: --faults: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     timing = TimingModel(ttft=args.ttft, itl=args.itl, tokens_per_event=args.tokens_per_event)
     try:
         load = LoadModel(
@@ -219,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         print(f"shardline fake-server: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitStatus.USAGE
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -251,14 +250,14 @@ def run(args: argparse.Namespace) -> int:
     # Ctrl-C must work even when the parent started us with SIGINT ignored
     # (as shells do for background jobs).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    status = EXIT_OK
+    status = ExitStatus.OK
     try:
         trio.run(main)
     except* KeyboardInterrupt:
         print("shardline fake-server: stopped", file=sys.stderr, flush=True)
     except* OSError as group:
         print(f"shardline fake-server: cannot listen: {group.exceptions[0]}", file=sys.stderr)
-        status = EXIT_USAGE
+        status = ExitStatus.USAGE
     return status
 
 

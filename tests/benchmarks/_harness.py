@@ -2,8 +2,8 @@
 
 Not a benchmark itself. Every benchmark script in this folder uses it to
 
-* start one or more ``shardline fake-server`` processes on 127.0.0.1 (reading the
-  base URL from their first stdout line) and read their CPU time from ``/proc``;
+* start one or more ``shardline fake-server`` processes on 127.0.0.1
+  (`shardline.testing.fake_server_process`) and read their CPU time from ``/proc``;
 * run one client (``_clients.py KIND``) in a subprocess with a hard wall-clock
   cap, collecting the per-request records it streams as JSON lines and its
   final summary, and killing it (reporting "not finished") when the cap is hit;
@@ -26,20 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shardline.testing import TimingModel, fake_server_process
+
 HERE = Path(__file__).resolve().parent
 CLIENTS = HERE / "_clients.py"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-# The fake-server subcommand, launched without importing the whole CLI (so a
-# benchmark works even while other subcommands are being written).
-_SERVER_LAUNCHER = (
-    "import argparse, sys\n"
-    "from shardline import _cli_fake_server as m\n"
-    "p = argparse.ArgumentParser(prog='shardline')\n"
-    "m.register(p.add_subparsers())\n"
-    "a = p.parse_args(sys.argv[1:])\n"
-    "sys.exit(a.func(a))\n"
-)
 
 PROMPT_TOKENS = 200
 PROMPT = ("lorem ipsum dolor sit amet " * 40)[: PROMPT_TOKENS * 4]  # 800 chars = 200 fake tokens
@@ -69,11 +60,11 @@ def proc_rss_mib(pid: int) -> float:
 
 @dataclass
 class Server:
-    proc: subprocess.Popen[bytes]
+    pid: int
     base_url: str
 
     def cpu(self) -> float:
-        return proc_cpu_seconds(self.proc.pid)
+        return proc_cpu_seconds(self.pid)
 
 
 @contextlib.contextmanager
@@ -86,48 +77,16 @@ def fake_servers(
     faults: str = "",
     seed: int = 0,
 ) -> Iterator[list[Server]]:
-    """Start ``count`` fake-server processes; yield them; stop them (SIGINT, then kill)."""
-    servers: list[Server] = []
-    try:
+    """Start ``count`` fake-server processes (``fake_server_process``); yield them; stop them."""
+    timing = TimingModel(ttft=ttft, itl=itl, tokens_per_event=tokens_per_event)
+    with contextlib.ExitStack() as stack:
+        servers = []
         for _ in range(count):
-            cmd = [
-                sys.executable,
-                "-c",
-                _SERVER_LAUNCHER,
-                "fake-server",
-                "--port",
-                "0",
-                "--ttft",
-                str(ttft),
-                "--itl",
-                str(itl),
-                "--tokens-per-event",
-                str(tokens_per_event),
-                "--seed",
-                str(seed),
-            ]
-            if faults:
-                cmd += ["--faults", faults]
-            proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
+            server = stack.enter_context(
+                fake_server_process(faults=faults or None, seed=seed, timing=timing)
             )
-            assert proc.stdout is not None
-            line = proc.stdout.readline().decode().strip()
-            if not line.startswith("http://127.0.0.1:"):
-                proc.kill()
-                raise RuntimeError(f"fake server did not start (first line {line!r})")
-            servers.append(Server(proc=proc, base_url=line))
+            servers.append(Server(pid=server.pid, base_url=server.base_url))
         yield servers
-    finally:
-        for s in servers:
-            with contextlib.suppress(ProcessLookupError):
-                s.proc.send_signal(signal.SIGINT)
-        for s in servers:
-            try:
-                s.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                s.proc.kill()
-                s.proc.wait()
 
 
 def workload(n: int, *, seed: int = 1, min_tokens: int = 100, max_tokens: int = 200) -> list[int]:

@@ -27,19 +27,11 @@ import os
 import selectors
 import socket
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
-RUNNER = (
-    "import argparse, sys\n"
-    "from shardline import _cli_fake_server\n"
-    "parser = argparse.ArgumentParser(prog='shardline')\n"
-    "_cli_fake_server.register(parser.add_subparsers())\n"
-    "args = parser.parse_args(sys.argv[1:])\n"
-    "sys.exit(args.func(args))\n"
-)
+from shardline.testing import TimingModel, fake_server_process
+
 END = b"0\r\n\r\n"
 
 
@@ -118,30 +110,11 @@ def run_client(host: str, port: int, sc: Scenario, duration: float) -> tuple[int
 
 
 def measure(sc: Scenario, duration: float) -> dict[str, float]:
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            RUNNER,
-            "fake-server",
-            "--itl",
-            str(sc.itl),
-            "--tokens-per-event",
-            str(sc.tokens_per_event),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        url = server.stdout.readline().strip()
-        hostport = url.split("//", 1)[1].split("/", 1)[0]
+    timing = TimingModel(itl=sc.itl, tokens_per_event=sc.tokens_per_event)
+    with fake_server_process(timing=timing, stop_timeout=30) as server:
+        hostport = server.base_url.split("//", 1)[1].split("/", 1)[0]
         host, port = hostport.rsplit(":", 1)
         responses, received, elapsed = run_client(host, int(port), sc, duration)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     content_events = -(-sc.max_tokens // sc.tokens_per_event)
     events_per_response = 1 + content_events + 1 + 1 + 1  # role, content, finish, usage, DONE
     events = responses * events_per_response
