@@ -3,31 +3,10 @@
 Every failure that reaches a caller is a :class:`ShardlineError`. Foreign
 exceptions (httpx, h11, json) are translated where they occur and chained with
 ``raise ... from exc``, so ``__cause__`` keeps the original for debugging while
-``except`` clauses only need to know this tree::
-
-    ShardlineError
-    ├── ConfigError (also ValueError)          bad option or environment value
-    ├── InputError (also ValueError)           bad input line; cause invalid_input
-    ├── ItemCancelled                          the pipeline drained before the item ended
-    ├── InternalError                          a defect in shardline hit this item
-    ├── EventDecodeError (also ValueError)     (in _events) a line of an events file
-    ├── ReportError (also ValueError)          (in _report) the events cannot make a report
-    └── AttemptError                           one HTTP exchange failed; .cause names why
-        ├── HTTPStatusError
-        │   ├── RateLimited                    rate_limited (429)
-        │   ├── ServerError                    server_error (5xx)
-        │   └── ClientError                    client_error (other 4xx)
-        ├── TransportError
-        │   ├── ConnectError                   connect_error
-        │   └── ConnectionLost                 connection_lost
-        ├── DeadlineExceeded (also TimeoutError)
-        │   ├── ConnectTimeout                 connect_timeout
-        │   ├── PoolTimeout                    pool_timeout
-        │   ├── TTFTTimeout                    ttft_timeout
-        │   ├── StallTimeout                   stall_timeout
-        │   └── AttemptTimeout                 attempt_timeout
-        ├── Truncated                          truncated
-        └── ProtocolError                      protocol_error
+``except`` clauses only need to know this tree, drawn once in the docstring of
+the public :mod:`shardline.errors` (``EventDecodeError`` and ``ReportError``
+live with the events and the report). Each :class:`AttemptError` subclass has
+exactly one :class:`Cause`.
 
 :meth:`Pipeline.complete` raises the :class:`AttemptError` of the item's last
 attempt, with the item id, shard and attempt count filled in, or
