@@ -33,7 +33,7 @@ def test_validation_names_the_parameter_and_bound() -> None:
         AdaptiveLimit(ceiling=2, floor=3)
     with pytest.raises(ConfigError, match=r"^initial must be between floor \(1\) and ceiling"):
         AdaptiveLimit(ceiling=4, initial=5)
-    with pytest.raises(ConfigError, match=r"^backoff_ratio must be in \(0, 1\), got 1.0$"):
+    with pytest.raises(ConfigError, match=r"^backoff_ratio must be < 1, got 1.0$"):
         AdaptiveLimit(ceiling=4, backoff_ratio=1.0)
     with pytest.raises(ConfigError, match=r"^probe_interval must be > 0 seconds, got 0$"):
         AdaptiveLimit(ceiling=4, probe_interval=0)

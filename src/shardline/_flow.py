@@ -38,7 +38,6 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 import trio
@@ -49,7 +48,7 @@ from ._flow_signals import OVERLOAD_STATUS_CODES as OVERLOAD_STATUS_CODES
 from ._flow_signals import LimitStep as LimitStep
 from ._flow_signals import Signal as Signal
 from ._flow_signals import classify as classify
-from ._validate import number
+from ._validate import integer, number
 
 __all__ = [
     "DEFAULT_ANSWER_WINDOW",
@@ -123,33 +122,6 @@ class FlowPermit:
     released: bool = False
 
 
-def _int_at_least(name: str, bound: int) -> Any:
-    def check(_inst: object, _attr: object, value: object) -> None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
-        if value < bound:
-            raise ConfigError(f"{name} must be >= {bound}, got {value!r}")
-
-    return check
-
-
-def _seconds(_inst: Any, attr: Any, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"{attr.name} must be > 0 seconds, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{attr.name} must be finite, got {value!r}")
-
-
-def _seconds_or_none(inst: Any, attr: Any, value: Any) -> None:
-    if value is not None:
-        _seconds(inst, attr, value)
-
-
-def _ratio(_inst: object, _attr: object, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise ConfigError(f"backoff_ratio must be in (0, 1), got {value!r}")
-
-
 @attrs.define(eq=False, kw_only=True)
 class AdaptiveLimit:
     """A live in-flight limit for one endpoint, between ``floor`` and ``ceiling``.
@@ -191,18 +163,23 @@ class AdaptiveLimit:
             each would sit far below what the server takes.
     """
 
-    ceiling: int = attrs.field(validator=_int_at_least("ceiling", 1))
-    floor: int = attrs.field(default=1, validator=_int_at_least("floor", 1))
+    ceiling: int = attrs.field(validator=integer("ceiling", ge=1))
+    floor: int = attrs.field(default=1, validator=integer("floor", ge=1))
     initial: int | None = attrs.field(default=None)
-    backoff_ratio: float = attrs.field(default=DEFAULT_BACKOFF_RATIO, validator=_ratio)
+    backoff_ratio: float = attrs.field(
+        default=DEFAULT_BACKOFF_RATIO, validator=number("backoff_ratio", gt=0, lt=1)
+    )
     latency: LatencySignal | None = attrs.field(factory=make_latency_signal)
-    answer_window: float = attrs.field(default=DEFAULT_ANSWER_WINDOW, validator=_seconds)
+    answer_window: float = attrs.field(
+        default=DEFAULT_ANSWER_WINDOW, validator=number("answer_window", gt=0, unit="seconds")
+    )
     probe_interval: float | None = attrs.field(
-        default=DEFAULT_PROBE_INTERVAL, validator=_seconds_or_none
+        default=DEFAULT_PROBE_INTERVAL,
+        validator=number("probe_interval", gt=0, unit="seconds", optional=True),
     )
     on_change: Callable[[LimitStep], None] | None = None
     loss_tolerance: float = attrs.field(
-        default=DEFAULT_LOSS_TOLERANCE, validator=number("loss_tolerance", ge=0)
+        default=DEFAULT_LOSS_TOLERANCE, validator=number("loss_tolerance", ge=0, lt=1)
     )
     _recent: deque[bool] = attrs.field(init=False, factory=lambda: deque(maxlen=LOSS_WINDOW))
     _estimate: float = attrs.field(init=False, default=0.0)

@@ -30,11 +30,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import attrs
 
 from ._exceptions import ConfigError
+from ._validate import number
 
 __all__ = [
     "DEFAULT_LATENCY_SIGNAL",
@@ -113,14 +114,6 @@ class NoLoadMin:
         return None if math.isinf(self._value) else self._value
 
 
-def _fraction(name: str) -> Any:
-    def check(_inst: object, _attr: object, value: float) -> None:
-        if not 0 < value <= 1:
-            raise ConfigError(f"{name} must be in (0, 1], got {value!r}")
-
-    return check
-
-
 @attrs.define(eq=False)
 class _Smoothed:
     """Shared state of both signals: the no-load minimum and the current TTFT.
@@ -135,7 +128,7 @@ class _Smoothed:
 
     current: Literal["recent_min", "ewma"] = "recent_min"
     sample_weight: float = attrs.field(
-        default=DEFAULT_SAMPLE_WEIGHT, validator=_fraction("sample_weight")
+        default=DEFAULT_SAMPLE_WEIGHT, validator=number("sample_weight", gt=0, le=1)
     )
     _min: NoLoadMin = attrs.field(init=False, factory=NoLoadMin)
     _avg: float | None = attrs.field(init=False, default=None)

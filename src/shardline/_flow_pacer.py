@@ -28,15 +28,14 @@ pacer makes them rare instead of being how the limit is found.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping
 
 import attrs
 import trio
 
-from ._exceptions import ConfigError
 from ._ratelimit_headers import Quota, RateLimitInfo, parse_ratelimit_headers
+from ._validate import number
 
 __all__ = [
     "DEFAULT_PACER_MAX_SLEEP",
@@ -118,20 +117,16 @@ class HeaderPacer:
         rng: The source of the jitter (seed it for reproducible tests).
     """
 
-    spread: float = DEFAULT_PACER_SPREAD
-    max_sleep: float = DEFAULT_PACER_MAX_SLEEP
+    spread: float = attrs.field(default=DEFAULT_PACER_SPREAD, validator=number("spread", ge=0))
+    max_sleep: float = attrs.field(
+        default=DEFAULT_PACER_MAX_SLEEP, validator=number("max_sleep", gt=0)
+    )
     rng: random.Random = attrs.field(factory=random.Random)
     _requests: _Window | None = attrs.field(init=False, default=None)
     _tokens: _Window | None = attrs.field(init=False, default=None)
     _changed: trio.Event = attrs.field(init=False, factory=trio.Event)
     _waiting: int = attrs.field(init=False, default=0)
     _paced: int = attrs.field(init=False, default=0)
-
-    def __attrs_post_init__(self) -> None:
-        if not (math.isfinite(self.spread) and self.spread >= 0):
-            raise ConfigError(f"spread must be >= 0, got {self.spread!r}")
-        if not (math.isfinite(self.max_sleep) and self.max_sleep > 0):
-            raise ConfigError(f"max_sleep must be > 0, got {self.max_sleep!r}")
 
     def __repr__(self) -> str:
         stats = self.statistics()

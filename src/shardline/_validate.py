@@ -26,6 +26,8 @@ def number(
     *,
     ge: float | None = None,
     gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
     unit: str | None = None,
     optional: bool = False,
 ) -> Any:
@@ -35,6 +37,8 @@ def number(
         name: The parameter, as the user spells it.
         ge: Inclusive lower bound.
         gt: Exclusive lower bound.
+        le: Inclusive upper bound.
+        lt: Exclusive upper bound.
         unit: Named in messages (``"seconds"``, ``"requests per minute"``).
         optional: Accept ``None`` (which means "disabled").
     """
@@ -52,6 +56,10 @@ def number(
             raise ConfigError(f"{name} must be >= {ge:g}{_unit(unit)}, got {value!r}")
         if gt is not None and not value > gt:
             raise ConfigError(f"{name} must be > {gt:g}{_unit(unit)}, got {value!r}")
+        if le is not None and not value <= le:
+            raise ConfigError(f"{name} must be <= {le:g}{_unit(unit)}, got {value!r}")
+        if lt is not None and not value < lt:
+            raise ConfigError(f"{name} must be < {lt:g}{_unit(unit)}, got {value!r}")
 
     return check
 
