@@ -278,3 +278,22 @@ async def test_observe_headers_parses_and_feeds(autojump_clock: trio.testing.Moc
     assert info is not None
     assert pacer.statistics().requests_available == 2
     assert "2" in repr(pacer)
+
+
+async def test_a_report_about_an_older_request_does_not_free_what_is_in_flight(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Requests sent but not yet answered stay counted when an older answer reports the quota;
+    one that ends with no answer stops counting."""
+    pacer = HeaderPacer()
+    quota = Quota(limit=10, remaining=3, reset_at=trio.current_time() + 60.0)
+    pacer.observe(RateLimitInfo(requests=quota))
+    for _ in range(3):
+        await pacer.wait()  # three sent, none answered yet
+    # The answer to one of them says 3 remain (the server counted only that one... or
+    # none): the two still unanswered must stay counted, so only one is free.
+    pacer.observe(RateLimitInfo(requests=quota))
+    assert pacer.statistics().requests_available == 1
+    pacer.unanswered()  # one of them was refused a connection: no longer in flight
+    pacer.observe(RateLimitInfo(requests=quota))
+    assert pacer.statistics().requests_available == 3

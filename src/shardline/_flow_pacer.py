@@ -94,11 +94,11 @@ class _Window:
         return available < max(1, need)
 
 
-def _window(quota: Quota | None, now: float) -> _Window | None:
+def _window(quota: Quota | None, now: float, spent: int) -> _Window | None:
     if quota is None or quota.remaining is None:
         return None
     reset_at = quota.reset_at if quota.reset_at is not None else now + UNKNOWN_RESET_S
-    return _Window(limit=quota.limit, remaining=quota.remaining, reset_at=reset_at)
+    return _Window(limit=quota.limit, remaining=quota.remaining, reset_at=reset_at, spent=spent)
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -123,6 +123,8 @@ class HeaderPacer:
     )
     rng: random.Random = attrs.field(factory=random.Random)
     _requests: _Window | None = attrs.field(init=False, default=None)
+    # Requests sent (charged) whose answer has not been observed yet.
+    _outstanding: int = attrs.field(init=False, default=0)
     _tokens: _Window | None = attrs.field(init=False, default=None)
     _changed: trio.Event = attrs.field(init=False, factory=trio.Event)
     _waiting: int = attrs.field(init=False, default=0)
@@ -153,8 +155,12 @@ class HeaderPacer:
         if info is None:
             return
         now = trio.current_time()
-        requests = _window(info.requests, now)
-        tokens = _window(info.tokens, now)
+        # This answer's request is now in the server's count; the others we sent
+        # and that are still unanswered may not be: they stay counted as spent,
+        # so a report about an older request cannot make room that is not there.
+        self._outstanding = max(0, self._outstanding - 1)
+        requests = _window(info.requests, now, self._outstanding)
+        tokens = _window(info.tokens, now, 0)
         if requests is not None:
             self._requests = requests
         if tokens is not None:
@@ -211,7 +217,13 @@ class HeaderPacer:
             self._waiting -= 1
         self._charge(tokens)
 
+    def unanswered(self) -> None:
+        """A request :meth:`wait` counted ended with no response to observe
+        (connection refused, reset, cancelled): stop counting it as in flight."""
+        self._outstanding = max(0, self._outstanding - 1)
+
     def _charge(self, tokens: int) -> None:
+        self._outstanding += 1
         if self._requests is not None:
             self._requests.spent += 1
         if self._tokens is not None:

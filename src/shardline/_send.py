@@ -67,6 +67,15 @@ async def send_one(
             )
         )
 
+    pacer = state.pacer
+    got_response = False
+
+    def answered(headers: httpx.Headers) -> None:
+        nonlocal got_response
+        got_response = True
+        if pacer is not None:
+            pacer.observe_headers(headers)
+
     shard.in_flight += 1
     try:
         result: AttemptResult = await send_attempt(
@@ -140,6 +149,8 @@ async def send_one(
         raise error from exc
     finally:
         shard.in_flight -= 1
+        if pacer is not None and not got_response:
+            pacer.unanswered()
     if flow is not None and permit is not None:
         flow.on_success(permit, ttft_s=result.ttft_s)
     _reconcile(state, charge, result.usage.total_tokens)

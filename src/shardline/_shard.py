@@ -284,18 +284,29 @@ class Shard:
             await self._wait_cooldown()
             if state.pacer is not None:
                 await state.pacer.wait(tokens=tokens)
-            await self._limiter.acquire_on_behalf_of(token)
+            try:
+                await self._limiter.acquire_on_behalf_of(token)
+            except BaseException:
+                self._unsend()
+                raise
             try:
                 permit = None if state.flow is None else await state.flow.acquire()
             except BaseException:
                 self._limiter.release_on_behalf_of(token)
+                self._unsend()
                 raise
             if trio.current_time() >= self._cooling_until:
                 return permit
-            # A 429 cooled the shard while we waited: give both back and wait again.
+            # A 429 cooled the shard while we waited: give all back and wait again.
             if permit is not None and state.flow is not None:
                 state.flow.on_ignore(permit)
             self._limiter.release_on_behalf_of(token)
+            self._unsend()
+
+    def _unsend(self) -> None:
+        """The header pacer counted a send that is not happening after all."""
+        if self.state.pacer is not None:
+            self.state.pacer.unanswered()
 
     async def _attempts(self, item: WorkItem) -> Outcome:
         """The retry loop of one item. Returns its terminal outcome."""
@@ -341,6 +352,7 @@ class Shard:
                     except BaseException:
                         if permit is not None and state.flow is not None:
                             state.flow.on_ignore(permit)
+                        self._unsend()
                         raise
                     result = await send_one(self, item, attempt, charge, estimate_in, permit)
                 finally:
