@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 from rich.console import Console
 
+from shardline._batch import run_batch
+from shardline._batch_io import BatchSettings
+from shardline._config import Endpoint, FlowControl, PipelineConfig
 from shardline._progress import (
     NullProgress,
     PlainProgress,
@@ -17,6 +21,7 @@ from shardline._progress import (
     plain_line,
     rich_panel,
 )
+from shardline.testing import FakeTransport
 
 
 def snap(**kw: object) -> ProgressSnapshot:
@@ -27,6 +32,8 @@ def snap(**kw: object) -> ProgressSnapshot:
         "ok": 190,
         "failed": 10,
         "in_flight": 32,
+        "limit": 24,
+        "ceiling": 32,
         "queued": 64,
         "tpm_now": 12000,
         "tpm_previous": 50000,
@@ -72,6 +79,7 @@ def test_plain_line_has_every_number() -> None:
         "ok 190",
         "failed 10",
         "in flight 32",
+        "limit 24 of 32",
         "queued 64",
         "TPM 12,000 this minute, 50,000 last, peak 61,000",
         "retries 10",
@@ -92,7 +100,14 @@ def test_rich_panel_renders_shards_and_retries() -> None:
     assert "cooling" in text
     assert "16/16" in text
     assert "peak 61,000" in text
+    assert "in flight 32 (limit 24 of 32)" in text
     assert "Ctrl-C again" in text
+
+
+def test_a_fixed_limit_is_shown_as_fixed() -> None:
+    """Without adaptive flow control (no live limit) the display says the limit is fixed."""
+    assert "in flight 32, limit fixed, queued 64" in plain_line(snap(limit=None))
+    assert "limit 7," in plain_line(snap(limit=7, ceiling=None))
 
 
 def test_rich_panel_folds_many_shards() -> None:
@@ -153,3 +168,43 @@ def test_rich_progress_draws_in_place() -> None:
     display.update(snap())
     display.close(snap(done=1000, ok=1000, failed=0))
     assert "1000/1000 done" in buf.getvalue()
+
+
+def test_the_batch_runner_shows_the_live_limit(tmp_path: Path) -> None:
+    """``run_batch``'s progress carries the endpoint's live limit and its ceiling."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(
+        "".join(f'{{"id": "q{i}", "messages": [{{"role": "user", "content": "hi"}}]}}\n'
+        for i in range(20))
+    )  # fmt: skip
+
+    def settings(flow: FlowControl) -> BatchSettings:
+        return BatchSettings(
+            input=inp,
+            output=tmp_path / f"out-{flow.adaptive}.jsonl",
+            events=tmp_path / f"events-{flow.adaptive}.jsonl",
+            report_json=None,
+            config=PipelineConfig(
+                endpoint=Endpoint(base_url="http://fake.invalid/v1", model="m"),
+                shard_count=2,
+                concurrency=4,
+                flow=flow,
+            ),
+        )
+
+    lines = {}
+    for flow in (FlowControl(), FlowControl(adaptive=False)):
+        err = io.StringIO()
+        status = run_batch(
+            settings(flow),
+            stdout=io.StringIO(),
+            stderr=err,
+            transport=lambda _shard: FakeTransport(ttft=0.001, itl=0.001),
+        )
+        assert status == 0, err.getvalue()
+        progress = [x for x in err.getvalue().splitlines() if x.startswith("shardline: ")]
+        lines[flow.adaptive] = progress[-1]  # the final progress line
+    assert lines[True].startswith("shardline: 20/20 done")
+    limit = int(lines[True].split("limit ")[1].split(" of 8,")[0])
+    assert 1 <= limit <= 8
+    assert "in flight 0, limit fixed, queued 0" in lines[False]

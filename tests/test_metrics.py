@@ -21,6 +21,7 @@ from shardline._events import (
     FirstToken,
     ItemAdmitted,
     ItemEnd,
+    LimitChange,
     RetryScheduled,
     RunEnd,
     RunStart,
@@ -662,6 +663,15 @@ def runs(draw: st.DrawFn) -> list[Event]:
                 )  # fmt: skip
             break
         per_item.append(evs)
+    # The endpoint's live limit: a chain of changes, each starting where the last ended.
+    limit = draw(st.integers(1, 8))
+    changes: list[Event] = []
+    for t in sorted(draw(st.lists(st.floats(0, 200), max_size=6))):
+        new = draw(st.integers(1, 16))
+        reason = "increase" if new > limit else draw(st.sampled_from(["rate_limited", "latency"]))
+        changes.append(LimitChange(t=t, endpoint=0, old=limit, new=new, reason=reason))
+        limit = new
+    per_item.append(changes)
     # interleave by time, keeping each item's own order
     tagged = [(e.t, i, j, e) for i, evs in enumerate(per_item) for j, e in enumerate(evs)]
     tagged.sort(key=lambda x: (x[0], x[1], x[2]))
@@ -802,3 +812,90 @@ def test_render_text_shows_the_proof_block() -> None:
         "1,244",
     ):
         assert name in text, name
+
+
+# --- the live limit -------------------------------------------------------------------
+
+
+def _limit(run: Run, t: float, old: int, new: int, reason: str, endpoint: int = 0) -> None:
+    run.events.append(LimitChange(t=t, endpoint=endpoint, old=old, new=new, reason=reason))
+
+
+def test_limit_report_gives_min_time_weighted_median_max_and_the_signals_that_lowered_it() -> None:
+    """4 for 1 s, 32 for 1 s, 24 for 8 s: min 4, median 24 (time-weighted), max 32."""
+    run = Run().item(0.0, "a", dt=10.0)
+    _limit(run, 1.0, 4, 32, "increase")
+    _limit(run, 2.0, 32, 28, "rate_limited")
+    _limit(run, 2.0, 28, 24, "rate_limited")
+    _limit(run, 2.0, 24, 24, "measure")  # no move: a change that is neither up nor down
+    r = run.end(10.0).report()
+    (lim,) = r.limits
+    assert (lim.endpoint, lim.initial, lim.final) == (0, 4, 24)
+    assert (lim.min, lim.median, lim.max) == (4, 24, 32)
+    assert (lim.changes, lim.increases, lim.decreases) == (4, 1, {"rate_limited": 2})
+    # The mean would be (4 + 32 + 8 * 24) / 10 = 22.8; the median is a value the limit held.
+    assert r.to_json()["limits"] == [
+        {
+            "endpoint": 0,
+            "initial": 4,
+            "final": 24,
+            "min": 4,
+            "median": 24,
+            "max": 32,
+            "changes": 4,
+            "increases": 1,
+            "decreases": {"rate_limited": 2},
+        }
+    ]
+
+
+def test_limit_median_weighs_time_not_changes() -> None:
+    """Ten quick steps up and down around 2 do not outweigh 60 s at 1."""
+    run = Run().item(0.0, "a", dt=70.0)
+    _limit(run, 0.0, 4, 1, "connection_lost")
+    old = 1
+    for k in range(10):
+        new = 2 if old == 1 else 1
+        _limit(run, 60.0 + k, old, new, "probe" if new == 2 else "connection_lost")
+        old = new
+    (lim,) = run.end(70.0).report().limits
+    assert (lim.min, lim.median, lim.max) == (1, 1, 4)
+    assert lim.decreases == {"connection_lost": 6}
+
+
+def test_limit_report_per_endpoint_and_across_a_resumed_run() -> None:
+    """Each endpoint has its own row; a resumed segment starts over at its first old value."""
+    run = Run().item(0.0, "a", dt=10.0)
+    _limit(run, 0.0, 4, 8, "increase", endpoint=1)
+    _limit(run, 5.0, 4, 2, "server_error", endpoint=0)
+    run.end(10.0)
+    run.events.append(RunStart(t=0.0, run_id="r1", started_at=START + 30, shard_count=2, config={}))
+    _limit(run, 10.0, 4, 3, "rate_limited", endpoint=0)  # 4 for 10 s, then 3 for 30 s
+    run.item(0.0, "b", dt=40.0).end(40.0)
+    zero, one = run.report().limits
+    # endpoint 0: 4 for 5 s, 2 for 5 s, then 4 for 10 s, 3 for 30 s: 2:5, 3:30, 4:15 s
+    assert (zero.endpoint, zero.min, zero.median, zero.max, zero.final) == (0, 2, 3, 4, 3)
+    assert zero.decreases == {"rate_limited": 1, "server_error": 1}
+    # endpoint 1 had no event in the second segment: only its first segment counts.
+    assert (one.endpoint, one.initial, one.min, one.median, one.max) == (1, 4, 4, 8, 8)
+
+
+def test_a_run_without_limit_changes_has_no_limit_rows_and_the_text_says_so() -> None:
+    """No limit_change events: ``limits`` is empty, and the text report tells why it may be."""
+    r = Run().item(0.0, "a").end(2.0).report()
+    assert r.limits == ()
+    assert r.to_json()["limits"] == []
+    assert "no limit_change events" in render_text(r)
+
+
+def test_render_text_shows_the_live_limit_per_endpoint() -> None:
+    """The text report has a row per endpoint with min / median / max and the signals."""
+    run = Run().item(0.0, "a", dt=10.0)
+    _limit(run, 1.0, 4, 30, "increase")
+    _limit(run, 2.0, 30, 24, "rate_limited")
+    _limit(run, 3.0, 24, 21, "latency")
+    text = render_text(run.end(10.0).report(), width=120)
+    assert "live in-flight limit, per endpoint" in text
+    row = next(line for line in text.splitlines() if "rate_limited 1" in line)
+    assert row.split()[:7] == ["0", "4", "4", "21", "30", "21", "3"]
+    assert "latency 1" in row

@@ -201,6 +201,8 @@ def _snapshot(
         cancelled=stats.cancelled,
         in_flight=stats.in_flight,
         queued=stats.queued,
+        limit=stats.limit,
+        ceiling=sum(s.capacity for s in stats.shards),
         tpm_now=snap.tpm_total_current,
         tpm_previous=snap.tpm_total_previous,
         tpm_peak=snap.peak_tpm_total,

@@ -73,6 +73,9 @@ class ProgressSnapshot:
         done: Items this run finished (ok + failed + cancelled).
         ok, failed, cancelled: How they finished.
         in_flight, queued: HTTP attempts under way / items waiting in queues.
+        limit: The endpoint's live in-flight limit (adaptive flow control), or
+            ``None`` when it is fixed.
+        ceiling: What the limit may grow to: the shards' capacities summed.
         tpm_now: Tokens of successful items in the current UTC minute so far.
         tpm_previous: Tokens in the previous UTC minute (a full minute's TPM).
         tpm_peak: The best UTC minute so far (the report's peak TPM).
@@ -90,6 +93,8 @@ class ProgressSnapshot:
     cancelled: int = 0
     in_flight: int = 0
     queued: int = 0
+    limit: int | None = None
+    ceiling: int | None = None
     tpm_now: int = 0
     tpm_previous: int = 0
     tpm_peak: int = 0
@@ -151,6 +156,15 @@ def _eta_text(snap: ProgressSnapshot) -> str:
     return "-" if snap.draining else format_duration(snap.eta_s)
 
 
+def _limit_text(snap: ProgressSnapshot) -> str:
+    """``"limit 24 of 128"``; ``"limit fixed"`` without adaptive flow control."""
+    if snap.limit is None:
+        return "limit fixed"
+    if snap.ceiling is None:
+        return f"limit {snap.limit}"
+    return f"limit {snap.limit} of {snap.ceiling}"
+
+
 def plain_line(snap: ProgressSnapshot) -> str:
     """One line for logs: everything the live panel shows, shards summed."""
     parts = [
@@ -162,6 +176,7 @@ def plain_line(snap: ProgressSnapshot) -> str:
         parts.append(f"cancelled {snap.cancelled}")
     parts += [
         f"in flight {snap.in_flight}",
+        _limit_text(snap),
         f"queued {snap.queued}",
         f"TPM {snap.tpm_now:,} this minute, {snap.tpm_previous:,} last, peak {snap.tpm_peak:,}",
         f"retries {sum(snap.retries.values())}",
@@ -195,7 +210,7 @@ def rich_panel(snap: ProgressSnapshot) -> RenderableType:
     tokens = Text(
         f"TPM this minute {snap.tpm_now:,}   last minute {snap.tpm_previous:,}   "
         f"peak {snap.tpm_peak:,}   "
-        f"in flight {snap.in_flight}   queued {snap.queued}"
+        f"in flight {snap.in_flight} ({_limit_text(snap)})   queued {snap.queued}"
     )
     retries = Text("retries: " + _retries_text(snap.retries))
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold dim")

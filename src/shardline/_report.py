@@ -26,6 +26,12 @@ Definitions (the metrics page of the docs explains them at length):
   retried or not. ``retry_rate`` is retries per item (the unit of the retry
   budget), ``success_rate`` succeeded per item; items are all items that
   ended (ok, failed or cancelled).
+* **Live limit.** Per endpoint, from ``limit_change`` events: the limit holds
+  each value from one change to the next; it starts at the first event's
+  ``old`` (its initial value) at the segment's start and holds its last value
+  to the segment's last event. ``median`` is time-weighted: the smallest value
+  the limit was at or below for at least half of that time. ``decreases``
+  counts the overload signals that lowered it, by reason.
 * **Backlog.** An item is *queued* from its ``item_admitted`` until its first
   ``attempt_start`` (or its ``item_end``, if it never started). A *backlog
   minute* is a whole UTC minute throughout which at least one item was queued:
@@ -46,6 +52,7 @@ import attrs
 from ._exceptions import ShardlineError
 
 __all__ = [
+    "LimitReport",
     "MinuteTokens",
     "Percentiles",
     "ReportError",
@@ -200,6 +207,54 @@ class ShardReport:
 
 
 @attrs.frozen(kw_only=True)
+class LimitReport:
+    """One endpoint's live in-flight limit over the run, from its ``limit_change`` events.
+
+    The limit holds each value from one change to the next: it starts at its
+    initial value (the first event's ``old``) when the run starts and keeps its
+    last value to the run's last event. An endpoint whose limit never changed
+    (adaptive flow control off, or a run too short to move it) has no row.
+
+    Attributes:
+        endpoint: The endpoint's number.
+        initial: The limit before its first change.
+        final: The limit after its last change.
+        min: The lowest value it held.
+        median: The time-weighted median: the smallest value it was at or below
+            for at least half of the run's time (the last value when no time passed).
+        max: The highest value it held.
+        changes: ``limit_change`` events.
+        increases: Changes that raised it.
+        decreases: Changes that lowered it, by reason (``rate_limited``,
+            ``server_error``, ``connection_lost``, a timeout, ``latency``,
+            ``measure``): the overload signals it acted on.
+    """
+
+    endpoint: int
+    initial: int
+    final: int
+    min: int
+    median: int
+    max: int
+    changes: int
+    increases: int
+    decreases: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        """The endpoint's limit figures as a JSON object."""
+        out = {f.name: getattr(self, f.name) for f in attrs.fields(LimitReport)}
+        out["decreases"] = dict(self.decreases)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> LimitReport:
+        """The inverse of :meth:`to_json`."""
+        kwargs = {f.name: obj[f.name] for f in attrs.fields(LimitReport)}
+        kwargs["decreases"] = dict(kwargs["decreases"])
+        return cls(**kwargs)
+
+
+@attrs.frozen(kw_only=True)
 class RunReport:
     """The proof of a run, computed from its events by :func:`compute_report`.
 
@@ -242,6 +297,8 @@ class RunReport:
         end_reason: ``run_end.reason`` of the last segment, ``None`` if it has none.
         shards: Per-shard breakdown, by shard number.
         tpm_by_minute: Every minute that had a successful item, in order.
+        limits: Per endpoint, its live in-flight limit (:class:`LimitReport`);
+            empty when no ``limit_change`` event was seen.
     """
 
     run_id: str
@@ -277,6 +334,7 @@ class RunReport:
     end_reason: str | None = None
     shards: tuple[ShardReport, ...] = ()
     tpm_by_minute: tuple[MinuteTokens, ...] = ()
+    limits: tuple[LimitReport, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The report as a JSON object, keys in field order (the ``--json`` output)."""
@@ -285,7 +343,7 @@ class RunReport:
             value = getattr(self, f.name)
             if isinstance(value, Percentiles):
                 value = value.to_json()
-            elif f.name in ("shards", "tpm_by_minute"):
+            elif f.name in ("shards", "tpm_by_minute", "limits"):
                 value = [v.to_json() for v in value]
             elif isinstance(value, dict):
                 value = dict(value)
@@ -306,5 +364,7 @@ class RunReport:
                 value = tuple(ShardReport.from_json(v) for v in value)
             elif f.name == "tpm_by_minute":
                 value = tuple(MinuteTokens.from_json(v) for v in value)
+            elif f.name == "limits":
+                value = tuple(LimitReport.from_json(v) for v in value)
             kwargs[f.name] = value
         return cls(**kwargs)

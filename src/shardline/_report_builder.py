@@ -24,6 +24,7 @@ from ._events import (
     FirstToken,
     ItemAdmitted,
     ItemEnd,
+    LimitChange,
     RetryScheduled,
     RunEnd,
     RunStart,
@@ -33,6 +34,7 @@ from ._events import (
 from ._exceptions import Cause
 from ._models import ItemId, Status
 from ._report import (
+    LimitReport,
     MinuteTokens,
     Percentiles,
     ReportError,
@@ -80,6 +82,68 @@ class _ShardAcc:
 
 
 @attrs.define(eq=False)
+class _LimitAcc:
+    """One endpoint's limit: seconds spent at each value, and its changes."""
+
+    initial: int
+    value: int
+    since: float  # segment time the current value began
+    low: int
+    high: int
+    seconds: dict[int, float] = attrs.Factory(dict)
+    changes: int = 0
+    increases: int = 0
+    decreases: dict[str, int] = attrs.Factory(dict)
+    in_segment: bool = True  # seen in the current segment (it holds a value in it)
+
+    def hold(self, value: int, until: float) -> None:
+        """Count the time from ``since`` to ``until`` at ``value``."""
+        if until > self.since:
+            self.seconds[value] = self.seconds.get(value, 0.0) + (until - self.since)
+            self.since = until
+
+    def change(self, event: LimitChange) -> None:
+        if not self.in_segment:  # a resumed run's pipeline starts over at its initial value
+            self.in_segment = True
+            self.since = 0.0
+        self.hold(event.old, event.t)
+        self.value = event.new
+        self.low = min(self.low, event.old, event.new)
+        self.high = max(self.high, event.old, event.new)
+        self.changes += 1
+        if event.new > event.old:
+            self.increases += 1
+        elif event.new < event.old:
+            _count(self.decreases, event.reason)
+
+    def report(self, endpoint: int, seg_end: float) -> LimitReport:
+        """The figures so far, the current value held to ``seg_end`` (on a copy)."""
+        seconds = dict(self.seconds)
+        if self.in_segment and seg_end > self.since:
+            seconds[self.value] = seconds.get(self.value, 0.0) + (seg_end - self.since)
+        total = sum(seconds.values())
+        median = self.value
+        if total > 0:
+            acc = 0.0
+            for value in sorted(seconds):
+                acc += seconds[value]
+                if acc >= total / 2:
+                    median = value
+                    break
+        return LimitReport(
+            endpoint=endpoint,
+            initial=self.initial,
+            final=self.value,
+            min=self.low,
+            median=median,
+            max=self.high,
+            changes=self.changes,
+            increases=self.increases,
+            decreases=dict(sorted(self.decreases.items())),
+        )
+
+
+@attrs.define(eq=False)
 class _MinuteAcc:
     prompt: int = 0
     completion: int = 0
@@ -92,7 +156,8 @@ class ReportBuilder:
 
     Feed it live (``TeeSink(jsonl, builder)``) or from a file, then call
     :meth:`build`. Memory: one float per successful item (for the
-    percentiles), one small record per UTC minute, the ids of queued items,
+    percentiles), one small record per UTC minute, per endpoint the seconds
+    spent at each value of its live limit (at most its ceiling of them), the ids of queued items,
     and the ids of items that ended failed or cancelled (so that a resumed
     run, which re-runs them, counts each item once, with its last status).
 
@@ -127,6 +192,7 @@ class ReportBuilder:
         self._latency = _samples()
         self._shards: dict[int, _ShardAcc] = {}
         self._minutes: dict[int, _MinuteAcc] = {}
+        self._limits: dict[int, _LimitAcc] = {}
         # per-item state, bounded by queue and in-flight sizes
         self._queued: set[ItemId] = set()
         self._open: set[ItemId] = set()  # admitted, not ended
@@ -176,6 +242,8 @@ class ReportBuilder:
                 acc = self._shard(event.shard)
                 acc.cooldowns += 1
                 acc.cooldown_s += event.cooldown_s or 0.0
+        elif isinstance(event, LimitChange):
+            self._limit_change(event)
         elif isinstance(event, RunEnd):
             self._end_reason = event.reason.value
         elif isinstance(event, FirstToken):
@@ -209,8 +277,20 @@ class ReportBuilder:
         self._seg_last_t = event.t
         self._end_reason = None
 
+    def _limit_change(self, event: LimitChange) -> None:
+        acc = self._limits.get(event.endpoint)
+        if acc is None:
+            acc = self._limits[event.endpoint] = _LimitAcc(
+                initial=event.old, value=event.old, since=0.0, low=event.old, high=event.old
+            )
+        acc.change(event)
+
     def _end_segment(self) -> None:
         """Close the current segment: its queues are gone with its process."""
+        for acc in self._limits.values():
+            if acc.in_segment:
+                acc.hold(acc.value, self._seg_last_t)
+                acc.in_segment = False
         end = self._started_at + self._seg_last_t
         if self._queued:
             self._close_backlog(end)
@@ -422,6 +502,9 @@ class ReportBuilder:
             end_reason=self._end_reason,
             shards=shards,
             tpm_by_minute=tuple(tpm),
+            limits=tuple(
+                acc.report(no, self._seg_last_t) for no, acc in sorted(self._limits.items())
+            ),
         )
 
 

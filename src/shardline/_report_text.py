@@ -38,8 +38,9 @@ def render_text(report: RunReport, *, width: int = 100) -> str:
     """A readable, plain-text report (rich tables, no colour), for terminals and logs.
 
     The proof block comes first, with the exact field names, so it can be
-    pasted into a write-up; then items and retries, latency tails, and the
-    per-shard breakdown.
+    pasted into a write-up; then items and retries, latency tails, causes,
+    each endpoint's live in-flight limit (min / time-weighted median / max and
+    the overload signals that lowered it), and the per-shard breakdown.
     """
     import io
 
@@ -126,6 +127,33 @@ def render_text(report: RunReport, *, width: int = 100) -> str:
                 str(report.failure_causes.get(cause, 0)),
             )
         console.print(table)
+
+    if report.limits:
+        table = Table(
+            title="live in-flight limit, per endpoint", title_justify="left", box=box.SIMPLE
+        )
+        for name in ("endpoint", "initial", "min", "median", "max", "final", "changes"):
+            table.add_column(name, justify="right")
+        table.add_column("lowered by")
+        for lim in report.limits:
+            lowered = ", ".join(f"{reason} {n}" for reason, n in lim.decreases.items())
+            table.add_row(
+                str(lim.endpoint),
+                str(lim.initial),
+                str(lim.min),
+                str(lim.median),
+                str(lim.max),
+                str(lim.final),
+                f"{lim.changes:,}",
+                lowered or "-",
+            )
+        console.print(table)
+    else:
+        console.print(
+            "live in-flight limit: no limit_change events (adaptive flow control off, "
+            "or the limit never moved from its initial value)"
+        )
+        console.print()
 
     if report.shards:
         table = Table(title="shards", title_justify="left", box=box.SIMPLE)

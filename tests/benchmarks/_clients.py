@@ -19,8 +19,8 @@ KIND is one of:
 
 Params (JSON on stdin): ``urls`` (base URLs; shard k uses ``urls[k % len(urls)]``),
 ``shards``, ``concurrency`` (per shard), ``tokens`` (``max_tokens`` of each request),
-``prompt``, ``model``, plus per-kind extras (``events`` path for shardline,
-``max_attempts``).
+``prompt``, ``model``, plus per-kind extras (``events`` path, ``flow`` keyword
+arguments of ``FlowControl`` for shardline, ``max_attempts``).
 
 Output (stdout, JSON lines): ``{"ready": true}`` once imports are done and the load
 starts; one ``{"r": {...}}`` per finished request (ok, ct = completion tokens,
@@ -123,6 +123,7 @@ def run_shardline(p: dict[str, Any], out: Out) -> dict[str, Any]:
             return _Rewrite(ports[k % len(ports)], p["concurrency"])
 
     from shardline._backoff import RetryPolicy
+    from shardline._config import FlowControl
 
     deadlines = Deadlines(**p.get("deadlines", {}))
     config = PipelineConfig(
@@ -131,6 +132,7 @@ def run_shardline(p: dict[str, Any], out: Out) -> dict[str, Any]:
         concurrency=p["concurrency"],
         deadlines=deadlines,
         retry=RetryPolicy(**p.get("retry", {})),
+        flow=FlowControl(**p.get("flow", {})),  # bench_flow: {"adaptive": false}
         seed=1,
     )
     events_path = p.get("events")
