@@ -22,6 +22,7 @@ from ._live import LiveMetrics as LiveMetrics
 from ._live import LiveShard as LiveShard
 from ._live import LiveSnapshot as LiveSnapshot
 from ._prometheus import PrometheusSink as PrometheusSink
+from ._report import LimitReport as LimitReport
 from ._report import MinuteTokens as MinuteTokens
 from ._report import Percentiles as Percentiles
 from ._report import ReportError as ReportError
@@ -32,6 +33,7 @@ from ._report_builder import compute_report as compute_report
 from ._report_text import render_text as render_text
 
 __all__ = [
+    "LimitReport",
     "LiveMetrics",
     "LiveShard",
     "LiveSnapshot",
