@@ -71,6 +71,9 @@ __all__ = [
 #: on healthy servers): they lower nothing. Above it, the limit falls as below.
 DEFAULT_LOSS_TOLERANCE = 0.1
 LOSS_WINDOW = 50
+#: Below this limit every overload signal counts: with a few requests in flight,
+#: one refusal is a large share of them, and noise is the smaller risk.
+LOSS_TOLERANCE_FROM = 8
 #: Multiplicative decrease per overload epoch (Netflix AIMDLimit's default).
 DEFAULT_BACKOFF_RATIO = 0.9
 #: The limit a new endpoint starts at (capped by the ceiling): a few requests
@@ -341,7 +344,13 @@ class AdaptiveLimit:
         """
         held = self._release(permit)
         self._recent.append(True)
-        if not self._overloaded() and not self._probing():
+        if (
+            permit.epoch == self._epoch
+            and self.limit >= LOSS_TOLERANCE_FROM
+            and not self._probing()
+            and not self._overloaded()
+        ):
+            # Noise at a level the server has been taking: nothing to learn.
             self._wake()
             return None
         self._slow_start = False
