@@ -15,13 +15,20 @@ from shardline._progress import (
     PlainProgress,
     ProgressSnapshot,
     RichProgress,
-    ShardRow,
     format_duration,
     open_progress,
     plain_line,
     rich_panel,
 )
+from shardline._state import ShardStatistics
 from shardline.testing import FakeTransport
+
+
+def row(**fields: object) -> ShardStatistics:
+    """A shard's statistics with what the display does not show filled in."""
+    values: dict[str, object] = {"busy": 0, "retrying": 0}
+    values.update(fields)
+    return ShardStatistics(**values)  # type: ignore[arg-type]
 
 
 def snap(**kw: object) -> ProgressSnapshot:
@@ -40,12 +47,8 @@ def snap(**kw: object) -> ProgressSnapshot:
         "tpm_peak": 61000,
         "retries": {"rate_limited": 7, "server_error": 3},
         "shards": (
-            ShardRow(
-                shard=0, in_flight=16, queued=30, capacity=16, cooling=True, done=100, retries=6
-            ),
-            ShardRow(
-                shard=1, in_flight=16, queued=34, capacity=16, cooling=False, done=100, retries=4
-            ),
+            row(shard=0, in_flight=16, queued=30, capacity=16, cooling=True, done=100, retries=6),
+            row(shard=1, in_flight=16, queued=34, capacity=16, cooling=False, done=100, retries=4),
         ),
     }
     values.update(kw)
@@ -113,7 +116,7 @@ def test_a_fixed_limit_is_shown_as_fixed() -> None:
 def test_rich_panel_folds_many_shards() -> None:
     """With more shards than fit, cooling and busiest shards are shown and the rest summed."""
     shards = tuple(
-        ShardRow(shard=i, in_flight=i % 3, queued=0, capacity=4, cooling=i == 40, done=1, retries=0)
+        row(shard=i, in_flight=i % 3, queued=0, capacity=4, cooling=i == 40, done=1, retries=0)
         for i in range(64)
     )
     console = Console(record=True, width=120, height=200, file=io.StringIO())

@@ -63,7 +63,7 @@ from ._jsonl import InputEntry, read_input
 from ._jsonl_output import OutputWriter, outcome_to_json
 from ._models import Outcome, Status
 from ._pipeline import Pipeline, open_pipeline
-from ._progress import ProgressDisplay, ProgressSnapshot, ShardRow, open_progress
+from ._progress import ProgressDisplay, ProgressSnapshot, open_progress
 from ._sinks import EventSink, JsonlEventSink, TeeSink
 from .report import LiveMetrics
 
@@ -207,18 +207,7 @@ def _snapshot(
         tpm_previous=snap.tpm_total_previous,
         tpm_peak=snap.peak_tpm_total,
         retries=snap.retries_by_cause,
-        shards=tuple(
-            ShardRow(
-                shard=s.shard,
-                in_flight=s.in_flight,
-                queued=s.queued,
-                capacity=s.capacity,
-                cooling=s.cooling,
-                done=s.done,
-                retries=s.retries,
-            )
-            for s in stats.shards
-        ),
+        shards=stats.shards,
         draining=interrupted,
     )
 

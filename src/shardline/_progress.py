@@ -28,13 +28,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ._state import ShardStatistics
+
 __all__ = [
     "NullProgress",
     "PlainProgress",
     "ProgressDisplay",
     "ProgressSnapshot",
     "RichProgress",
-    "ShardRow",
     "format_duration",
     "open_progress",
     "plain_line",
@@ -47,19 +48,6 @@ PLAIN_INTERVAL = 5.0
 LIVE_INTERVAL = 0.5
 #: Shard rows shown in the live panel; more shards are summed in one last row.
 MAX_SHARD_ROWS = 16
-
-
-@attrs.frozen(kw_only=True)
-class ShardRow:
-    """One shard's line in the progress panel."""
-
-    shard: int
-    in_flight: int
-    queued: int
-    capacity: int
-    cooling: bool
-    done: int
-    retries: int
 
 
 @attrs.frozen(kw_only=True)
@@ -99,7 +87,7 @@ class ProgressSnapshot:
     tpm_previous: int = 0
     tpm_peak: int = 0
     retries: Mapping[str, int] = attrs.field(factory=dict)
-    shards: tuple[ShardRow, ...] = ()
+    shards: tuple[ShardStatistics, ...] = ()
     draining: bool = False
 
     @property
@@ -217,7 +205,7 @@ def rich_panel(snap: ProgressSnapshot) -> RenderableType:
     for name in ("shard", "in flight", "queued", "done", "retries", "state"):
         table.add_column(name, justify="right" if name != "state" else "left")
     rows = list(snap.shards)
-    hidden: list[ShardRow] = []
+    hidden: list[ShardStatistics] = []
     if len(rows) > MAX_SHARD_ROWS:
         # Show the shards worth looking at: cooling first, then the most loaded.
         rows.sort(key=lambda r: (not r.cooling, -(r.in_flight + r.queued), r.shard))
