@@ -216,6 +216,21 @@ class Connection:
         Raises:
             ClientGone: if the client disconnects first; the connection is done.
         """
+
+        async def prefill() -> bool:
+            await self.state.ticker.sleep_until(due)
+            return False
+
+        if await self._unless_client_goes(prefill):
+            self.state.counters.abandoned += 1
+            raise ClientGone
+
+    async def _unless_client_goes(self, work: Callable[[], Awaitable[bool]]) -> bool:
+        """Run ``work`` while watching the client; return whether the client went.
+
+        ``work`` returns ``True`` when it saw the client go itself (a failed
+        send); if the watcher sees it first, ``work`` is cancelled.
+        """
         gone = False
         async with trio.open_nursery() as nursery:
 
@@ -226,11 +241,10 @@ class Connection:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch)
-            await self.state.ticker.sleep_until(due)
+            if await work():
+                gone = True
             nursery.cancel_scope.cancel()
-        if gone:
-            self.state.counters.abandoned += 1
-            raise ClientGone
+        return gone
 
     async def stall(self, duration: float | None) -> None:
         """Send nothing for ``duration`` seconds (``None``: forever).
@@ -250,29 +264,22 @@ class Connection:
         forever) or until the client disconnects (raises `ClientGone`).
         """
         comment = data_event if data_event == b" " else b": keep-alive\n\n"
-        gone = False
-        async with trio.open_nursery() as nursery:
 
-            async def watch() -> None:
-                nonlocal gone
-                await self.wait_client_gone()
-                gone = True
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch)
+        async def beat() -> bool:
             with trio.move_on_after(math.inf if fault.duration is None else fault.duration):
-                beat = 0
+                beats = 0
                 try:
                     while True:
                         out = bytearray()
-                        frame(out, comment if beat % 2 == 0 else data_event)
+                        frame(out, comment if beats % 2 == 0 else data_event)
                         await self.stream.send_all(out)
-                        beat += 1
+                        beats += 1
                         await trio.sleep(fault.interval)
                 except trio.BrokenResourceError:
-                    gone = True
-            nursery.cancel_scope.cancel()
-        if gone:
+                    return True
+            return False
+
+        if await self._unless_client_goes(beat):
             raise ClientGone
 
     async def reset(self) -> None:
