@@ -36,6 +36,7 @@ from ._exceptions import (
     StallTimeout,
     TTFTTimeout,
 )
+from ._validate import integer
 
 __all__ = [
     "DEFAULT_KEEPALIVE_EXPIRY",
@@ -87,10 +88,7 @@ def make_client(
     Raises:
         ConfigError: for a bad ``max_connections``, or HTTP/2 without ``h2``.
     """
-    if isinstance(max_connections, bool) or not isinstance(max_connections, int):
-        raise ConfigError(f"max_connections must be an integer, got {max_connections!r}")
-    if max_connections < 1:
-        raise ConfigError(f"max_connections must be >= 1, got {max_connections!r}")
+    integer("max_connections", ge=1)(None, None, max_connections)
     limits = httpx.Limits(
         max_connections=max_connections,
         max_keepalive_connections=max_connections,

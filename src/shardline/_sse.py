@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, NoReturn
 
-from ._exceptions import ConfigError, ProtocolError
+from ._exceptions import ProtocolError
+from ._validate import integer
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
@@ -108,14 +109,8 @@ class SSEDecoder:
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
-        for name, value in (
-            ("max_line_bytes", max_line_bytes),
-            ("max_event_bytes", max_event_bytes),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{name} must be an integer, got {value!r}")
-            if value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value!r}")
+        integer("max_line_bytes", ge=1)(self, None, max_line_bytes)
+        integer("max_event_bytes", ge=1)(self, None, max_event_bytes)
         self.max_line_bytes = max_line_bytes
         self.max_event_bytes = max_event_bytes
         # Pieces of the unfinished last line; a list so a line dripped one byte
