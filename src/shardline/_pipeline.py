@@ -441,9 +441,6 @@ async def open_pipeline(
                     yield pipeline
                 finally:
                     pipeline._begin_drain()
-    except (trio.Cancelled, KeyboardInterrupt):
-        reason = "cancelled"
-        raise
     except BaseException as exc:
         reason = "cancelled" if _only_cancellation(exc) else "error"
         raise
