@@ -47,9 +47,11 @@ async def send_one(
     charge: Charge | None,
     estimate_in: int,
     permit: FlowPermit | None,
+    ticket: int | None = None,
 ) -> Outcome | AttemptError:
     """Send attempt ``attempt`` of ``item`` (holding a slot and ``permit``): its
-    outcome, or its error. Settles ``permit`` however the attempt ends."""
+    outcome, or its error. Settles ``permit`` however the attempt ends, and
+    gives the header pacer the answer to send ``ticket`` (or says there was none)."""
     state = shard.state
     flow = state.flow if permit is not None else None
     started = state.now()
@@ -74,7 +76,7 @@ async def send_one(
         nonlocal got_response
         got_response = True
         if pacer is not None:
-            pacer.observe_headers(headers)
+            pacer.observe_headers(headers, ticket=ticket)
 
     shard.in_flight += 1
     try:
@@ -88,7 +90,7 @@ async def send_one(
                 "x-shardline-attempt": str(attempt),
             },
             on_first_token=first_token,
-            on_response=None if state.pacer is None else state.pacer.observe_headers,
+            on_response=None if pacer is None else answered,
         )
     except AttemptError as err:
         if flow is not None and permit is not None:
@@ -149,8 +151,8 @@ async def send_one(
         raise error from exc
     finally:
         shard.in_flight -= 1
-        if pacer is not None and not got_response:
-            pacer.unanswered()
+        if pacer is not None and ticket is not None and not got_response:
+            pacer.unanswered(ticket)
     if flow is not None and permit is not None:
         flow.on_success(permit, ttft_s=result.ttft_s)
     _reconcile(state, charge, result.usage.total_tokens)
