@@ -195,3 +195,91 @@ def test_sdk_sees_faults_as_the_api_errors_it_knows(client: openai.OpenAI) -> No
     # A truncated stream is NOT an error to the SDK: exactly what shardline must catch.
     chunks = ask("trunc", stream=True)
     assert all(ch.choices[0].finish_reason is None for ch in chunks)
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "extract",
+            "description": "Record the extracted text.",
+            "parameters": {"type": "object", "properties": {"text": {"type": "string"}}},
+        },
+    }
+]
+
+
+def test_chat_tool_call_stream_validates_and_the_sdk_assembles_it(
+    server: FakeServerProcess, client: openai.OpenAI
+) -> None:
+    """A request with tools streams one call (valid chunks); the SDK's own accumulator
+    assembles the same call shardline does, with arguments that are JSON."""
+    body = {
+        "model": "m",
+        "messages": MESSAGES,
+        "tools": TOOLS,
+        "max_tokens": 6,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    events = raw_events(server, "/chat/completions", body)
+    chunks = [strict(ChatCompletionChunk, e) for e in events]
+    first_call = chunks[1].choices[0].delta.tool_calls  # type: ignore[attr-defined]
+    assert first_call is not None
+    assert first_call[0].id == "call_shardline" + chunks[0].id.rpartition("shardline")[2]
+    with client.chat.completions.stream(
+        model="m",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
+        max_tokens=6,
+    ) as stream:
+        final = stream.get_final_completion()
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls is not None
+    (tool_call,) = choice.message.tool_calls
+    assert tool_call.type == "function"
+    assert tool_call.function.name == "extract"
+    assert json.loads(tool_call.function.arguments) == {"text": fake_text(6)}
+
+
+def test_chat_tool_call_non_stream_validates(
+    server: FakeServerProcess, client: openai.OpenAI
+) -> None:
+    """A non-streamed tool call is a valid ChatCompletion; tool_choice picks the function."""
+    tools = [*TOOLS, {"type": "function", "function": {"name": "other"}}]
+    answer = client.chat.completions.create(
+        model="m",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        tools=tools,  # type: ignore[arg-type]
+        tool_choice={"type": "function", "function": {"name": "other"}},
+        max_tokens=3,
+    )
+    strict(ChatCompletion, answer.model_dump(mode="json", exclude_unset=True))
+    message = answer.choices[0].message
+    assert message.content is None
+    assert message.tool_calls is not None
+    assert message.tool_calls[0].function.name == "other"  # type: ignore[union-attr]
+    assert answer.choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [({"reasoning_effort": "low"}, "reasoning_content"), ({"reasoning": {}}, "reasoning")],
+)
+def test_reasoning_stream_validates_apart_from_its_reasoning_key(
+    server: FakeServerProcess, extra: dict[str, Any], key: str
+) -> None:
+    """Reasoning streams as vLLM (reasoning_content) or OpenRouter (reasoning) send it: every
+    chunk is a valid ChatCompletionChunk once that one key, unknown to openai, is set aside."""
+    body = {"model": "m", "messages": MESSAGES, "max_tokens": 6, "stream": True, **extra}
+    events = raw_events(server, "/chat/completions", body)
+    thought = ""
+    for event in events:
+        for choice in event["choices"]:
+            piece = choice["delta"].pop(key, None)
+            assert piece is None or isinstance(piece, str)
+            thought += piece or ""
+        strict(ChatCompletionChunk, event)
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
+    assert (thought, text) == (fake_text(3), fake_text(3))

@@ -96,6 +96,10 @@ def render_text(report: RunReport, *, width: int = 100) -> str:
             "usage",
             f"{report.usage_estimated_items:,} estimated, {report.usage_missing_items:,} missing",
         )
+    if set(report.items_by_api) - {"chat"} or report.answer_counts:
+        parts = [f"{n:,} {api}" for api, n in report.items_by_api.items()]
+        parts += [f"{n:,} {key}" for key, n in report.answer_counts.items()]
+        summary.add_row("answers", ", ".join(parts))
     summary.add_row("duration", _fmt_duration(report.duration_s))
     summary.add_row("started", report.started_at_utc or "-")
     summary.add_row("end", report.end_reason or "no run_end (incomplete)")

@@ -17,6 +17,7 @@ import attrs
 import h11
 import trio
 
+from ._asked import parse_params
 from ._connection import ClientGone, Connection
 from ._faults import FaultKind
 from ._load import Running, format_reset
@@ -24,7 +25,7 @@ from ._malformed import HTML_PAGE
 from ._respond import fault_headers, stream_response, whole_response
 from ._shapes import draw_variant
 from ._stats import STATS_PATH
-from ._wire import STATUS_FAULTS, ResponseTemplate, models_body, parse_params
+from ._wire import STATUS_FAULTS, ResponseTemplate, models_body
 
 _STATS_PATH_BYTES: Final = STATS_PATH.encode()
 
@@ -99,7 +100,7 @@ async def _completion(conn: Connection, request: h11.Request, body: bytes, *, ch
     if isinstance(parsed, str):
         await conn.send_simple(400, "invalid_request_error", parsed)
         return
-    prompt_tokens, completion_tokens, finish_reason, stream, include_usage = parsed
+    stream, include_usage = parsed.stream, parsed.include_usage
     if include_usage and state.no_usage:
         include_usage = False
         c.usage_withheld += 1
@@ -114,11 +115,15 @@ async def _completion(conn: Connection, request: h11.Request, body: bytes, *, ch
         id=f"{'chatcmpl' if chat else 'cmpl'}-shardline{sequence}",
         created=state.created,
         model=model,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        finish_reason=finish_reason,
+        prompt_tokens=parsed.prompt_tokens,
+        completion_tokens=parsed.completion_tokens,
+        finish_reason=parsed.finish_reason,
         include_usage=include_usage,
+        tool_name=parsed.tool_name,
+        reasoning_key=parsed.reasoning_key,
+        logprobs=parsed.logprobs,
     )
+    prompt_tokens, completion_tokens = parsed.prompt_tokens, parsed.completion_tokens
     key = f"item\0{item_id}\0{attempt}" if item_id is not None else f"seq\0{sequence}"
     gate = state.gate
     if gate.requests is not None or gate.tokens is not None:
