@@ -8,7 +8,8 @@ Embeddings (``POST /embeddings``, never streamed): ``data`` is a list of
 objects, each with an ``index`` (integer >= 0; absent means its position)
 and an ``embedding`` that is a list of numbers or, for
 ``encoding_format: "base64"``, a base64 string of little-endian float32s.
-There must be one vector per input, each index once.
+There must be one vector per input, each index once; a body with only the
+first few is :class:`~shardline.errors.Truncated`.
 
 Responses (``POST /responses``): a stream of typed events. Progress is a
 non-empty ``response.output_text.delta``, ``response.reasoning_text.delta``,
@@ -34,6 +35,7 @@ from array import array
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ._exceptions import Truncated
 from ._models import Usage
 from ._openai import utf8
 from ._sse import DONE, SSEEvent
@@ -109,6 +111,7 @@ def parse_embeddings(
 
     Raises:
         ProtocolError: a field of the wrong type, a vector missing or twice.
+        Truncated: only the first vectors came (fewer than ``expected``).
         ServerError | RateLimited | ClientError: the body is an ``error`` object.
     """
     where = Where("response body", partial=False, status_code=status_code)
@@ -129,6 +132,12 @@ def parse_embeddings(
             where.fail(f"{field}.index {index} appears twice")
         vectors[index] = _vector(item.get("embedding"), f"{field}.embedding", where)
     count = len(vectors) if expected is None else expected
+    if len(vectors) < count and sorted(vectors) == list(range(len(vectors))):
+        raise Truncated(
+            f"response body has {len(vectors)} of the {count} embeddings asked for",
+            status_code=status_code,
+            partial=bool(vectors),
+        )
     if sorted(vectors) != list(range(count)):
         where.fail(
             f"has {len(vectors)} embeddings (indexes {sorted(vectors)[:8]}), expected {count}"
@@ -327,8 +336,11 @@ class ResponsesAccumulator:
             )
         chunk = loads_object(self._loads, data, where)
         kind = where.string(chunk, "type", "type") or event.event
-        if kind == "error":
-            raise error_from_payload(chunk, status_code=where.status_code, partial=where.partial)
+        if kind == "error":  # {"type": "error", "code": ..., "message": ...}
+            error = {key: chunk.get(key) for key in ("code", "message")}
+            raise error_from_payload(
+                {"error": error}, status_code=where.status_code, partial=where.partial
+            )
         check_error(chunk, where)  # a chat-style {"error": {...}} from a proxy
         progress = False
         part = _DELTAS.get(kind)

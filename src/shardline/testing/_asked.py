@@ -160,3 +160,155 @@ def parse_params(params: dict[str, Any], *, chat: bool, default_max_tokens: int)
         reasoning_key=reasoning_key,
         logprobs=chat and params.get("logprobs") is True,
     )
+
+
+DEFAULT_DIMENSIONS = 8
+"""Components of a fake embedding when the request sets no ``dimensions``."""
+MAX_DIMENSIONS = 4096
+"""Largest ``dimensions`` the fake server accepts."""
+MAX_INPUTS = 2048
+"""Most inputs one embeddings request may carry (OpenAI's limit)."""
+
+
+class AskedEmbeddings:
+    """What a valid embeddings request asked for."""
+
+    __slots__ = ("base64", "dimensions", "prompt_tokens", "texts")
+
+    def __init__(self, texts: list[str], prompt_tokens: int, dimensions: int, base64: bool) -> None:
+        self.texts = texts
+        self.prompt_tokens = prompt_tokens
+        self.dimensions = dimensions
+        self.base64 = base64
+
+
+def _token_ids(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+    )
+
+
+def parse_embedding_params(params: dict[str, Any]) -> AskedEmbeddings | str:
+    """Validate an embeddings body. Returns what it asked for, or an error message."""
+    raw = params.get("input")
+    if isinstance(raw, str) or _token_ids(raw):
+        inputs: list[Any] = [raw]
+    elif isinstance(raw, list) and raw and all(isinstance(v, str) or _token_ids(v) for v in raw):
+        inputs = raw
+    else:
+        return "'input' must be a string, a list of strings, or token ids"
+    if len(inputs) > MAX_INPUTS:
+        return f"'input' must have at most {MAX_INPUTS} items"
+    texts: list[str] = []
+    tokens = 0
+    for value in inputs:
+        if isinstance(value, str):
+            texts.append(value)
+            tokens += count_prompt_tokens(len(value))
+        else:
+            texts.append(" ".join(map(str, value)))
+            tokens += len(value)
+    dimensions = params.get("dimensions", DEFAULT_DIMENSIONS)
+    if (
+        isinstance(dimensions, bool)
+        or not isinstance(dimensions, int)
+        or not 1 <= dimensions <= MAX_DIMENSIONS
+    ):
+        return f"'dimensions' must be an integer from 1 to {MAX_DIMENSIONS}"
+    encoding = params.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        return "'encoding_format' must be 'float' or 'base64'"
+    return AskedEmbeddings(texts, tokens, dimensions, encoding == "base64")
+
+
+class AskedResponse:
+    """What a valid Responses API request asked for."""
+
+    __slots__ = (
+        "completion_tokens",
+        "incomplete",
+        "prompt_tokens",
+        "reasoning",
+        "stream",
+        "tool_name",
+    )
+
+    def __init__(
+        self,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        incomplete: bool,
+        stream: bool,
+        tool_name: str | None,
+        reasoning: bool,
+    ) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.incomplete = incomplete
+        self.stream = stream
+        self.tool_name = tool_name
+        self.reasoning = reasoning
+
+
+def _responses_tool(params: dict[str, Any]) -> str | None:
+    """The function a Responses request's model calls (tools are flat: ``{"type", "name"}``)."""
+    tools = params.get("tools")
+    if tools is None:
+        return None
+    if not isinstance(tools, list) or not tools:
+        raise ValueError("'tools' must be a non-empty list of function tools with a name")
+    names = [t.get("name") for t in tools if isinstance(t, dict) and t.get("type") == "function"]
+    if len(names) != len(tools) or not all(isinstance(n, str) and n for n in names):
+        raise ValueError("'tools' must be a non-empty list of function tools with a name")
+    choice = params.get("tool_choice")
+    if choice == "none":
+        return None
+    if isinstance(choice, dict):
+        if choice.get("name") not in names:
+            raise ValueError("'tool_choice' must name one of the 'tools'")
+        return str(choice["name"])
+    return str(names[0])
+
+
+def parse_response_params(
+    params: dict[str, Any], *, default_max_tokens: int
+) -> AskedResponse | str:
+    """Validate a Responses API body. Returns what it asked for, or an error message.
+
+    ``tools`` make the answer one function call, a ``reasoning`` object makes it
+    think first, and ``max_output_tokens`` cuts it (``status: incomplete``).
+    """
+    raw = params.get("input")
+    if isinstance(raw, str):
+        chars = len(raw)
+    elif isinstance(raw, list) and raw and all(isinstance(i, dict) for i in raw):
+        chars = sum(text_chars(item.get("content")) for item in raw)
+    else:
+        return "'input' must be a string or a non-empty list of input items"
+    instructions = params.get("instructions")
+    if isinstance(instructions, str):
+        chars += len(instructions)
+    try:
+        tool_name = _responses_tool(params)
+    except ValueError as exc:
+        return str(exc)
+    limit = params.get("max_output_tokens")
+    if limit is None:
+        completion_tokens = default_max_tokens
+    elif isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        return "'max_output_tokens' must be an integer >= 1"
+    elif limit > MAX_COMPLETION_TOKENS:
+        return f"'max_output_tokens' must be <= {MAX_COMPLETION_TOKENS}"
+    else:
+        completion_tokens = limit
+    return AskedResponse(
+        prompt_tokens=count_prompt_tokens(chars),
+        completion_tokens=completion_tokens,
+        incomplete=limit is not None and tool_name is None,
+        stream=params.get("stream") is True,
+        tool_name=tool_name,
+        reasoning=isinstance(params.get("reasoning"), dict),
+    )

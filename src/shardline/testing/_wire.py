@@ -258,6 +258,13 @@ class ResponseTemplate:
             self._events[key] = event
         return event
 
+    #: What ends the stream after the finish (and usage) events.
+    done_marker: Final = b"data: [DONE]\n\n"
+
+    def error_event(self) -> bytes:
+        """The in-band error event of an ``error_event`` fault."""
+        return error_event()
+
     def empty_event(self) -> bytes:
         """A chunk with an empty content delta: not progress, whatever the answer holds."""
         return self._content_prefix + self._content_suffix
