@@ -69,6 +69,32 @@ def _is_count(v: object) -> bool:
 
 
 # position -> (is the value acceptable there?, does the chunk's content still count?)
+def _valid_tool_calls(value: Any) -> bool:
+    """Tool-call pieces a client can assemble: objects whose fields have their types, and
+    every call that carries anything (an id, arguments) has a function name."""
+    if value is None:
+        return True
+    if not isinstance(value, list):
+        return False
+    calls: dict[int, tuple[bool, bool]] = {}
+    for j, piece in enumerate(value):
+        if not isinstance(piece, dict) or not (
+            piece.get("index") is None or _is_count(piece["index"])
+        ):
+            return False
+        function = piece.get("function")
+        if function is not None and not isinstance(function, dict):
+            return False
+        fields = [piece.get("id"), piece.get("type")]
+        fields += [(function or {}).get("name"), (function or {}).get("arguments")]
+        if not all(f is None or isinstance(f, str) for f in fields):
+            return False
+        index = j if piece.get("index") is None else piece["index"]
+        named, used = calls.get(index, (False, False))
+        calls[index] = (named or bool(fields[2]), used or bool(fields[0] or fields[3]))
+    return all(named or not used for named, used in calls.values())
+
+
 POSITIONS = {
     "chunk": lambda v: False,  # non-object chunks only (see the strategy)
     "choices": lambda v: v is None or (isinstance(v, list) and all(isinstance(c, dict) for c in v)),
@@ -77,7 +103,7 @@ POSITIONS = {
     "delta": lambda v: v is None or isinstance(v, dict),
     "content": lambda v: v is None or isinstance(v, str),
     "reasoning_content": lambda v: v is None or isinstance(v, str),
-    "tool_calls": lambda v: v is None or isinstance(v, list),
+    "tool_calls": lambda v: _valid_tool_calls(v),
     "finish_reason": lambda v: v is None or isinstance(v, str),
     "usage": lambda v: v is None or isinstance(v, dict),
     "prompt_tokens": _is_count,

@@ -430,7 +430,7 @@ def _parse_whole(raw: bytes, request: Request, state: _State, status_code: int) 
             whole = parse_response(raw, status_code=status_code, loads=_json_loads)
         else:
             whole = parse_whole(raw, status_code=status_code, loads=_json_loads)
-    if whole.finish_reason is None and whole.embeddings is None:
+    if not whole.finish_reason and whole.embeddings is None:
         raise Truncated(
             "response has no finish reason", status_code=status_code, partial=bool(whole.text)
         )

@@ -337,12 +337,16 @@ class Parts:
     def tool_calls(self, where: Where) -> tuple[ToolCall, ...]:
         """The assembled calls, in index order.
 
+        Pieces that never carried an id, a name or arguments are no call.
+
         Raises:
             ProtocolError: a call never got a function name.
         """
         calls = []
         for index in sorted(self.calls):
             call = self.calls[index]
+            if not (call.name or call.id or call.arguments):
+                continue  # only empty pieces: nothing was called
             if not call.name:
                 where.fail(f"tool call {index} has no function name")
             calls.append(
