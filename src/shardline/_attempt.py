@@ -159,11 +159,14 @@ async def send_attempt(
 ) -> AttemptResult:
     """Send ``request`` once and read the whole answer within ``deadlines``.
 
-    Streams when ``endpoint.stream`` (asking for ``stream_options.include_usage``
-    so usage comes from the server); otherwise reads one JSON body, which must
-    arrive whole within the TTFT deadline. A stream is a success only when a
-    finish reason or ``[DONE]`` arrived: a clean end without either is
-    :class:`~shardline.Truncated`, never a silently short answer.
+    Streams when ``endpoint.stream`` and the request can stream (an
+    embeddings request never does; a chat or completion stream asks for
+    ``stream_options.include_usage`` so usage comes from the server);
+    otherwise reads one JSON body, which must arrive whole within the TTFT
+    deadline. A stream is a success only when it ended properly (a finish
+    reason or ``[DONE]``; ``response.completed`` for the Responses API): a
+    clean end without that is :class:`~shardline.Truncated`, never a silently
+    short answer.
 
     It is not a retry loop: one call, one exchange. The pipeline decides about
     retries from the raised error's ``cause`` and ``retry_after``.
@@ -171,7 +174,7 @@ async def send_attempt(
     Args:
         client: The shard's pooled client (see :func:`make_client`).
         endpoint: Base URL, auth, default model, stream flag.
-        request: The chat or legacy completion request.
+        request: The request (chat, legacy completion, embeddings or Responses).
         deadlines: connect / ttft / stall / attempt, in seconds (``None`` = off).
         headers: Extra request headers (the pipeline's item id and attempt number).
         on_first_token: Called once, synchronously, with the TTFT in seconds
