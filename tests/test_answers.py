@@ -231,6 +231,13 @@ def test_refusal_and_logprobs_are_kept() -> None:
     assert answer.logprobs == (lp1, lp2)
     with pytest.raises(ProtocolError, match=r"choices\[0\]\.logprobs\.content\[0\] must be an"):
         feed([delta({"content": "x"}, logprobs={"content": [1.5]})])
+    nan = '{"choices": [{"index": 0, "delta": {"content": "x"}, "logprobs":'
+    nan += ' {"content": [{"token": "x", "logprob": NaN}]}}]}'
+    with pytest.raises(ProtocolError) as info:
+        StreamAccumulator().feed(SSEEvent(data=nan))
+    assert info.value.message == (
+        "stream event 1: choices[0].logprobs.content[0] holds a number that is not finite"
+    )
 
 
 def test_output_lines_carry_only_the_parts_an_answer_had() -> None:

@@ -154,6 +154,11 @@ def test_vectors_come_back_in_input_order_floats_or_base64() -> None:
             " got boolean True",
         ),
         (
+            [{"embedding": [1.0]}, {"embedding": "AADAfw=="}],
+            ProtocolError,
+            "response body: data[1].embedding[0] must be a finite number, got number nan",
+        ),
+        (
             [{"embedding": "@@"}, {"embedding": [1.0]}],
             ProtocolError,
             "response body: data[0].embedding is not base64: '@@'",

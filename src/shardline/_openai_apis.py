@@ -6,7 +6,7 @@ the field and where it was.
 
 Embeddings (``POST /embeddings``, never streamed): ``data`` is a list of
 objects, each with an ``index`` (integer >= 0; absent means its position)
-and an ``embedding`` that is a list of numbers or, for
+and an ``embedding`` that is a list of finite numbers or, for
 ``encoding_format: "base64"``, a base64 string of little-endian float32s.
 There must be one vector per input, each index once; a body with only the
 first few is :class:`~shardline.errors.Truncated`.
@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import sys
 from array import array
 from collections.abc import Callable
@@ -88,13 +89,18 @@ def _vector(value: object, field: str, where: Where) -> tuple[float, ...]:
         floats.frombytes(raw)
         if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
             floats.byteswap()
-        return tuple(floats)
-    if not isinstance(value, list):
+        vector = tuple(floats)
+    elif isinstance(value, list):
+        for k, x in enumerate(value):
+            if type(x) is not float and (type(x) is not int):
+                where.wrong(f"{field}[{k}]", "a number", x)
+        vector = tuple(float(x) for x in value)
+    else:
         where.wrong(field, "a list of numbers or a base64 string", value)
-    for k, x in enumerate(value):
-        if type(x) is not float and (type(x) is not int):
-            where.wrong(f"{field}[{k}]", "a number", x)
-    return tuple(float(x) for x in value)
+    if not all(map(math.isfinite, vector)):  # NaN and Infinity are not JSON numbers
+        k = next(k for k, x in enumerate(vector) if not math.isfinite(x))
+        where.wrong(f"{field}[{k}]", "a finite number", vector[k])
+    return vector
 
 
 def parse_embeddings(

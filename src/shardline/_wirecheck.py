@@ -7,6 +7,7 @@ said, piece by piece, and :class:`Answer` is what it said in the end. No I/O.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
@@ -211,6 +212,17 @@ def read_output(obj: dict[str, Any], field: str, where: Where) -> Output:
     return out
 
 
+def _finite(value: object) -> bool:
+    """Whether every float in a decoded JSON value is finite."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
 class _Call:
     __slots__ = ("arguments", "id", "name", "type")
 
@@ -330,6 +342,8 @@ class Parts:
         for k, entry in enumerate(content):
             if not isinstance(entry, dict):
                 where.wrong(f"{field}.logprobs.content[{k}]", "an object", entry)
+            if not _finite(entry):  # json.loads takes NaN and Infinity; JSON does not
+                where.fail(f"{field}.logprobs.content[{k}] holds a number that is not finite")
         if self.logprobs is None:
             self.logprobs = []
         self.logprobs.extend(content)
