@@ -15,10 +15,14 @@ import trio.testing
 from helpers import chunk, sse
 from shardline import ChatRequest, Deadlines, Endpoint, ToolCall
 from shardline._attempt import send_attempt
+from shardline._events import AttemptEnd, AttemptStart, ItemAdmitted, ItemEnd, RunStart
 from shardline._exceptions import ProtocolError, ToolArgumentsError, Truncated
 from shardline._jsonl_output import outcome_to_json
 from shardline._models import Outcome, Result, Status, Usage
 from shardline._openai import StreamAccumulator, parse_whole
+from shardline._report import RunReport
+from shardline._report_builder import compute_report
+from shardline._report_text import render_text
 from shardline._sse import SSEEvent
 
 ENDPOINT = Endpoint(base_url="http://fake.test/v1", api_key="sk-test", model="m")
@@ -301,3 +305,39 @@ async def test_whole_response_with_reasoning_through_the_attempt(
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         result = await send_attempt(client, WHOLE, REQUEST, DEADLINES)
     assert (result.text, result.reasoning, result.finish_reason) == ("4", "2+2", "stop")
+
+
+def test_the_report_counts_apis_and_answer_parts() -> None:
+    """From attempt_end events alone: ok items per API, tool calls (and invalid arguments),
+    reasoning and refusal items, vectors; a failed attempt counts nothing; JSON round-trips."""
+    events: list[Any] = [
+        RunStart(t=0.0, run_id="r", started_at=1_764_403_200.0, shard_count=1, config={})
+    ]
+    ends = [
+        ("a", "chat", {"tool_calls": 2, "tool_arguments_invalid": 1}),
+        ("b", "chat", {"reasoning": True, "refusal": True}),
+        ("c", "embeddings", {"embeddings": 64}),
+        ("d", "responses", {"reasoning": True, "tool_calls": 1}),
+    ]
+    for i, (item, api, parts) in enumerate(ends):
+        t = float(i)
+        events += [
+            ItemAdmitted(t=t, item_id=item, shard=0),
+            AttemptStart(t=t, item_id=item, shard=0, attempt=1),
+            AttemptEnd(t=t, item_id=item, shard=0, attempt=1, outcome="failed", api=api),
+            AttemptStart(t=t, item_id=item, shard=0, attempt=2),
+            AttemptEnd(t=t, item_id=item, shard=0, attempt=2, outcome="ok", api=api, **parts),
+            ItemEnd(t=t, item_id=item, shard=0, status="ok", attempts=2, latency_s=0.5),
+        ]
+    report = compute_report(events, events_sha256=None)
+    assert report.items_by_api == {"chat": 2, "embeddings": 1, "responses": 1}
+    assert report.answer_counts == {
+        "tool_call_items": 2,
+        "tool_calls": 3,
+        "tool_arguments_invalid": 1,
+        "reasoning_items": 2,
+        "refusal_items": 1,
+        "embeddings": 64,
+    }
+    assert RunReport.from_json(report.to_json()) == report
+    assert "answers" in render_text(report)
