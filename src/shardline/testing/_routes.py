@@ -220,7 +220,12 @@ class _Answer:
         fault = state.faults.choose(
             seed=state.seed, sequence=self.sequence, item_id=self.item_id, attempt=self.attempt
         )
-        if fault is not None and fault.kind is FaultKind.MALFORMED_SHAPE and fault.variant is None:
+        if (
+            fault is not None
+            and fault.kind is FaultKind.MALFORMED_SHAPE
+            and fault.variant is None
+            and isinstance(self.resp, ResponseTemplate)  # the variants name chat fields
+        ):
             variant = draw_variant(seed=state.seed, key=self.key, stream=self.stream)
             fault = attrs.evolve(fault, variant=variant)
         if fault is not None and fault.kind is FaultKind.HTML_PAGE:

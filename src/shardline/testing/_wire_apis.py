@@ -5,7 +5,9 @@ uses for a chat `ResponseTemplate` (content events, the finish, whole
 bodies, the bytes of each fault), so the same pacing and faults apply. A
 ``malformed_shape`` fault sends, whatever its variant, a well-framed answer
 whose main field has the wrong type (``data[0].embedding`` a number, a
-Responses ``delta`` a number), since the variants name chat fields. No I/O.
+Responses ``delta`` a number), since the variants name chat fields; no variant
+is drawn for them (none is named in ``x-shardline-shape`` or counted in
+``malformed_shapes``). No I/O.
 """
 
 from __future__ import annotations
