@@ -48,6 +48,7 @@ from ._models import Usage
 from ._sse import DONE, SSEEvent
 from ._wirecheck import (
     Answer,
+    Output,
     Parts,
     Where,
     check_error,
@@ -64,6 +65,10 @@ __all__ = [
     "parse_whole",
     "usage_from_json",
 ]
+
+#: Delta keys that carry nothing but text: such a delta skips the full check of
+#: :func:`~shardline._wirecheck.read_output` (the hot path of a stream).
+_PLAIN_DELTA = frozenset({"content", "role"})
 
 #: A whole response, checked: an :class:`~shardline._wirecheck.Answer`.
 WholeResponse = Answer
@@ -175,22 +180,33 @@ class StreamAccumulator:
         if not isinstance(choice, dict):
             where.wrong(field, "an object", choice)
         index = _choice_index(choice, field, where)
-        if "delta" in choice and choice["delta"] is not None:
-            delta = where.object(choice, "delta", f"{field}.delta")
-            assert delta is not None
-            out = read_output(delta, f"{field}.delta", where)
+        delta = choice.get("delta")
+        out: Output | None = None
+        if delta is None:
+            content = where.string(choice, "text", f"{field}.text")  # legacy /completions
+        elif type(delta) is dict and delta.keys() <= _PLAIN_DELTA:
+            # The hot path: a text delta, nothing else to collect.
+            content = delta.get("content")
+            if content is not None and not isinstance(content, str):
+                where.wrong(f"{field}.delta.content", "a string or null", content)
         else:
-            out = read_output({}, field, where)
-            out.content = where.string(choice, "text", f"{field}.text")  # legacy /completions
+            checked = where.object(choice, "delta", f"{field}.delta")
+            assert checked is not None
+            out = read_output(checked, f"{field}.delta", where)
+            content = out.content
         reason = where.string(choice, "finish_reason", f"{field}.finish_reason")
         progress = False
-        if out:
+        if out if out is not None else content:
             if index in self._finished:
                 where.fail(f"{field} has content after its finish reason")
             progress = True
         if index == 0:
-            self._parts.add(out)
-            self._parts.add_logprobs(choice, field, where)
+            if out is not None:
+                self._parts.add(out)
+            elif content:
+                self._parts.text.append(content)
+            if choice.get("logprobs") is not None:
+                self._parts.add_logprobs(choice, field, where)
         if reason:
             progress = True
             self._finished.add(index)
