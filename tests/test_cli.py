@@ -272,7 +272,8 @@ def test_bad_lines_fail_alone(
     assert all(r["error"]["cause"] == "invalid_input" for r in bad.values())  # type: ignore[index]
     assert bad[6]["error"]["message"].startswith(f"{inp}:6: invalid JSON")  # type: ignore[index]
     assert bad[7]["error"]["message"] == (  # type: ignore[index]
-        f"{inp}:7: missing field 'messages' (chat) or 'prompt' (completion)"
+        f"{inp}:7: missing field 'messages' (chat) or 'prompt' (completion),"
+        " or 'input' with an 'api'"
     )
     assert bad[8]["error"]["message"] == (  # type: ignore[index]
         f"{inp}:8: duplicate id 'q1' (ids must be unique in a file)"

@@ -36,10 +36,13 @@ from ._exceptions import ItemCancelled as ItemCancelled
 from ._exceptions import ShardlineError as ShardlineError
 from ._models import ChatRequest as ChatRequest
 from ._models import CompletionRequest as CompletionRequest
+from ._models import EmbeddingRequest as EmbeddingRequest
 from ._models import Outcome as Outcome
 from ._models import Request as Request
+from ._models import ResponsesRequest as ResponsesRequest
 from ._models import Result as Result
 from ._models import Status as Status
+from ._models import ToolCall as ToolCall
 from ._models import Usage as Usage
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import PipelineStatistics as PipelineStatistics
@@ -71,6 +74,7 @@ __all__ = [
     "CompletionRequest",
     "ConfigError",
     "Deadlines",
+    "EmbeddingRequest",
     "Endpoint",
     "EventSink",
     "FlowControl",
@@ -83,6 +87,7 @@ __all__ = [
     "PipelineConfig",
     "PipelineStatistics",
     "Request",
+    "ResponsesRequest",
     "Result",
     "RetryBudget",
     "RetryPolicy",
@@ -90,6 +95,7 @@ __all__ = [
     "ShardlineError",
     "Status",
     "TeeSink",
+    "ToolCall",
     "Usage",
     "no_delays",
     "open_pipeline",

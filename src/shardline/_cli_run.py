@@ -101,8 +101,9 @@ def register(subparsers: Any) -> None:
         "run",
         help="send a JSONL file of requests through a sharded pipeline",
         description=(
-            "Send every line of INPUT (a JSON object with 'messages' or 'prompt', an optional "
-            "'id', and any other OpenAI parameters) to an OpenAI-compatible API. One result "
+            "Send every line of INPUT (a JSON object with 'messages' or 'prompt', or 'input' "
+            "with 'api': 'embeddings' or 'responses'; an optional 'id', and any other OpenAI "
+            "parameters) to an OpenAI-compatible API. One result "
             "line per item is appended to the output as it finishes; every event goes to "
             "the events file; the run report is printed at the end. The API key is read "
             "from OPENAI_API_KEY only."

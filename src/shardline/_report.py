@@ -299,6 +299,13 @@ class RunReport:
         tpm_by_minute: Every minute that had a successful item, in order.
         limits: Per endpoint, its live in-flight limit (:class:`LimitReport`);
             empty when no ``limit_change`` event was seen.
+        items_by_api: Successful items per API (``chat``, ``completions``,
+            ``embeddings``, ``responses``); empty for events without ``api``.
+        answer_counts: What the successful answers held: ``tool_call_items``
+            (items with at least one tool call), ``tool_calls``,
+            ``tool_arguments_invalid`` (calls whose arguments are not a JSON
+            object), ``reasoning_items``, ``refusal_items``, ``embeddings``
+            (vectors); keys with a zero count are left out.
     """
 
     run_id: str
@@ -335,6 +342,8 @@ class RunReport:
     shards: tuple[ShardReport, ...] = ()
     tpm_by_minute: tuple[MinuteTokens, ...] = ()
     limits: tuple[LimitReport, ...] = ()
+    items_by_api: dict[str, int] = attrs.field(factory=dict)
+    answer_counts: dict[str, int] = attrs.field(factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The report as a JSON object, keys in field order (the ``--json`` output)."""

@@ -186,6 +186,8 @@ class ReportBuilder:
         self._tokens_out = 0
         self._usage_estimated = 0
         self._usage_missing = 0
+        self._by_api: dict[str, int] = {}
+        self._answers: dict[str, int] = {}
         # Percentile samples as C doubles (8 bytes each): a million items cost
         # 16 MB here, where lists of floats would cost about 64 MB.
         self._ttft = _samples()
@@ -358,6 +360,7 @@ class ReportBuilder:
             if ttft is None:
                 ttft = attempt.ttft_s
             estimated = estimated or attempt.usage_estimated
+            self._count_answer(attempt)
         if prompt is None and completion is None:
             self._usage_missing += 1
         prompt = prompt or 0
@@ -379,6 +382,22 @@ class ReportBuilder:
             shard.latency.append(event.latency_s)
             if ttft is not None:
                 shard.ttft.append(ttft)
+
+    def _count_answer(self, attempt: AttemptEnd) -> None:
+        """Count the API of a successful item and what its answer held."""
+        if attempt.api is not None:
+            _count(self._by_api, attempt.api)
+        answers = self._answers
+        for key, value in (
+            ("tool_call_items", attempt.tool_calls > 0),
+            ("tool_calls", attempt.tool_calls),
+            ("tool_arguments_invalid", attempt.tool_arguments_invalid),
+            ("reasoning_items", attempt.reasoning),
+            ("refusal_items", attempt.refusal),
+            ("embeddings", attempt.embeddings),
+        ):
+            if value:
+                answers[key] = answers.get(key, 0) + int(value)
 
     def _forget(self, previous: tuple[Status, int, int | None, Cause | None]) -> None:
         """Undo the counts of an earlier, superseded end of the same item (a resumed run)."""
@@ -505,6 +524,8 @@ class ReportBuilder:
             limits=tuple(
                 acc.report(no, self._seg_last_t) for no, acc in sorted(self._limits.items())
             ),
+            items_by_api=dict(sorted(self._by_api.items())),
+            answer_counts=dict(self._answers),
         )
 
 

@@ -168,6 +168,11 @@ async def send_one(
         usage_estimated=result.usage.estimated,
         ttft_s=result.ttft_s,
         duration_s=result.duration_s,
+        tool_calls=len(result.tool_calls),
+        tool_arguments_invalid=sum(not call.arguments_valid for call in result.tool_calls),
+        reasoning=bool(result.reasoning),
+        refusal=bool(result.refusal),
+        embeddings=0 if result.embeddings is None else len(result.embeddings),
     )
     latency = state.now() - item.admitted_at
     return Outcome(
@@ -182,6 +187,11 @@ async def send_one(
             shard=shard.index,
             ttft_s=result.ttft_s,
             latency_s=latency,
+            tool_calls=result.tool_calls,
+            reasoning=result.reasoning,
+            refusal=result.refusal,
+            logprobs=result.logprobs,
+            embeddings=result.embeddings,
         ),
         attempts=attempt,
         shard=shard.index,
@@ -223,6 +233,7 @@ def _attempt_ended(
             shard=shard,
             attempt=attempt,
             outcome=outcome,
+            api=item.request.api,
             **fields,
         )
     )
