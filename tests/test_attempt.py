@@ -8,6 +8,7 @@ and each expiry can be asserted to the exact virtual second.
 
 from __future__ import annotations
 
+import gzip
 import json
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -190,6 +191,20 @@ async def test_streamed_success(autojump_clock: trio.testing.MockClock) -> None:
     assert body["stream"] is True
     assert body["stream_options"] == {"include_usage": True}
     assert body["model"] == "m"
+
+
+@pytest.mark.parametrize("split", [1, 7, 10_000])
+async def test_a_compressed_stream_is_decoded(split: int) -> None:
+    """A gzip-encoded event stream goes through httpx's decoder (plain ones skip it)."""
+    packed = gzip.compress(b"".join(GOOD))
+    pieces = [packed[i : i + split] for i in range(0, len(packed), split)]
+    fake = Fake.streaming(pieces, headers={**SSE_HEADERS, "content-encoding": "gzip"})
+    result = await attempt(fake)
+    assert (result.text, result.finish_reason, result.usage.completion_tokens) == (
+        "Hello world",
+        "stop",
+        3,
+    )
 
 
 async def test_usage_is_estimated_when_server_sends_none(

@@ -375,3 +375,113 @@ def test_null_error_field_is_not_an_error() -> None:
     event = SSEEvent('{"error": null, "choices": [{"index": 0, "delta": {"content": "a"}}]}')
     assert acc.feed(event)
     assert acc.text == "a"
+
+
+# The decoder's and the accumulator's fast paths agree with the general ones --------
+
+
+@given(events_st, st.sampled_from([b"\n", b"\r\n"]), st.booleans())
+def test_one_chunk_per_event_gives_the_same_events(
+    events: list[tuple[list[str], str | None, list[str]]], eol: bytes, bom: bool
+) -> None:
+    """A read holding exactly one event (a paced stream's hot path) decodes as any split does."""
+    chunks = [serialize([event], eol) for event in events]
+    if bom and chunks:
+        chunks[0] = b"\xef\xbb\xbf" + chunks[0]
+    expected = decode_all(b"".join(chunks))
+    assert decode_chunks(chunks) == expected
+    # ...and after fields that the next event must carry (id, retry) or drop (event).
+    prefix = [b"id: 7\nretry: 30\n", b"event: ping\n"]
+    assert decode_chunks(prefix + chunks) == decode_all(b"".join(prefix + chunks))
+
+
+@pytest.mark.parametrize(
+    ("event", "kwargs"),
+    [
+        (b"data: " + b"x" * 60 + b"\n\n", {"max_line_bytes": 50}),
+        (b"data: " + b"x" * 60 + b"\n\n", {"max_event_bytes": 50}),
+        (b"data: \xff\xfe\n\n", {}),
+    ],
+)
+def test_one_event_chunk_fails_as_the_general_path_does(
+    event: bytes, kwargs: dict[str, int]
+) -> None:
+    """Bounds and UTF-8 are enforced on the fast path with the general path's messages."""
+    with pytest.raises(ProtocolError) as fast:
+        SSEDecoder(**kwargs).feed(event)
+    with pytest.raises(ProtocolError) as general:
+        decode_chunks([event[:-1], event[-1:]], **kwargs)
+    assert str(fast.value) == str(general.value)
+
+
+class _CheckedOnly(StreamAccumulator):
+    """The accumulator with its fast path off: every choice goes through the checked one."""
+
+    __slots__ = ()
+
+    def _plain_choice(self, choice: object) -> bool | None:
+        return None
+
+
+json_scalar = st.one_of(
+    st.none(), st.booleans(), st.integers(-2, 3), st.sampled_from(["", "a", "stop", "length"])
+)
+choice_st = st.one_of(
+    json_scalar,
+    st.dictionaries(
+        st.sampled_from(["index", "delta", "finish_reason", "text", "logprobs"]),
+        st.one_of(
+            json_scalar,
+            st.dictionaries(
+                st.sampled_from(["content", "role", "refusal", "tool_calls"]),
+                st.one_of(json_scalar, st.lists(json_scalar, max_size=2)),
+                max_size=3,
+            ),
+        ),
+        max_size=5,
+    ),
+)
+
+
+#: The shape of almost every real chunk's choice (the fast path's).
+plain_choice_st = st.fixed_dictionaries(
+    {
+        "delta": st.fixed_dictionaries(
+            {},
+            optional={
+                "content": st.one_of(st.none(), st.text(max_size=3)),
+                "role": st.just("assistant"),
+            },
+        )
+    },
+    optional={
+        "index": st.sampled_from([0, 1, None]),
+        "finish_reason": st.one_of(st.none(), st.sampled_from(["stop", "length"])),
+        "logprobs": st.none(),
+    },
+)
+
+
+@given(
+    st.lists(
+        st.lists(st.one_of(plain_choice_st, plain_choice_st, choice_st), max_size=3),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_plain_choices_are_accounted_as_the_checked_path_does(
+    chunks: list[list[object]],
+) -> None:
+    """Whatever the choices, the fast path gives the checked path's progress, text and errors."""
+
+    def run(acc: StreamAccumulator) -> list[object]:
+        seen: list[object] = []
+        for choices in chunks:
+            try:
+                seen.append(acc.feed(SSEEvent(json.dumps({"choices": choices}))))
+            except ProtocolError as exc:
+                seen.append(str(exc))
+                break
+        return [*seen, acc.text, acc.finish_reason, acc.progress_events]
+
+    assert run(StreamAccumulator()) == run(_CheckedOnly())

@@ -74,18 +74,25 @@ def _describe(value: object) -> str:
 
 
 class _Where:
-    """Names the place of a value in messages: ``stream event 3`` or ``response body``."""
+    """Names the place of a value in messages: ``stream event 3`` or ``response body``.
+
+    A stream event's place is its position (an ``int``), turned into words only
+    when a message needs it: a healthy stream builds no message at all.
+    """
 
     __slots__ = ("partial", "place", "status_code")
 
-    def __init__(self, place: str, *, partial: bool, status_code: int | None = None) -> None:
+    def __init__(self, place: str | int, *, partial: bool, status_code: int | None = None) -> None:
         self.place = place
         self.partial = partial
         self.status_code = status_code
 
     def fail(self, message: str, *, cause: BaseException | None = None) -> NoReturn:
+        place = self.place
+        if isinstance(place, int):
+            place = f"stream event {place}"
         raise ProtocolError(
-            f"{self.place}: {message}", partial=self.partial, status_code=self.status_code
+            f"{place}: {message}", partial=self.partial, status_code=self.status_code
         ) from cause
 
     def wrong(self, field: str, expected: str, value: object) -> NoReturn:
@@ -153,6 +160,11 @@ def _usage(chunk: dict[str, Any], where: _Where) -> Usage | None:
 def _choice_index(choice: dict[str, Any], field: str, where: _Where) -> int:
     index = where.count(choice, "index", f"{field}.index")
     return 0 if index is None else index
+
+
+#: Delta keys :func:`_other_output` never reads: a delta with no other key
+#: carries no output but its content (``StreamAccumulator._plain_choice``).
+_PLAIN_DELTA_KEYS = frozenset({"content", "role"})
 
 
 def _other_output(delta: dict[str, Any], field: str, where: _Where) -> bool:
@@ -224,7 +236,7 @@ class StreamAccumulator:
     def feed(self, event: SSEEvent) -> bool:
         """Account for one event; return ``True`` when it was progress."""
         self.position += 1
-        where = _Where(f"stream event {self.position}", partial=self.progress_events > 0)
+        where = _Where(self.position, partial=self.progress_events > 0)
         data = event.data
         if self.done:
             where.fail(f"data after [DONE]: {data[:80]!r}")
@@ -246,10 +258,53 @@ class StreamAccumulator:
         progress = False
         if choices:
             for i, choice in enumerate(choices):
-                if self._choice(choice, f"choices[{i}]", where):
+                plain = self._plain_choice(choice)
+                if plain is None:
+                    plain = self._choice(choice, f"choices[{i}]", where)
+                if plain:
                     progress = True
         if progress:
             self.progress_events += 1
+        return progress
+
+    def _plain_choice(self, choice: object) -> bool | None:
+        """:meth:`_choice` for the shape of almost every chunk, without naming fields.
+
+        A choice whose fields all have their expected types and whose delta
+        holds only ``content`` and ``role`` (keys :func:`_other_output` never
+        reads) is accounted for here, exactly as :meth:`_choice` would; for
+        anything else (a wrong type, another key, content after the finish
+        reason) it returns ``None`` and :meth:`_choice` checks it field by
+        field and names what is wrong.
+        """
+        if type(choice) is not dict:
+            return None
+        delta = choice.get("delta")
+        if type(delta) is not dict or not _PLAIN_DELTA_KEYS.issuperset(delta):
+            return None
+        index = choice.get("index")
+        if index is None:
+            index = 0
+        elif type(index) is not int or index < 0:
+            return None
+        content = delta.get("content")
+        reason = choice.get("finish_reason")
+        if (content is not None and type(content) is not str) or (
+            reason is not None and type(reason) is not str
+        ):
+            return None
+        progress = False
+        if content:
+            if index in self._finished:
+                return None
+            progress = True
+            if index == 0:
+                self._parts.append(content)
+        if reason:
+            progress = True
+            self._finished.add(index)
+            if index == 0 or self.finish_reason is None:
+                self.finish_reason = reason
         return progress
 
     def _choice(self, choice: object, field: str, where: _Where) -> bool:
