@@ -164,3 +164,23 @@ def test_importing_shardline_ray_loads_no_cli_module() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_the_help_path_imports_no_http_stack() -> None:
+    """`shardline --help` (and plain `import shardline`) load neither trio nor httpx nor rich.
+
+    The package's names are imported on first use (shardline._lazy), and the
+    subcommands import the pipeline only to run it; see the performance page
+    for the start-up times this keeps.
+    """
+    code = (
+        "import sys, shardline, shardline._cli\n"
+        "shardline._cli.build_parser().format_help()\n"
+        "heavy = {'trio', 'httpx', 'httpcore', 'rich', 'pytest', 'shardline._pipeline'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -350,10 +350,15 @@ async def _read_stream(
     def handle(chunk: bytes) -> None:
         nonlocal tail_deadline
         progressed = False
-        with _decoding(f"stream event {acc.position + 1}"):
+        position = acc.position
+        try:  # _decoding, inlined: this runs once per read
             for event in decoder.feed(chunk):
                 if acc.feed(event):
                     progressed = True
+        except AttemptError:
+            raise
+        except Exception as exc:
+            raise _undecodable(f"stream event {position + 1}", exc) from exc
         state.events_seen = decoder.events
         state.keepalives = decoder.comments
         if progressed:
@@ -455,6 +460,8 @@ def _decoding(where: str) -> Iterator[None]:
     except AttemptError:
         raise
     except Exception as exc:
-        raise ProtocolError(
-            f"{where}: could not be decoded ({type(exc).__name__}: {str(exc)[:200]})"
-        ) from exc
+        raise _undecodable(where, exc) from exc
+
+
+def _undecodable(where: str, exc: Exception) -> ProtocolError:
+    return ProtocolError(f"{where}: could not be decoded ({type(exc).__name__}: {str(exc)[:200]})")

@@ -20,7 +20,6 @@ from typing import Any
 import attrs
 
 from ._backoff import Backoff
-from ._batch import run_batch
 from ._batch_io import BatchSettings, print_error
 from ._cli_options import UsageError, add_pipeline_options, build_config
 from ._exit import ExitStatus
@@ -150,5 +149,7 @@ def demo_command(args: argparse.Namespace) -> int:
     async def server() -> AsyncIterator[str]:
         async with open_fake_server(faults=plan, timing=timing, seed=args.seed) as fake:
             yield fake.base_url
+
+    from ._batch import run_batch  # the pipeline: trio and httpx, not needed for --help
 
     return run_batch(settings, server=server)

@@ -27,9 +27,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-import trio
-
-from ._batch import run_batch
 from ._batch_io import BatchSettings, default_paths, print_error
 from ._cli_options import (
     UsageError,
@@ -40,9 +37,7 @@ from ._cli_options import (
 )
 from ._cli_ray import add_ray_options, ray_settings
 from ._config import DEFAULT_BASE_URL, PipelineConfig
-from ._endpoint_check import check_endpoint
 from ._exit import ExitStatus
-from .ray import run_on_ray  # Ray itself is imported only when a run uses it
 
 __all__ = ["check_command", "register", "resolve_run_settings", "run_check", "run_command"]
 
@@ -172,6 +167,10 @@ def run_check(
     config: PipelineConfig, title: str, out: IO[str], err: IO[str], *, label: str = "check "
 ) -> bool:
     """Probe the endpoint once; print one line (ok on ``out``, a failure on ``err``)."""
+    import trio  # here, not at the top: ``shardline --help`` imports neither trio nor httpx
+
+    from ._endpoint_check import check_endpoint
+
     result = trio.run(check_endpoint, config)
     if result.ok:
         print(f"{title}: {label}{result.describe()}", file=out, flush=True)
@@ -192,7 +191,11 @@ def run_command(args: argparse.Namespace) -> int:
     if args.check and not run_check(settings.config, title, sys.stderr, sys.stderr):
         return ExitStatus.USAGE
     if on_ray is not None:
+        from .ray import run_on_ray  # Ray itself is imported only when a run uses it
+
         return run_on_ray(settings, on_ray)
+    from ._batch import run_batch  # the pipeline: trio and httpx, not needed for --help
+
     return run_batch(settings, fail_fast=not args.no_fail_fast)
 
 

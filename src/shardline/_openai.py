@@ -142,13 +142,13 @@ class StreamAccumulator:
         Raises:
             ProtocolError: a tool call never got a function name.
         """
-        where = Where(f"stream event {self.position}", partial=True)
+        where = Where(self.position, partial=True)
         return self._parts.answer(self.finish_reason, self.usage, where)
 
     def feed(self, event: SSEEvent) -> bool:
         """Account for one event; return ``True`` when it was progress."""
         self.position += 1
-        where = Where(f"stream event {self.position}", partial=self.progress_events > 0)
+        where = Where(self.position, partial=self.progress_events > 0)
         data = event.data
         if self.done:
             where.fail(f"data after [DONE]: {data[:80]!r}")

@@ -325,13 +325,13 @@ class ResponsesAccumulator:
         """What the stream said (call once it is complete)."""
         if self._final is not None:
             return self._final
-        where = Where(f"stream event {self.position}", partial=True)
+        where = Where(self.position, partial=True)
         return self._parts.answer(self.finish_reason, self.usage, where)
 
     def feed(self, event: SSEEvent) -> bool:
         """Account for one event; return ``True`` when it was progress."""
         self.position += 1
-        where = Where(f"stream event {self.position}", partial=self.progress_events > 0)
+        where = Where(self.position, partial=self.progress_events > 0)
         data = event.data
         if data == DONE:
             self.done = True

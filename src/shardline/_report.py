@@ -20,7 +20,9 @@ Definitions (the metrics page of the docs explains them at length):
   first content event (``item_end.ttft_s``). **Latency**: from admission to the
   item's end (``item_end.latency_s``). Both over successful items only.
 * **Percentiles** interpolate linearly between the two nearest ranks (the
-  default of ``numpy.percentile`` and ``pandas.Series.quantile``).
+  default of ``numpy.percentile`` and ``pandas.Series.quantile``). The report
+  builder takes them from a :class:`~shardline._sketch.QuantileSketch`: exact
+  up to 2,048 samples, within 1 % of these after.
 * **Retries** count ``retry_scheduled`` events; ``retry_causes`` counts their
   causes. ``attempt_failures`` counts the causes of every failed attempt,
   retried or not. ``retry_rate`` is retries per item (the unit of the retry

@@ -48,18 +48,25 @@ def describe(value: object) -> str:
 
 
 class Where:
-    """Names the place of a value in messages: ``stream event 3`` or ``response body``."""
+    """Names the place of a value in messages: ``stream event 3`` or ``response body``.
+
+    A stream event's place is its position (an ``int``), turned into words only
+    when a message needs it: a healthy stream builds no message at all.
+    """
 
     __slots__ = ("partial", "place", "status_code")
 
-    def __init__(self, place: str, *, partial: bool, status_code: int | None = None) -> None:
+    def __init__(self, place: str | int, *, partial: bool, status_code: int | None = None) -> None:
         self.place = place
         self.partial = partial
         self.status_code = status_code
 
     def fail(self, message: str, *, cause: BaseException | None = None) -> NoReturn:
+        place = self.place
+        if isinstance(place, int):
+            place = f"stream event {place}"
         raise ProtocolError(
-            f"{self.place}: {message}", partial=self.partial, status_code=self.status_code
+            f"{place}: {message}", partial=self.partial, status_code=self.status_code
         ) from cause
 
     def wrong(self, field: str, expected: str, value: object) -> NoReturn:
