@@ -1,11 +1,13 @@
-"""Send a pipeline's GenAI metrics and spans to OpenTelemetry, and keep the events file."""
+"""Send a pipeline's GenAI metrics and spans to OpenTelemetry; keep the events."""
 
 import trio
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
 
 from shardline import (
     ChatRequest,
@@ -35,10 +37,12 @@ async def main() -> None:
 
     async with open_fake_server(faults="http_503=0.1", seed=3) as server:
         config = PipelineConfig(
-            endpoint=Endpoint(base_url=server.base_url, model="fake-model"), shard_count=2
+            endpoint=Endpoint(base_url=server.base_url, model="fake-model"),
+            shard_count=2,
         )
         requests = [
-            ChatRequest(messages=[{"role": "user", "content": f"Hello {n}"}]) for n in range(40)
+            ChatRequest(messages=[{"role": "user", "content": f"Hello {n}"}])
+            for n in range(40)
         ]
         async with open_pipeline(config, sink=sink) as pipeline:
             send, recv = trio.open_memory_channel[Outcome](8)
@@ -54,10 +58,15 @@ async def main() -> None:
         if metric.name == "gen_ai.client.token.usage":
             for point in metric.data.data_points:
                 kind = point.attributes["gen_ai.token.type"]
-                print(f"{metric.name} {kind}: {point.sum} tokens in {point.count} operations")
+                print(
+                    f"{metric.name} {kind}: "
+                    f"{point.sum} tokens in {point.count} operations"
+                )
     attempts = [s for s in spans.get_finished_spans() if s.name == "chat fake-model"]
     failed = [s for s in attempts if s.attributes.get("error.type")]
-    print(f"{len(attempts)} attempt spans, {len(failed)} with error.type server_error")
+    print(
+        f"{len(attempts)} attempt spans, {len(failed)} with error.type server_error"
+    )
     assert all(s.attributes["error.type"] == "server_error" for s in failed)
     assert len(attempts) == 40 + len(failed)
 
