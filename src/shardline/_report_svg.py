@@ -178,7 +178,7 @@ def _y_axis(parts: list[str], frame: _Frame, label: str) -> None:
 def _time_axis(parts: list[str], frame: _Frame) -> None:
     span = frame.x1 - frame.x0
     step = _time_step(span)
-    fmt = "%H:%M:%S" if step < 60 else "%H:%M"
+    fmt = "%H:%M:%S" if step < 60 else "%H:%M" if span <= 86400 else "%m-%d %H:%M"
     t = math.ceil(frame.x0 / step) * step
     while t <= frame.x1 + 1e-9:
         x = frame.x(t)
