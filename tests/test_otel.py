@@ -231,3 +231,24 @@ async def test_totals_equal_the_report_of_a_real_run(
     spans = recorded.spans()
     assert sum(s.kind is SpanKind.CLIENT for s in spans) == report.attempts
     assert all("sk-otel" not in str(s.to_json()) for s in spans)
+
+
+async def test_item_span_is_a_child_of_the_callers_span(
+    fake_server_factory: Callable[..., Awaitable[FakeServer]],
+) -> None:
+    """An item submitted under the caller's span is traced inside it."""
+    recorded = Recorded()
+    tracer = recorded.sink._tracer
+    with trio.fail_after(30):
+        server = await fake_server_factory()
+        config = PipelineConfig(endpoint=Endpoint(base_url=server.base_url, model="m"))
+        async with open_pipeline(config, sink=recorded.sink) as pipeline:
+            with tracer.start_as_current_span("handler"):
+                await pipeline.complete(ChatRequest(messages=[{"role": "user", "content": "hi"}]))
+    recorded.sink.close()
+    spans = {s.name: s for s in recorded.spans()}
+    item, handler = spans["shardline.item"], spans["handler"]
+    assert item.parent is not None
+    assert item.parent.span_id == handler.context.span_id
+    assert spans["chat m"].parent is not None
+    assert spans["chat m"].parent.span_id == item.context.span_id
