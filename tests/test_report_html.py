@@ -177,3 +177,14 @@ def test_page_size_is_bounded_by_buckets_not_items(items: int) -> None:
     """The page grows with buckets and shards, not with items: tens of kB."""
     _, _, text = _page(simulate(seed=6, items=items, minutes=30.0))
     assert len(text.encode()) < 120_000
+
+
+def test_a_killed_run_still_renders() -> None:
+    """The events of a run killed halfway (no run_end) make a page that says so."""
+    events = simulate(seed=8)
+    report, page, _ = _page(events[: len(events) // 2])
+    assert report.unfinished > 0
+    assert page.field("items", "end") == "no run_end (incomplete)"
+    assert page.field("items", "unfinished") == f"{report.unfinished:,}"
+    for name, drawn in page.charts.items():
+        assert drawn["path"] + drawn["rect"] > 0, name

@@ -7,6 +7,8 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from report_sim import START, simulate
 from shardline._events import (
@@ -179,3 +181,28 @@ def test_bounds_and_no_run() -> None:
     builder.emit(ItemAdmitted(t=0.0, item_id="a", shard=0))
     assert builder.build() is None
     assert repr(SeriesBuilder()) == "<SeriesBuilder 0 buckets of 1 s>"
+
+
+@settings(deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    minutes=st.floats(0.05, 600.0),
+    max_buckets=st.integers(2, 300),
+)
+def test_any_run_at_any_resolution(seed: int, minutes: float, max_buckets: int) -> None:
+    """Bounded buckets, non-negative gauges, and the report's totals, for any run."""
+    events = simulate(seed=seed, items=60, minutes=minutes, shards=3)
+    report = compute_report(events, events_sha256=None)
+    series = compute_series(events, max_buckets=max_buckets)
+    assert series is not None
+    assert series.buckets <= max_buckets
+    assert sum(series.tokens_in) == report.tokens_in_total
+    assert sum(series.tokens_out) == report.tokens_out_total
+    assert {c: sum(v) for c, v in series.retries.items()} == report.retry_causes
+    for gauges in (series.in_flight, series.queued, series.cooling, series.limit):
+        for values in gauges.values():
+            assert len(values) == series.buckets
+            assert all(v is None or v >= 0 for v in values)
+    assert all(v is None or v <= 1 for values in series.cooling.values() for v in values)
+    (limit,) = report.limits
+    assert all(v is None or limit.min - 1e-9 <= v <= limit.max + 1e-9 for v in series.limit[0])
