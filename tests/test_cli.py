@@ -203,6 +203,8 @@ def test_bad_events_or_report_path_touches_nothing(
     assert "cannot write events file" in capsys.readouterr().err
     assert main([*base, "--report-json", str(tmp_path)]) == 2
     assert f"cannot write report {tmp_path}: it is a directory" in capsys.readouterr().err
+    assert main([*base, "--html", str(tmp_path)]) == 2
+    assert f"cannot write HTML report {tmp_path}: it is a directory" in capsys.readouterr().err
     assert out.read_text() == '{"id": "q0", "status": "ok"}\n'
 
 
@@ -378,6 +380,7 @@ def test_demo_small(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     out = tmp_path / "demo.out.jsonl"
     report = tmp_path / "demo.json"
+    page = tmp_path / "demo.html"
     status = main(
         [
             "demo",
@@ -388,10 +391,15 @@ def test_demo_small(
             str(out),
             "--report-json",
             str(report),
+            "--html",
+            str(page),
         ]
     )
     captured = capsys.readouterr()
     assert status == 0, captured.err
+    html = page.read_text(encoding="utf-8")
+    assert f"<td>{json.loads(report.read_text())['events_sha256']}</td>" in html
+    assert html.count("<svg ") == 6 + 8  # six charts, one per shard
     records = read_jsonl(out)
     assert len(records) == 300
     assert len({r["id"] for r in records}) == 300

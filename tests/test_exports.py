@@ -46,9 +46,9 @@ EVENTS = {
 }  # fmt: skip
 
 REPORT = {
-    "LimitReport", "LiveMetrics", "LiveShard", "LiveSnapshot", "MinuteTokens", "Percentiles",
-    "PrometheusSink", "ReportBuilder", "ReportError", "RunReport", "ShardReport",
-    "compute_report", "render_text",
+    "LimitReport", "LiveMetrics", "LiveShard", "LiveSnapshot", "MinuteTokens",
+    "OpenTelemetrySink", "Percentiles", "PrometheusSink", "ReportBuilder", "ReportError",
+    "RunReport", "ShardReport", "compute_report", "render_text",
 }  # fmt: skip
 
 NAMESPACES = [

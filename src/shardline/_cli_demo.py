@@ -63,6 +63,9 @@ def register(subparsers: Any) -> None:
     demo.add_argument("--output", "-o", metavar="OUT.jsonl", help="results (in a temp dir)")
     demo.add_argument("--events", metavar="EVENTS.jsonl", help="events (in a temp dir)")
     demo.add_argument("--report-json", metavar="FILE", help="also write the report as JSON")
+    demo.add_argument(
+        "--html", metavar="FILE", help="also write the report with charts as an HTML page"
+    )
     demo.add_argument("--no-progress", action="store_true", help="no progress display")
     demo.set_defaults(func=demo_command)
 
@@ -131,6 +134,7 @@ def demo_command(args: argparse.Namespace) -> int:
         output=Path(args.output) if args.output else workdir / "demo.out.jsonl",
         events=Path(args.events) if args.events else workdir / "demo.events.jsonl",
         report_json=Path(args.report_json) if args.report_json else None,
+        html=Path(args.html) if args.html else None,
         config=config,
         overwrite=True,
         progress=not args.no_progress,

@@ -83,6 +83,7 @@ def resolve_run_settings(args: argparse.Namespace, environ: Mapping[str, str]) -
         output=output,
         events=events,
         report_json=Path(args.report_json) if args.report_json else None,
+        html=Path(args.html) if args.html else None,
         config=config,
         resume=args.resume,
         overwrite=args.overwrite,
@@ -117,6 +118,9 @@ def register(subparsers: Any) -> None:
     f.add_argument("--output", "-o", metavar="OUT.jsonl", help="results (INPUT.out.jsonl)")
     f.add_argument("--events", metavar="EVENTS.jsonl", help="events (INPUT.events.jsonl)")
     f.add_argument("--report-json", metavar="FILE", help="also write the report as JSON")
+    f.add_argument(
+        "--html", metavar="FILE", help="also write the report with charts as an HTML page"
+    )
     f.add_argument(
         "--resume",
         action="store_true",
