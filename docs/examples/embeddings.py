@@ -35,7 +35,9 @@ def write_input(path: Path, passages: list[str]) -> None:
 
 def to_memmap(output: Path, npy: Path, rows: int) -> np.memmap:
     """Write each line's vectors at their rows of an .npy file, one line at a time."""
-    matrix = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(rows, DIMENSIONS))
+    matrix = np.lib.format.open_memmap(
+        npy, mode="w+", dtype=np.float32, shape=(rows, DIMENSIONS)
+    )
     with output.open() as f:
         for line in f:
             record = json.loads(line)
@@ -49,7 +51,9 @@ def to_memmap(output: Path, npy: Path, rows: int) -> np.memmap:
 
 def to_parquet(output: Path, parquet: Path) -> None:
     """Stream the vectors into a Parquet file, one record batch per output line."""
-    schema = pa.schema([("row", pa.int64()), ("vector", pa.list_(pa.float32(), DIMENSIONS))])
+    schema = pa.schema(
+        [("row", pa.int64()), ("vector", pa.list_(pa.float32(), DIMENSIONS))]
+    )
     with output.open() as f, pq.ParquetWriter(parquet, schema) as writer:
         for line in f:
             record = json.loads(line)
@@ -64,10 +68,20 @@ def main() -> None:
         work = Path(tmp)
         write_input(work / "corpus.jsonl", passages)
         env = {**os.environ, "OPENAI_API_KEY": "sk-example"}
-        shardline = str(Path(sys.executable).with_name("shardline"))  # the installed command
+        shardline = str(
+            Path(sys.executable).with_name("shardline")
+        )  # the installed command
         command = [shardline, "run", str(work / "corpus.jsonl")]
-        command += ["--base-url", server.base_url, "--model", "bge-m3", "--no-progress"]
-        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, timeout=60)
+        command += [
+            "--base-url",
+            server.base_url,
+            "--model",
+            "bge-m3",
+            "--no-progress",
+        ]
+        subprocess.run(
+            command, check=True, env=env, stdout=subprocess.DEVNULL, timeout=60
+        )
         output = work / "corpus.out.jsonl"
 
         matrix = to_memmap(output, work / "vectors.npy", rows=len(passages))
@@ -76,7 +90,9 @@ def main() -> None:
         table = pq.read_table(work / "vectors.parquet").sort_by("row")
         print(table.num_rows, "rows in Parquet")
 
-        expected = np.array([fake_embedding(p, DIMENSIONS) for p in passages], dtype=np.float32)
+        expected = np.array(
+            [fake_embedding(p, DIMENSIONS) for p in passages], dtype=np.float32
+        )
         assert np.array_equal(np.load(work / "vectors.npy"), expected)
         assert table.column("vector").to_pylist() == expected.tolist()
 

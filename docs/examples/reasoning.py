@@ -7,7 +7,9 @@ from shardline.testing import open_fake_server
 
 
 async def main() -> None:
-    async with open_fake_server() as server:  # reasoning_effort makes it think aloud first
+    async with (
+        open_fake_server() as server
+    ):  # reasoning_effort makes it think aloud first
         config = PipelineConfig(
             endpoint=Endpoint(base_url=server.base_url),
             # Reasoning deltas are progress: the TTFT deadline is met by the first
@@ -17,7 +19,11 @@ async def main() -> None:
         async with open_pipeline(config) as pipeline:
             request = ChatRequest(
                 messages=[{"role": "user", "content": "What is 17 * 23?"}],
-                params={"reasoning_effort": "high", "max_tokens": 8, "logprobs": True},
+                params={
+                    "reasoning_effort": "high",
+                    "max_tokens": 8,
+                    "logprobs": True,
+                },
             )
             result = await pipeline.complete(request)
     print("thought:", result.reasoning)

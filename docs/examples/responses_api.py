@@ -8,7 +8,9 @@ from shardline.testing import open_fake_server
 
 async def main() -> None:
     async with open_fake_server() as server:
-        config = PipelineConfig(endpoint=Endpoint(base_url=server.base_url), shard_count=2)
+        config = PipelineConfig(
+            endpoint=Endpoint(base_url=server.base_url), shard_count=2
+        )
         async with open_pipeline(config) as pipeline:
             request = ResponsesRequest(
                 input=[{"role": "user", "content": "Write a haiku about shards."}],

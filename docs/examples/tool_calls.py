@@ -1,4 +1,7 @@
-"""Extract structured data with function calling; the arguments are checked, never guessed."""
+"""Extract structured data with function calling.
+
+The arguments are checked, never guessed.
+"""
 
 import trio
 
@@ -21,24 +24,36 @@ EXTRACT = {
 
 
 async def main() -> None:
-    async with open_fake_server() as server:  # it answers a request with tools with a call
-        config = PipelineConfig(endpoint=Endpoint(base_url=server.base_url), shard_count=2)
+    async with (
+        open_fake_server() as server
+    ):  # it answers a request with tools with a call
+        config = PipelineConfig(
+            endpoint=Endpoint(base_url=server.base_url), shard_count=2
+        )
         async with open_pipeline(config) as pipeline:
             request = ChatRequest(
                 messages=[{"role": "user", "content": "I moved to Oslo last year."}],
-                params={"tools": [EXTRACT], "tool_choice": "required", "max_tokens": 6},
+                params={
+                    "tools": [EXTRACT],
+                    "tool_choice": "required",
+                    "max_tokens": 6,
+                },
             )
             result = await pipeline.complete(request)
     print(result.finish_reason)  # tool_calls
     for call in result.tool_calls:
         try:
             arguments = call.arguments_json()
-        except ToolArgumentsError as exc:  # the model wrote something that is not JSON
+        except (
+            ToolArgumentsError
+        ) as exc:  # the model wrote something that is not JSON
             print("unusable call:", exc)
             continue
         print(call.id, call.name, arguments)
     assert result.finish_reason == "tool_calls"
-    assert result.tool_calls[0].arguments_json() == {"text": "the quick brown fox jumps over"}
+    assert result.tool_calls[0].arguments_json() == {
+        "text": "the quick brown fox jumps over"
+    }
 
 
 trio.run(main)
