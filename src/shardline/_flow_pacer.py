@@ -23,8 +23,8 @@ refills in a fraction of it (3x slower in our RPM benchmark). The pacer starts
 with the safe reading, a fixed window, and switches a quota to the bucket
 reading once the reports prove it: within a fixed window every report names
 the same reset instant, while a bucket's reset moves later by ``1 / rate`` for
-every request it takes. A reset that moves later by more than
-:data:`RESET_DRIFT_S` before the earlier one has come is a bucket.
+every request it takes. Two resets that differ by more than
+:data:`RESET_DRIFT_S` while neither has come are a bucket.
 
 Waiters are spread: each sleeps until its wake time plus ``uniform(0, spread)``,
 so the requests a reset frees do not all leave in the same millisecond; any new
@@ -68,8 +68,8 @@ DEFAULT_PACER_SPREAD = 1.0
 DEFAULT_PACER_MAX_SLEEP = 60.0
 #: A report without a reset time counts for this long.
 UNKNOWN_RESET_S = 1.0
-#: A reset instant that moves later by more than this (seconds) between reports
-#: of one window shows a continuously refilled quota (a token bucket). Larger than
+#: Two reset instants of one quota that differ by more than this (seconds) while
+#: neither has come show a continuously refilled quota (a token bucket). Larger than
 #: the jitter of network delay and of headers rounded to the millisecond.
 RESET_DRIFT_S = 0.25
 
@@ -121,17 +121,22 @@ class _Window:
             self.reset_at = now + UNKNOWN_RESET_S
 
     def _level(self, now: float) -> float | None:
-        """The quota the server holds for us at ``now``, by this report."""
+        """What the server holds for us at ``now``, after what we sent since the report.
+
+        A bucket refills what our sends took too (each took its share when it
+        left), up to the limit; a fixed window gives nothing back before its reset.
+        """
         if self.remaining is None:
             return None
+        level = float(self.remaining - self.spent)
         if self.rate is None:
-            return float(self.remaining)
-        level = self.remaining + self.rate * max(0.0, now - self.reported_at)
+            return level
+        level += self.rate * max(0.0, now - self.reported_at)
         return level if self.limit is None else min(float(self.limit), level)
 
     def available(self, now: float) -> int | None:
         level = self._level(now)
-        return None if level is None else math.floor(level) - self.spent
+        return None if level is None else math.floor(level)
 
     def ready_at(self, need: int, now: float) -> float | None:
         """When a request of ``need`` fits, or ``None`` when it fits now."""
@@ -141,16 +146,12 @@ class _Window:
         if self.limit is not None:
             need = min(need, self.limit)  # larger than the quota: wait for a full one
         need = max(1, need)
-        if level - self.spent >= need:
+        if level >= need:
             return None
         if self.rate is None or self.remaining is None:
             return self.reset_at
-        ready = self.reported_at + (need + self.spent - self.remaining) / self.rate
-        if ready <= now:
-            # Full, and what we sent since the report still does not leave room:
-            # only a report can tell; re-check as if the quota had no reset time.
-            return now + UNKNOWN_RESET_S
-        return ready
+        # need <= limit, so the cap does not stand between the refill and need.
+        return self.reported_at + (need + self.spent - self.remaining) / self.rate
 
 
 def _supersedes(new: _Window, current: _Window | None, now: float) -> bool:
@@ -221,9 +222,10 @@ class _RefillReading:
             return
         if self.anchor is None or now >= self.anchor:
             self.anchor = reset_at  # a new window (or the first report)
-        elif reset_at > self.anchor + RESET_DRIFT_S:
-            # The earlier reset has not come and this one is later: the quota is
-            # a bucket whose "reset" is when it is full again.
+        elif abs(reset_at - self.anchor) > RESET_DRIFT_S and reset_at > now + RESET_DRIFT_S:
+            # Neither reset has come and they differ: not one fixed window, but a
+            # bucket whose "reset" is when it is full again (later for a newer
+            # report, earlier for an older one that arrived late).
             self.continuous = self.rate is not None
 
 
@@ -306,6 +308,14 @@ class HeaderPacer:
         # A report as of now (no ticket) is the truth; an answer may be stale.
         fresh = ticket is None
         changed = False
+        # A quota just found to be a bucket: the report held refills too.
+        for held, refill in (
+            (self._requests, self._requests_refill),
+            (self._tokens, self._tokens_refill),
+        ):
+            if held is not None and held.rate is None and refill.continuous:
+                held.rate = refill.rate
+                changed = True
         if requests is not None and (fresh or _supersedes(requests, self._requests, now)):
             self._requests, changed = requests, True
         if tokens is not None and (fresh or _supersedes(tokens, self._tokens, now)):
