@@ -18,6 +18,7 @@ from shardline._events import (
     AttemptEnd,
     AttemptOutcome,
     AttemptStart,
+    EndpointState,
     Event,
     EventDecodeError,
     EventFileReader,
@@ -120,6 +121,14 @@ events: st.SearchStrategy[Event] = st.one_of(
         reason=st.text(max_size=12),
     ),
     st.builds(
+        EndpointState,
+        t=times,
+        endpoint=small,
+        old=st.sampled_from(["closed", "open", "half_open"]),
+        new=st.sampled_from(["closed", "open", "half_open"]),
+        reason=st.text(max_size=12),
+    ),
+    st.builds(
         ShardState,
         t=times,
         shard=small,
@@ -160,6 +169,7 @@ def test_every_kind_is_registered() -> None:
         "item_end",
         "shard_state",
         "limit_change",
+        "endpoint_state",
         "run_end",
     }
     assert all(cls.kind == kind for kind, cls in EVENT_TYPES.items())

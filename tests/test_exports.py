@@ -40,7 +40,8 @@ ERRORS = {
 EVENTS = {
     "SCHEMA_VERSION", "AttemptEnd", "AttemptOutcome", "AttemptStart", "Event",
     "EventDecodeError", "EventFileReader", "EventSink", "FirstToken", "ItemAdmitted", "ItemEnd",
-    "ItemId", "JsonlEventSink", "LimitChange", "MemoryEventSink", "RetryScheduled", "RunEnd",
+    "ItemId", "EndpointState", "JsonlEventSink", "LimitChange", "MemoryEventSink",
+    "RetryScheduled", "RunEnd",
     "RunEndReason", "RunStart", "ShardCondition", "ShardState", "TeeSink", "event_from_json",
     "event_to_json",
 }  # fmt: skip

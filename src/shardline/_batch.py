@@ -392,11 +392,12 @@ def run_batch(
             if server is not None:
                 url = await stack.enter_async_context(server())
                 config = attrs.evolve(config, endpoint=attrs.evolve(config.endpoint, base_url=url))
+            # With several endpoints, a dead one is their circuit breaker's business.
             watch = (
                 FirstAttemptsWatch(
                     gate, base_url=config.endpoint.base_url, on_dead=stop.endpoint_dead
                 )
-                if fail_fast
+                if fail_fast and not config.endpoints
                 else None
             )
             await _run_pipeline(

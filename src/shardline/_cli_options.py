@@ -13,6 +13,8 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
+
 from ._backoff import DEFAULT_MAX_ATTEMPTS, Backoff, RetryPolicy
 from ._config import (
     DEFAULT_ATTEMPT_TIMEOUT,
@@ -87,9 +89,18 @@ def build_config(
         UsageError: naming the option (and its variable) whose value is invalid.
     """
     try:
+        urls: list[str] = getattr(args, "base_url", None) or []
         endpoint = Endpoint.from_env(
-            environ, base_url=getattr(args, "base_url", None), model=getattr(args, "model", None)
+            environ, base_url=urls[0] if urls else None, model=getattr(args, "model", None)
         )
+        shard_count = getattr(args, "shards", None)
+        if len(urls) > 1:
+            # Several replicas: one endpoint each, sharing the key, model and headers.
+            overrides.setdefault(
+                "endpoints", tuple(attrs.evolve(endpoint, base_url=u) for u in urls)
+            )
+            if shard_count is None:
+                shard_count = len(urls)
         policy = RetryPolicy.from_env(
             environ,
             backoff=backoff if backoff is not None else Backoff.from_env(environ),
@@ -105,7 +116,7 @@ def build_config(
         return PipelineConfig.from_env(
             environ,
             endpoint=endpoint,
-            shard_count=getattr(args, "shards", None),
+            shard_count=shard_count,
             concurrency=getattr(args, "concurrency", None),
             queue_size=getattr(args, "queue_size", None),
             rpm=getattr(args, "rpm", None),
@@ -134,7 +145,13 @@ def add_endpoint_options(p: argparse.ArgumentParser) -> None:
     """``--base-url`` and ``--model`` (the key comes from ``OPENAI_API_KEY`` only)."""
     e = p.add_argument_group("endpoint")
     e.add_argument(
-        "--base-url", metavar="URL", help="API root (env OPENAI_BASE_URL; default: OpenAI's)"
+        "--base-url",
+        metavar="URL",
+        action="append",
+        help=(
+            "API root (env OPENAI_BASE_URL; default: OpenAI's); repeat it for several "
+            "replicas (env SHARDLINE_BASE_URLS), which share the shards, the key and the model"
+        ),
     )
     e.add_argument("--model", metavar="NAME", help="default model (env OPENAI_MODEL)")
 

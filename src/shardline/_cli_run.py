@@ -49,12 +49,13 @@ _EXIT_EPILOG = (
 
 
 def _require_key(config: PipelineConfig) -> None:
-    endpoint = config.endpoint
-    if endpoint.api_key is None and endpoint.base_url.rstrip("/") == DEFAULT_BASE_URL:
-        raise UsageError(
-            f"OPENAI_API_KEY is not set, and {DEFAULT_BASE_URL} needs an API key; set it in "
-            "the environment, or point --base-url (OPENAI_BASE_URL) at a server that needs none"
-        )
+    for endpoint in config.all_endpoints():
+        if endpoint.api_key is None and endpoint.base_url.rstrip("/") == DEFAULT_BASE_URL:
+            raise UsageError(
+                f"OPENAI_API_KEY is not set, and {DEFAULT_BASE_URL} needs an API key; set it "
+                "in the environment, or point --base-url (OPENAI_BASE_URL) at a server that "
+                "needs none"
+            )
 
 
 def resolve_run_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> BatchSettings:

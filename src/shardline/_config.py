@@ -21,6 +21,9 @@ from ._validate import integer, number
 __all__ = [
     "DEFAULT_ATTEMPT_TIMEOUT",
     "DEFAULT_BASE_URL",
+    "DEFAULT_BREAKER_COOLDOWN",
+    "DEFAULT_BREAKER_MAX_COOLDOWN",
+    "DEFAULT_BREAKER_THRESHOLD",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_DRAIN_GRACE",
@@ -33,6 +36,13 @@ __all__ = [
     "FlowControl",
     "PipelineConfig",
 ]
+
+#: With several endpoints: health failures in a row that open an endpoint's circuit.
+DEFAULT_BREAKER_THRESHOLD = 5
+#: Seconds an open circuit waits before its probe; doubled by each failed probe.
+DEFAULT_BREAKER_COOLDOWN = 5.0
+#: The longest cooldown, however many probes failed.
+DEFAULT_BREAKER_MAX_COOLDOWN = 60.0
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -104,6 +114,8 @@ class Endpoint:
             ``api-key`` header and an ``api-version`` query parameter.
         http2: Use HTTP/2 (needs the ``shardline[http2]`` extra).
         stream: Stream responses (the default): TTFT and stall deadlines need it.
+        weight: This endpoint's share of the shards when a pipeline has
+            several (``PipelineConfig.endpoints``); relative, > 0.
     """
 
     base_url: str = attrs.field(default=DEFAULT_BASE_URL)
@@ -113,6 +125,7 @@ class Endpoint:
     azure_api_version: str | None = None
     http2: bool = False
     stream: bool = True
+    weight: float = attrs.field(default=1.0, validator=number("weight", gt=0))
 
     @base_url.validator
     def _check_base_url(self, _attr: object, value: str) -> None:
@@ -168,6 +181,7 @@ class Endpoint:
             "azure_api_version": self.azure_api_version,
             "http2": self.http2,
             "stream": self.stream,
+            "weight": self.weight,
         }
 
 
@@ -205,6 +219,12 @@ class FlowControl:
             providers' variants) and wait before a send would overrun what
             the server says remains, so 429s become rare instead of being how
             the limit is found.
+        breaker_threshold: With several endpoints, health failures in a row
+            (connection refused or lost, 5xx, timeouts, cut streams) that open
+            an endpoint's circuit: its shards send no new attempt there until
+            a probe succeeds.
+        breaker_cooldown: Seconds an open circuit waits before its probe
+            (doubled by each failed probe, up to 60 s).
     """
 
     adaptive: bool = True
@@ -213,6 +233,13 @@ class FlowControl:
         default=None, validator=integer("initial", ge=1, optional=True)
     )
     pace_headers: bool = True
+    breaker_threshold: int = attrs.field(
+        default=DEFAULT_BREAKER_THRESHOLD, validator=integer("breaker_threshold", ge=1)
+    )
+    breaker_cooldown: float = attrs.field(
+        default=DEFAULT_BREAKER_COOLDOWN,
+        validator=number("breaker_cooldown", gt=0, unit="seconds"),
+    )
 
 
 def _routing(_inst: object, _attr: object, value: str) -> None:
@@ -234,6 +261,11 @@ class PipelineConfig:
 
     Args:
         endpoint: Where requests go (:class:`Endpoint`).
+        endpoints: Several replicas of one service, instead of ``endpoint``:
+            the shards are spread over them by weight (each gets at least
+            one), each shard talks to one endpoint, and each endpoint has its
+            own adaptive limit, header pacer and circuit breaker. An item whose
+            attempt failed retries on another endpoint when one is healthy.
         shard_count: Number of shards, each with its own queue, cap and pool.
         concurrency: Per-shard in-flight cap (and connection pool size).
         queue_size: Per-shard queue bound. Memory held by queued items is at
@@ -254,6 +286,7 @@ class PipelineConfig:
     """
 
     endpoint: Endpoint = attrs.field(factory=Endpoint)
+    endpoints: tuple[Endpoint, ...] = attrs.field(default=(), converter=tuple)
     shard_count: int = attrs.field(
         default=DEFAULT_SHARD_COUNT, validator=integer("shard_count", ge=1)
     )
@@ -276,13 +309,58 @@ class PipelineConfig:
     )
     seed: int | None = None
 
+    def __attrs_post_init__(self) -> None:
+        if not self.endpoints:
+            return
+        for i, endpoint in enumerate(self.endpoints):
+            if not isinstance(endpoint, Endpoint):
+                raise ConfigError(f"endpoints[{i}] must be an Endpoint, got {endpoint!r}")
+        if self.endpoint != Endpoint() and self.endpoint not in self.endpoints:
+            raise ConfigError("give endpoint or endpoints, not both")
+        if self.shard_count < len(self.endpoints):
+            raise ConfigError(
+                f"shard_count must be >= the number of endpoints ({len(self.endpoints)}), "
+                f"got {self.shard_count}"
+            )
+
+    def all_endpoints(self) -> tuple[Endpoint, ...]:
+        """``endpoints``, or ``(endpoint,)`` when only one was given."""
+        return self.endpoints or (self.endpoint,)
+
+    def shard_endpoints(self) -> list[int]:
+        """The endpoint (index into :meth:`all_endpoints`) of each shard.
+
+        Shares follow the weights (largest remainder), at least one shard each,
+        interleaved so that shard ``i`` and ``i + 1`` differ where they can.
+        """
+        endpoints = self.all_endpoints()
+        n = self.shard_count
+        total = sum(e.weight for e in endpoints)
+        exact = [n * e.weight / total for e in endpoints]
+        counts = [max(1, int(x)) for x in exact]
+        while sum(counts) > n:  # the minimum of one each took too many
+            i = max(range(len(counts)), key=lambda j: (counts[j] - exact[j], counts[j]))
+            counts[i] -= 1
+        while sum(counts) < n:
+            i = max(range(len(counts)), key=lambda j: (exact[j] - counts[j], -j))
+            counts[i] += 1
+        order: list[int] = []
+        left = counts[:]
+        while len(order) < n:
+            for i in range(len(left)):
+                if left[i] > 0:
+                    order.append(i)
+                    left[i] -= 1
+        return order
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> PipelineConfig:
         """Build from the environment, then apply keyword overrides that are not ``None``.
 
         Reads ``SHARD_COUNT``, ``LLM_CONCURRENCY``, ``LLM_RETRY_BACKOFF_S`` and,
         for the endpoint, ``OPENAI_BASE_URL``, ``OPENAI_API_KEY``, ``OPENAI_MODEL``
-        and ``OPENAI_API_VERSION``.
+        and ``OPENAI_API_VERSION``. ``SHARDLINE_BASE_URLS`` (separated by commas
+        or spaces) names several replicas, which share the key and model.
 
         Raises:
             ConfigError: naming the variable or option and the bound.
@@ -291,6 +369,13 @@ class PipelineConfig:
         values: dict[str, Any] = {}
         if "endpoint" not in overrides or overrides["endpoint"] is None:
             values["endpoint"] = Endpoint.from_env(env)
+        several = env.get("SHARDLINE_BASE_URLS", "").replace(",", " ").split()
+        if several and overrides.get("endpoints") is None:
+            first = values.get("endpoint", overrides.get("endpoint"))
+            template = first if isinstance(first, Endpoint) else Endpoint.from_env(env)
+            values["endpoints"] = tuple(attrs.evolve(template, base_url=u) for u in several)
+            values["endpoint"] = values["endpoints"][0]
+            values["shard_count"] = max(DEFAULT_SHARD_COUNT, len(several))
         shards = env_int("SHARD_COUNT", env)
         if shards is not None:
             values["shard_count"] = shards
@@ -307,10 +392,12 @@ class PipelineConfig:
         out = attrs.asdict(
             self,
             recurse=True,
-            filter=lambda a, _v: a.name not in ("endpoint",),
+            filter=lambda a, _v: a.name not in ("endpoint", "endpoints"),
             value_serializer=lambda _i, _a, v: (
                 sorted(str(x) for x in v) if isinstance(v, frozenset | set) else v
             ),
         )
-        out["endpoint"] = self.endpoint.safe_dict()
+        out["endpoint"] = self.all_endpoints()[0].safe_dict()
+        if self.endpoints:
+            out["endpoints"] = [e.safe_dict() for e in self.endpoints]
         return out

@@ -52,6 +52,7 @@ __all__ = [
     "AttemptEnd",
     "AttemptOutcome",
     "AttemptStart",
+    "EndpointState",
     "Event",
     "EventDecodeError",
     "EventFileReader",
@@ -276,6 +277,24 @@ class LimitChange:
 
 
 @attrs.frozen(kw_only=True)
+class EndpointState:
+    """An endpoint's circuit moved from ``old`` to ``new`` (``closed``, ``open``,
+    ``half_open``); only in runs with several endpoints.
+
+    ``reason`` says why: ``5 failures in a row (connect_error)``, ``cooldown
+    passed: one probe``, ``the probe failed (stall_timeout)``, ``an attempt
+    succeeded``.
+    """
+
+    kind: ClassVar[str] = "endpoint_state"
+    t: float
+    endpoint: int
+    old: str
+    new: str
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
 class RunEnd:
     """The run ended; ``reason`` is ``completed``, ``cancelled`` or ``error``."""
 
@@ -294,6 +313,7 @@ Event = (
     | ItemEnd
     | ShardState
     | LimitChange
+    | EndpointState
     | RunEnd
 )
 
@@ -310,6 +330,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ItemEnd,
         ShardState,
         LimitChange,
+        EndpointState,
         RunEnd,
     )
 }

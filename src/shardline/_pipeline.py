@@ -9,6 +9,8 @@ calls back into the pipeline. Nothing outlives ``async with open_pipeline(...)``
 
 from __future__ import annotations
 
+import functools
+import logging
 import random
 import time
 import uuid
@@ -21,8 +23,9 @@ import attrs
 import httpx
 import trio
 
+from ._breaker import DEFAULT_BREAKER_MAX_COOLDOWN, BreakerState, CircuitBreaker
 from ._config import Endpoint, PipelineConfig
-from ._events import Event, ItemEnd, LimitChange, RunEnd, RunStart
+from ._events import EndpointState, Event, ItemEnd, LimitChange, RunEnd, RunStart
 from ._exceptions import ConfigError, ShardlineError
 from ._flow import AdaptiveLimit, LimitStep
 from ._flow_pacer import HeaderPacer
@@ -31,9 +34,12 @@ from ._models import REQUEST_TYPES, ItemId, Outcome, Request, Result, Status
 from ._ratelimit import SlidingWindowLimiter
 from ._shard import Shard
 from ._sinks import EventSink
-from ._state import CLEANUP_GRACE_S, RunState, ShardStatistics, WorkItem
+from ._state import CLEANUP_GRACE_S, RunState, ShardStatistics, Upstream, WorkItem
 
 __all__ = ["Pipeline", "PipelineStatistics", "open_pipeline"]
+
+
+log = logging.getLogger("shardline")
 
 
 class _NullSink:
@@ -119,10 +125,13 @@ class Pipeline:
     # -- admission --------------------------------------------------------
 
     def _route(self, item_id: ItemId) -> Shard:
+        # Shards of an endpoint whose circuit is open take no new work while
+        # another endpoint is healthy.
+        shards = [s for s in self._shards if s.upstream.healthy()] or self._shards
         if self.config.routing == "least_loaded":
-            return min(self._shards, key=lambda s: (s.load, s.index))
+            return min(shards, key=lambda s: (s.load, s.index))
         digest = zlib.crc32(str(item_id).encode("utf-8", "surrogatepass"))
-        return self._shards[digest % len(self._shards)]
+        return shards[digest % len(shards)]
 
     @property
     def _auto_prefix(self) -> str:
@@ -287,7 +296,7 @@ class Pipeline:
             internal_errors=state.internal_errors,
             retries=sum(s.retries for s in shards),
             budget_waiting=state.budget.waiting,
-            limit=None if state.flow is None else state.flow.limit,
+            limit=_total_limit(state),
             draining=state.draining,
             shards=shards,
         )
@@ -385,11 +394,12 @@ async def open_pipeline(
     if config is None:
         config = PipelineConfig.from_env()
     if transport is None:
-        _check_key(config.endpoint)
+        for endpoint in config.all_endpoints():
+            _check_key(endpoint)
     rng = random.Random(config.seed)
     out: EventSink = sink if sink is not None else _NullSink()
     state = RunState(
-        endpoint=config.endpoint,
+        upstreams=[Upstream(index=i, endpoint=e) for i, e in enumerate(config.all_endpoints())],
         deadlines=config.deadlines,
         retry=config.retry,
         emit=out.emit,
@@ -398,7 +408,8 @@ async def open_pipeline(
         tpm=None if config.tpm is None else SlidingWindowLimiter(limit=config.tpm),
         t0=trio.current_time(),
     )
-    _flow_control(config, state, rng)
+    shard_upstreams = config.shard_endpoints()
+    _flow_control(config, state, shard_upstreams, rng)
     pipeline = Pipeline(config=config, run_id=run_id or uuid.uuid4().hex[:12], state=state)
     state.emit(
         RunStart(
@@ -415,7 +426,7 @@ async def open_pipeline(
         for index in range(config.shard_count):
             clients.append(
                 make_client(
-                    config.endpoint,
+                    state.upstreams[shard_upstreams[index]].endpoint,
                     max_connections=config.concurrency,
                     deadlines=config.deadlines,
                 )
@@ -428,10 +439,12 @@ async def open_pipeline(
                     shard = Shard(
                         index=index,
                         state=state,
+                        upstream=state.upstreams[shard_upstreams[index]],
                         client=client,
                         capacity=config.concurrency,
                         queue_size=config.queue_size,
                         rng=random.Random(rng.getrandbits(64)),
+                        peers=pipeline._shards,
                     )
                     pipeline._shards.append(shard)
                     await nursery.start(shard.run)
@@ -450,29 +463,57 @@ async def open_pipeline(
         state.emit(RunEnd(t=state.now(), reason=reason))
 
 
-def _flow_control(config: PipelineConfig, state: RunState, rng: random.Random) -> None:
-    """Give ``state`` the endpoint's adaptive limit and header pacer, as configured."""
+def _flow_control(
+    config: PipelineConfig, state: RunState, shard_upstreams: list[int], rng: random.Random
+) -> None:
+    """Give each endpoint its adaptive limit, header pacer and (with several) breaker."""
     flow = config.flow
-    ceiling = config.shard_count * config.concurrency
-    if flow.floor > ceiling:
-        raise ConfigError(
-            f"flow.floor must be <= shard_count * concurrency ({ceiling}), got {flow.floor}"
-        )
-    if flow.adaptive:
-
-        def changed(step: LimitStep) -> None:
-            state.emit(
-                LimitChange(
-                    t=state.now(), endpoint=0, old=step.old, new=step.new, reason=step.reason
-                )
+    several = len(state.upstreams) > 1
+    for upstream in state.upstreams:
+        index = upstream.index
+        ceiling = shard_upstreams.count(index) * config.concurrency
+        if flow.floor > ceiling:
+            what = "shard_count * concurrency" if not several else f"endpoint {index}'s shards"
+            raise ConfigError(f"flow.floor must be <= {what} ({ceiling}), got {flow.floor}")
+        if flow.adaptive:
+            initial = None if flow.initial is None else max(flow.floor, min(ceiling, flow.initial))
+            upstream.flow = AdaptiveLimit(
+                ceiling=ceiling,
+                floor=flow.floor,
+                initial=initial,
+                on_change=functools.partial(_limit_changed, state, index),
+            )
+        if flow.pace_headers:
+            upstream.pacer = HeaderPacer(rng=random.Random(rng.getrandbits(64)))
+        if several:
+            upstream.breaker = CircuitBreaker(
+                threshold=flow.breaker_threshold,
+                cooldown=flow.breaker_cooldown,
+                max_cooldown=max(flow.breaker_cooldown, DEFAULT_BREAKER_MAX_COOLDOWN),
+                on_change=functools.partial(_health_changed, state, index),
             )
 
-        initial = None if flow.initial is None else max(flow.floor, min(ceiling, flow.initial))
-        state.flow = AdaptiveLimit(
-            ceiling=ceiling, floor=flow.floor, initial=initial, on_change=changed
+
+def _limit_changed(state: RunState, endpoint: int, step: LimitStep) -> None:
+    state.emit(
+        LimitChange(
+            t=state.now(), endpoint=endpoint, old=step.old, new=step.new, reason=step.reason
         )
-    if flow.pace_headers:
-        state.pacer = HeaderPacer(rng=random.Random(rng.getrandbits(64)))
+    )
+
+
+def _health_changed(
+    state: RunState, endpoint: int, old: BreakerState, new: BreakerState, reason: str
+) -> None:
+    log.warning("endpoint %d: circuit %s -> %s (%s)", endpoint, old.value, new.value, reason)
+    state.emit(
+        EndpointState(t=state.now(), endpoint=endpoint, old=old.value, new=new.value, reason=reason)
+    )
+
+
+def _total_limit(state: RunState) -> int | None:
+    limits = [u.flow.limit for u in state.upstreams if u.flow is not None]
+    return sum(limits) if limits else None
 
 
 def _only_cancellation(exc: BaseException) -> bool:

@@ -24,9 +24,9 @@ from ._exceptions import AttemptError, Cause, InternalError, RateLimited
 from ._flow import FlowPermit
 from ._models import Outcome, Result, Status
 from ._ratelimit import Charge
-from ._state import RunState, WorkItem
+from ._state import RunState, Upstream, WorkItem
 
-__all__ = ["Sending", "defect", "send_one"]
+__all__ = ["Sending", "defect", "not_sent", "send_one"]
 
 log = logging.getLogger("shardline")
 
@@ -36,6 +36,7 @@ class Sending(Protocol):
 
     index: int
     state: RunState
+    upstream: Upstream
     client: httpx.AsyncClient
     in_flight: int
 
@@ -53,7 +54,8 @@ async def send_one(
     outcome, or its error. Settles ``permit`` however the attempt ends, and
     gives the header pacer the answer to send ``ticket`` (or says there was none)."""
     state = shard.state
-    flow = state.flow if permit is not None else None
+    upstream = shard.upstream
+    flow = upstream.flow if permit is not None else None
     started = state.now()
     item.attempts = attempt
     state.emit(AttemptStart(t=started, item_id=item.id, shard=shard.index, attempt=attempt))
@@ -69,7 +71,7 @@ async def send_one(
             )
         )
 
-    pacer = state.pacer
+    pacer = upstream.pacer
     got_response = False
 
     def answered(headers: httpx.Headers) -> None:
@@ -82,7 +84,7 @@ async def send_one(
     try:
         result: AttemptResult = await send_attempt(
             shard.client,
-            state.endpoint,
+            upstream.endpoint,
             item.request,
             state.deadlines,
             headers={
@@ -237,3 +239,23 @@ def _attempt_ended(
             **fields,
         )
     )
+
+
+def not_sent(shard: Sending, item: WorkItem, attempt: int, error: AttemptError) -> AttemptError:
+    """Record attempt ``attempt`` of ``item`` as failed before it was sent (every
+    endpoint's circuit open): it counts against the item's attempts like any other."""
+    state = shard.state
+    item.attempts = attempt
+    error.item_id, error.shard, error.attempt = item.id, shard.index, attempt
+    state.emit(AttemptStart(t=state.now(), item_id=item.id, shard=shard.index, attempt=attempt))
+    _attempt_ended(
+        state,
+        shard.index,
+        item,
+        attempt,
+        "failed",
+        cause=error.cause.value,
+        duration_s=0.0,
+        message=error.message,
+    )
+    return error

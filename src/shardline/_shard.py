@@ -40,15 +40,16 @@ from ._events import (
     RetryScheduled,
     ShardState,
 )
-from ._exceptions import AttemptError, InternalError, ItemCancelled, RateLimited
+from ._exceptions import AttemptError, ConnectError, InternalError, ItemCancelled, RateLimited
 from ._flow import FlowPermit
 from ._models import Outcome, Status, Usage, estimate_tokens
-from ._send import defect, send_one
+from ._send import defect, not_sent, send_one
 from ._state import (
     CLEANUP_GRACE_S,
     DEFAULT_MAX_TOKENS,
     RunState,
     ShardStatistics,
+    Upstream,
     WorkItem,
     deliver,
 )
@@ -68,10 +69,14 @@ class Shard:
 
     index: int
     state: RunState
+    upstream: Upstream
     client: httpx.AsyncClient
     capacity: int
     queue_size: int
     rng: random.Random
+    #: Every shard of the run, this one included (shared with the pipeline):
+    #: where an attempt goes when this shard's endpoint is unhealthy.
+    peers: list[Shard] = attrs.field(factory=list)
     _send: trio.MemorySendChannel[WorkItem] = attrs.field(init=False)
     _recv: trio.MemoryReceiveChannel[WorkItem] = attrs.field(init=False)
     _slots: trio.Semaphore = attrs.field(init=False)
@@ -282,17 +287,18 @@ class Shard:
         caller must settle (``on_success`` / ``on_failure`` / ``on_ignore``), and
         the header pacer's ticket (``None`` without a pacer).
         """
-        state = self.state
+        upstream = self.upstream
         while True:
             await self._wait_cooldown()
-            ticket = None if state.pacer is None else await state.pacer.wait(tokens=tokens)
+            pacer = upstream.pacer
+            ticket = None if pacer is None else await pacer.wait(tokens=tokens)
             try:
                 await self._limiter.acquire_on_behalf_of(token)
             except BaseException:
                 self._unsend(ticket)
                 raise
             try:
-                permit = None if state.flow is None else await state.flow.acquire()
+                permit = None if upstream.flow is None else await upstream.flow.acquire()
             except BaseException:
                 self._limiter.release_on_behalf_of(token)
                 self._unsend(ticket)
@@ -300,15 +306,96 @@ class Shard:
             if trio.current_time() >= self._cooling_until:
                 return permit, ticket
             # A 429 cooled the shard while we waited: give all back and wait again.
-            if permit is not None and state.flow is not None:
-                state.flow.on_ignore(permit)
+            if permit is not None and upstream.flow is not None:
+                upstream.flow.on_ignore(permit)
             self._limiter.release_on_behalf_of(token)
             self._unsend(ticket)
 
     def _unsend(self, ticket: int | None) -> None:
         """The header pacer counted a send that is not happening after all."""
-        if self.state.pacer is not None and ticket is not None:
-            self.state.pacer.unanswered(ticket)
+        if self.upstream.pacer is not None and ticket is not None:
+            self.upstream.pacer.unanswered(ticket)
+
+    def _choose(self, avoid: Upstream | None) -> tuple[Shard, bool] | AttemptError:
+        """Where the next attempt goes: this shard while its endpoint is healthy
+        (and not the one to avoid, when another is), else the least-loaded shard
+        of a healthy endpoint; when none is healthy, the shard whose endpoint's
+        probe this attempt may be (``True``), or, with no probe free, an error
+        that counts as a failed attempt (nothing is sent to an open endpoint but
+        its probe).
+        """
+        upstream = self.upstream
+        if upstream.breaker is None:
+            return self, False
+        healthy = [s for s in self.peers if s.upstream.healthy()]
+        if upstream.healthy() and (
+            upstream is not avoid or all(s.upstream is avoid for s in healthy)
+        ):
+            return self, False
+        elsewhere = [s for s in healthy if s.upstream is not avoid] or healthy
+        if elsewhere:
+            return min(elsewhere, key=lambda s: (s.load, s.index)), False
+        for shard in (self, *self.peers):
+            breaker = shard.upstream.breaker
+            if breaker is not None and breaker.claim_probe():
+                return shard, True
+        wake = min(
+            s.upstream.breaker.open_until for s in self.peers if s.upstream.breaker is not None
+        )
+        return ConnectError(
+            f"not sent: every endpoint's circuit is open (the next probe is due in "
+            f"{max(0.0, wake - trio.current_time()):.1f} s)"
+        )
+
+    async def _send_attempt(
+        self,
+        item: WorkItem,
+        attempt: int,
+        token: object,
+        permit: FlowPermit | None,
+        ticket: int | None,
+        probe: bool,
+        estimate: int,
+        estimate_in: int,
+    ) -> Outcome | AttemptError:
+        """Send one attempt through this shard, holding its slot (``token``) and
+        ``permit``; give the slot back and tell the endpoint's health how it went."""
+        state = self.state
+        result: Outcome | AttemptError | None = None
+        try:
+            try:
+                if state.rpm is not None:
+                    await state.rpm.acquire(1)
+                charge = None if state.tpm is None else await state.tpm.acquire(estimate)
+            except BaseException:
+                if permit is not None and self.upstream.flow is not None:
+                    self.upstream.flow.on_ignore(permit)
+                self._unsend(ticket)
+                raise
+            result = await send_one(self, item, attempt, charge, estimate_in, permit, ticket)
+        finally:
+            self._limiter.release_on_behalf_of(token)
+            self._settle_health(result, probe)
+        return result
+
+    def _give_back(self, token: object, permit: FlowPermit | None, ticket: int | None) -> None:
+        """Return what :meth:`_acquire_slot` took, for an attempt not sent after all."""
+        if permit is not None and self.upstream.flow is not None:
+            self.upstream.flow.on_ignore(permit)
+        self._limiter.release_on_behalf_of(token)
+        self._unsend(ticket)
+
+    def _settle_health(self, result: Outcome | AttemptError | None, probe: bool) -> None:
+        """Tell this shard's endpoint breaker how an attempt ended (``None``: it said nothing)."""
+        breaker = self.upstream.breaker
+        if breaker is None:
+            return
+        if result is None:
+            breaker.on_ignore(probe=probe)
+        elif isinstance(result, AttemptError):
+            breaker.on_failure(result.cause, probe=probe)
+        else:
+            breaker.on_success(probe=probe)
 
     async def _attempts(self, item: WorkItem) -> Outcome:
         """The retry loop of one item. Returns its terminal outcome."""
@@ -320,48 +407,57 @@ class Shard:
         estimate = estimate_in + estimate_out
         attempt = 0
         last_error: AttemptError | None = None
+        avoid: Upstream | None = None
         with item.scope:
             while True:
                 attempt += 1
-                token = object()
-                permit: FlowPermit | None = None
-                ticket: int | None = None
-                if attempt == 1:
-                    # Until it is sent, a drain ends the item as unsent, like a queued one.
-                    acquired = False
-                    with trio.CancelScope() as unsent:
-                        self._unsent.add(unsent)
-                        try:
-                            if not state.draining:
-                                permit, ticket = await self._acquire_slot(token, estimate)
-                                acquired = True
-                        finally:
-                            self._unsent.discard(unsent)
-                    if not acquired:
-                        return self._unfinished(
-                            item,
-                            ItemCancelled(
-                                "pipeline closed before the item was sent", item_id=item.id
-                            ),
-                        )
-                    state.budget.record_request()
+                choice = self._choose(avoid)
+                cooled = self
+                if isinstance(choice, AttemptError):
+                    result: Outcome | AttemptError = not_sent(self, item, attempt, choice)
                 else:
-                    permit, ticket = await self._acquire_slot(token, estimate)
-                try:
-                    try:
-                        if state.rpm is not None:
-                            await state.rpm.acquire(1)
-                        charge = None if state.tpm is None else await state.tpm.acquire(estimate)
-                    except BaseException:
-                        if permit is not None and state.flow is not None:
-                            state.flow.on_ignore(permit)
-                        self._unsend(ticket)
-                        raise
-                    result = await send_one(
-                        self, item, attempt, charge, estimate_in, permit, ticket
+                    target, probe = choice
+                    cooled = target
+                    token = object()
+                    permit: FlowPermit | None = None
+                    ticket: int | None = None
+                    if attempt == 1:
+                        # Until it is sent, a drain ends the item as unsent, like a queued one.
+                        acquired = False
+                        with trio.CancelScope() as unsent:
+                            self._unsent.add(unsent)
+                            try:
+                                if not state.draining:
+                                    permit, ticket = await target._acquire_slot(token, estimate)
+                                    acquired = True
+                            finally:
+                                self._unsent.discard(unsent)
+                                if not acquired:
+                                    target._settle_health(None, probe)
+                        if not acquired:
+                            return self._unfinished(
+                                item,
+                                ItemCancelled(
+                                    "pipeline closed before the item was sent", item_id=item.id
+                                ),
+                            )
+                    else:
+                        try:
+                            permit, ticket = await target._acquire_slot(token, estimate)
+                        except BaseException:
+                            target._settle_health(None, probe)
+                            raise
+                    if not probe and not target.upstream.healthy():
+                        # Its circuit opened while we waited for the slot: choose again.
+                        target._give_back(token, permit, ticket)
+                        attempt -= 1
+                        continue
+                    if attempt == 1:
+                        state.budget.record_request()
+                    result = await target._send_attempt(
+                        item, attempt, token, permit, ticket, probe, estimate, estimate_in
                     )
-                finally:
-                    self._limiter.release_on_behalf_of(token)
+                    avoid = target.upstream
                 if isinstance(result, Outcome):
                     return result
                 last_error = result
@@ -373,7 +469,7 @@ class Shard:
                 # budget, which guards the blind retries (5xx, timeouts, resets).
                 paced = isinstance(last_error, RateLimited) and last_error.retry_after is not None
                 if paced:
-                    self._cool_for(delay)
+                    cooled._cool_for(delay)
                 if not policy.should_retry(last_error.cause, attempt):
                     break
                 self.retries += 1

@@ -16,6 +16,7 @@ import attrs
 import trio
 
 from ._backoff import RetryPolicy
+from ._breaker import CircuitBreaker
 from ._budget import RetryBudget
 from ._config import Deadlines, Endpoint
 from ._events import Event
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "RunState",
     "ShardStatistics",
+    "Upstream",
     "WorkItem",
     "deliver",
 ]
@@ -41,21 +43,43 @@ DEFAULT_MAX_TOKENS = 256
 
 
 @attrs.define(eq=False)
+class Upstream:
+    """One endpoint as a run sees it: where it is, and what its shards share.
+
+    Attributes:
+        index: Its place in ``PipelineConfig.all_endpoints()`` (events name it so).
+        endpoint: Where requests go.
+        flow: The endpoint's adaptive in-flight limit, shared by its shards
+            (``None``: fixed caps only).
+        pacer: Waits before a send would overrun what the endpoint's
+            ``x-ratelimit-*`` headers say remains (``None``: headers ignored).
+        breaker: The endpoint's health (``None``: a run with one endpoint,
+            which has nowhere else to go).
+    """
+
+    index: int
+    endpoint: Endpoint
+    flow: AdaptiveLimit | None = None
+    pacer: HeaderPacer | None = None
+    breaker: CircuitBreaker | None = None
+
+    def healthy(self) -> bool:
+        """Whether new attempts may go here without being its probe."""
+        return self.breaker is None or self.breaker.closed
+
+
+@attrs.define(eq=False)
 class RunState:
     """What a pipeline and its shards share; built by the pipeline, handed to each shard.
 
     Attributes:
-        endpoint: Where requests go.
+        upstreams: The endpoints, each with what its shards share.
         deadlines: Per-attempt deadlines.
         retry: The retry policy.
         emit: Writes one event to the run's sink.
         budget: The retry budget shared by every shard.
         rpm: The requests-per-minute limit shared by every shard, if any.
         tpm: The tokens-per-minute limit shared by every shard, if any.
-        flow: The endpoint's adaptive in-flight limit, shared by its shards
-            (``None``: fixed caps only).
-        pacer: Waits before a send would overrun what the endpoint's
-            ``x-ratelimit-*`` headers say remains (``None``: headers ignored).
         t0: trio's clock at the start of the run (event times count from it).
         draining: Set by the pipeline when it stops admitting.
         cancelled: Set by ``Pipeline.cancel()``: in-flight items are being cancelled now.
@@ -64,15 +88,13 @@ class RunState:
         internal_errors: Items ended by a defect in shardline (cause ``internal_error``).
     """
 
-    endpoint: Endpoint
+    upstreams: list[Upstream]
     deadlines: Deadlines
     retry: RetryPolicy
     emit: Callable[[Event], None]
     budget: RetryBudget
     rpm: SlidingWindowLimiter | None = None
     tpm: SlidingWindowLimiter | None = None
-    flow: AdaptiveLimit | None = None
-    pacer: HeaderPacer | None = None
     t0: float = 0.0
     draining: bool = False
     cancelled: bool = False

@@ -24,6 +24,7 @@ from ._events import SCHEMA_VERSION as SCHEMA_VERSION
 from ._events import AttemptEnd as AttemptEnd
 from ._events import AttemptOutcome as AttemptOutcome
 from ._events import AttemptStart as AttemptStart
+from ._events import EndpointState as EndpointState
 from ._events import Event as Event
 from ._events import EventDecodeError as EventDecodeError
 from ._events import EventFileReader as EventFileReader
@@ -50,6 +51,7 @@ __all__ = [
     "AttemptEnd",
     "AttemptOutcome",
     "AttemptStart",
+    "EndpointState",
     "Event",
     "EventDecodeError",
     "EventFileReader",
