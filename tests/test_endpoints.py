@@ -201,7 +201,8 @@ def test_a_retry_prefers_another_endpoint() -> None:
     """One failure on A (not enough to open it): the retry goes to B."""
 
     async def main() -> None:
-        config = _config((A, B), shard_count=2)
+        # Equal weights, items spread evenly: some start on A.
+        config = _config((A, attrs_evolve(B, weight=1)), shard_count=2, routing="least_loaded")
         owner = config.shard_endpoints()
         outcomes, events, _, _ = await _run(
             config, {0: lambda _i, attempt: "http_500" if attempt == 1 else None}, 2
@@ -281,3 +282,21 @@ async def test_breaker_states_and_probe(autojump_clock: trio.testing.MockClock) 
     assert breaker.open_for(trio.current_time()) == pytest.approx(3.0)
     with pytest.raises(ValueError, match=r"^threshold must be >= 1, got 0$"):
         CircuitBreaker(threshold=0)
+
+
+def test_a_replica_that_recovers_is_probed_and_takes_work_again() -> None:
+    async def main() -> None:
+        start = trio.current_time()
+
+        def down_for_three_seconds(_item: str, _attempt: int) -> str | None:
+            return "http_503" if trio.current_time() - start < 3.0 else None
+
+        outcomes, events, sent, t0 = await _run(_config((A, B)), {0: down_for_three_seconds}, 2000)
+        assert Counter(o.status.value for o in outcomes) == {"ok": 2000}
+        states = [c.new for c in _health(events, 0)]
+        assert states[0] == "open"
+        assert states[-1] == "closed"
+        closed_at = [c.t for c in _health(events, 0) if c.new == "closed"][-1]
+        assert sum(1 for t in sent[0] if t - t0 > closed_at) > 50  # it carries load again
+
+    run_virtual(main)

@@ -317,16 +317,24 @@ class Shard:
             self.upstream.pacer.unanswered(ticket)
 
     def _choose(self, avoid: Upstream | None) -> tuple[Shard, bool] | AttemptError:
-        """Where the next attempt goes: this shard while its endpoint is healthy
-        (and not the one to avoid, when another is), else the least-loaded shard
-        of a healthy endpoint; when none is healthy, the shard whose endpoint's
-        probe this attempt may be (``True``), or, with no probe free, an error
-        that counts as a failed attempt (nothing is sent to an open endpoint but
-        its probe).
+        """Where the next attempt goes, and whether it is a probe.
+
+        An open endpoint whose cooldown has passed gets this attempt as its one
+        probe (``True``); else this shard while its endpoint is healthy (and not
+        the one to avoid, when another is); else the least-loaded shard of a
+        healthy endpoint. With none healthy and no probe free, an error that
+        counts as a failed attempt: nothing is sent to an open endpoint but its
+        probe.
         """
         upstream = self.upstream
         if upstream.breaker is None:
             return self, False
+        # An open endpoint whose cooldown passed gets its probe first, so a
+        # replica that recovered comes back even while others carry the load.
+        for shard in (self, *self.peers):
+            breaker = shard.upstream.breaker
+            if breaker is not None and not breaker.closed and breaker.claim_probe():
+                return shard, True
         healthy = [s for s in self.peers if s.upstream.healthy()]
         if upstream.healthy() and (
             upstream is not avoid or all(s.upstream is avoid for s in healthy)
@@ -335,10 +343,6 @@ class Shard:
         elsewhere = [s for s in healthy if s.upstream is not avoid] or healthy
         if elsewhere:
             return min(elsewhere, key=lambda s: (s.load, s.index)), False
-        for shard in (self, *self.peers):
-            breaker = shard.upstream.breaker
-            if breaker is not None and breaker.claim_probe():
-                return shard, True
         wake = min(
             s.upstream.breaker.open_until for s in self.peers if s.upstream.breaker is not None
         )
