@@ -8,7 +8,7 @@ validators whose messages name the parameter and the bound. ``None`` means
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 from urllib.parse import urlencode
 
@@ -242,6 +242,10 @@ class FlowControl:
     )
 
 
+def _endpoint_tuple(value: Iterable[Endpoint]) -> tuple[Endpoint, ...]:
+    return tuple(value)
+
+
 def _routing(_inst: object, _attr: object, value: str) -> None:
     if value not in ("hash", "least_loaded"):
         raise ConfigError(f"routing must be 'hash' or 'least_loaded', got {value!r}")
@@ -286,7 +290,7 @@ class PipelineConfig:
     """
 
     endpoint: Endpoint = attrs.field(factory=Endpoint)
-    endpoints: tuple[Endpoint, ...] = attrs.field(default=(), converter=tuple)
+    endpoints: tuple[Endpoint, ...] = attrs.field(default=(), converter=_endpoint_tuple)
     shard_count: int = attrs.field(
         default=DEFAULT_SHARD_COUNT, validator=integer("shard_count", ge=1)
     )

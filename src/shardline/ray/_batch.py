@@ -24,7 +24,7 @@ from typing import IO, Any, Literal
 import attrs
 import trio
 
-from .._config import PipelineConfig
+from .._config import Endpoint, PipelineConfig
 from .._events import Event, ItemEnd, event_to_json
 from .._exceptions import ConfigError
 from .._models import ItemId, Outcome, Request
@@ -288,9 +288,14 @@ class ShardlineBatch:
             raise ConfigError("give events_dir or inline_events=True, not both")
         if config is None:
             config = PipelineConfig.from_env()
-        if config.endpoint.api_key is None and api_key_env and os.environ.get(api_key_env):
-            endpoint = attrs.evolve(config.endpoint, api_key=os.environ[api_key_env])
-            config = attrs.evolve(config, endpoint=endpoint)
+        key = os.environ.get(api_key_env) if api_key_env else None
+        if key and any(e.api_key is None for e in config.all_endpoints()):
+            # Every actor gets the same endpoints, each with the key when it has none.
+            def keyed(e: Endpoint) -> Endpoint:
+                return e if e.api_key is not None else attrs.evolve(e, api_key=key)
+
+            endpoints: tuple[Endpoint, ...] = tuple(map(keyed, config.endpoints))
+            config = attrs.evolve(config, endpoint=keyed(config.endpoint), endpoints=endpoints)
         self.config = config
         self.output = output
         self.inline_events = inline_events
