@@ -21,7 +21,8 @@ import shardline.testing
 
 TOP = {
     "AttemptError", "Backoff", "Cause", "ChatRequest", "CompletionRequest", "ConfigError",
-    "Deadlines", "Endpoint", "EventSink", "FlowControl", "InputError", "ItemCancelled",
+    "Deadlines", "Endpoint", "EventSink", "FlowControl", "Hedging", "InputError",
+    "ItemCancelled",
     "JsonlEventSink", "MemoryEventSink", "Outcome", "Pipeline", "PipelineConfig",
     "PipelineStatistics", "Request", "Result", "RetryBudget", "RetryPolicy", "ShardStatistics",
     "ShardlineError", "Status", "TeeSink", "Usage", "no_delays", "open_pipeline",
@@ -37,7 +38,8 @@ ERRORS = {
 
 EVENTS = {
     "SCHEMA_VERSION", "AttemptEnd", "AttemptOutcome", "AttemptStart", "Event",
-    "EventDecodeError", "EventFileReader", "EventSink", "FirstToken", "ItemAdmitted", "ItemEnd",
+    "EventDecodeError", "EventFileReader", "EventSink", "FirstToken", "HedgeSent", "HedgeWon",
+    "ItemAdmitted", "ItemEnd",
     "ItemId", "JsonlEventSink", "LimitChange", "MemoryEventSink", "RetryScheduled", "RunEnd",
     "RunEndReason", "RunStart", "ShardCondition", "ShardState", "TeeSink", "event_from_json",
     "event_to_json",

@@ -27,6 +27,7 @@ from ._budget import RetryBudget as RetryBudget
 from ._config import Deadlines as Deadlines
 from ._config import Endpoint as Endpoint
 from ._config import FlowControl as FlowControl
+from ._config import Hedging as Hedging
 from ._config import PipelineConfig as PipelineConfig
 from ._exceptions import AttemptError as AttemptError
 from ._exceptions import Cause as Cause
@@ -74,6 +75,7 @@ __all__ = [
     "Endpoint",
     "EventSink",
     "FlowControl",
+    "Hedging",
     "InputError",
     "ItemCancelled",
     "JsonlEventSink",

@@ -26,6 +26,7 @@ from ._events import Event, ItemEnd, LimitChange, RunEnd, RunStart
 from ._exceptions import ConfigError, ShardlineError
 from ._flow import AdaptiveLimit, LimitStep
 from ._flow_pacer import HeaderPacer
+from ._hedge import Hedger
 from ._http import make_client
 from ._models import ChatRequest, CompletionRequest, ItemId, Outcome, Request, Result, Status
 from ._ratelimit import SlidingWindowLimiter
@@ -424,6 +425,8 @@ async def open_pipeline(
                 if transport is None
                 else httpx.AsyncClient(transport=transport(index), timeout=None)
             )
+        # Hedging sees every shard: the list fills as the shards start.
+        hedger = None if config.hedging is None else Hedger(config.hedging, pipeline._shards)
         with _unwrap_single():
             async with trio.open_nursery() as nursery:
                 for index, client in enumerate(clients):
@@ -434,6 +437,7 @@ async def open_pipeline(
                         capacity=config.concurrency,
                         queue_size=config.queue_size,
                         rng=random.Random(rng.getrandbits(64)),
+                        hedger=hedger,
                     )
                     pipeline._shards.append(shard)
                     await nursery.start(shard.run)

@@ -26,7 +26,7 @@ from ._models import Outcome, Result, Status
 from ._ratelimit import Charge
 from ._state import RunState, WorkItem
 
-__all__ = ["Sending", "defect", "send_one"]
+__all__ = ["RaceLeg", "Sending", "defect", "send_one"]
 
 log = logging.getLogger("shardline")
 
@@ -40,6 +40,21 @@ class Sending(Protocol):
     in_flight: int
 
 
+class RaceLeg(Protocol):
+    """One leg of a hedged attempt (:mod:`shardline._hedge`), as :func:`send_one` sees it."""
+
+    @property
+    def hedge(self) -> bool:
+        """Whether this leg is the hedge (sent with ``x-shardline-hedge: 1``)."""
+
+    @property
+    def lost(self) -> bool:
+        """Whether the other leg won (then this one is being cancelled)."""
+
+    def on_content(self, ttft_s: float) -> None:
+        """Called at the leg's first content event, right after ``first_token``."""
+
+
 async def send_one(
     shard: Sending,
     item: WorkItem,
@@ -47,9 +62,15 @@ async def send_one(
     charge: Charge | None,
     estimate_in: int,
     permit: FlowPermit | None,
+    *,
+    race: RaceLeg | None = None,
 ) -> Outcome | AttemptError:
     """Send attempt ``attempt`` of ``item`` (holding a slot and ``permit``): its
-    outcome, or its error. Settles ``permit`` however the attempt ends."""
+    outcome, or its error. Settles ``permit`` however the attempt ends.
+
+    ``race``: the hedged-attempt leg this send is, told of its first content;
+    a leg cancelled because it lost is charged its prompt (the server may
+    have processed it)."""
     state = shard.state
     flow = state.flow if permit is not None else None
     started = state.now()
@@ -66,6 +87,8 @@ async def send_one(
                 ttft_s=ttft_s,
             )
         )
+        if race is not None:
+            race.on_content(ttft_s)
 
     pacer = state.pacer
     got_response = False
@@ -76,6 +99,12 @@ async def send_one(
         if pacer is not None:
             pacer.observe_headers(headers)
 
+    headers = {
+        "x-shardline-item-id": quote(str(item.id), safe=""),
+        "x-shardline-attempt": str(attempt),
+    }
+    if race is not None and race.hedge:
+        headers["x-shardline-hedge"] = "1"
     shard.in_flight += 1
     try:
         result: AttemptResult = await send_attempt(
@@ -83,10 +112,7 @@ async def send_one(
             state.endpoint,
             item.request,
             state.deadlines,
-            headers={
-                "x-shardline-item-id": quote(str(item.id), safe=""),
-                "x-shardline-attempt": str(attempt),
-            },
+            headers=headers,
             on_first_token=first_token,
             on_response=None if state.pacer is None else state.pacer.observe_headers,
         )
@@ -118,9 +144,10 @@ async def send_one(
         )
         return err
     except trio.Cancelled:
+        lost = race is not None and race.lost
         if flow is not None and permit is not None:
             flow.on_ignore(permit)
-        _reconcile(state, charge, 0)
+        _reconcile(state, charge, estimate_in if lost else 0)
         _attempt_ended(
             state,
             shard.index,
@@ -129,6 +156,7 @@ async def send_one(
             "cancelled",
             cause=Cause.CANCELLED.value,
             duration_s=state.now() - started,
+            message="lost the hedge race" if lost else None,
         )
         raise
     except Exception as exc:

@@ -42,6 +42,7 @@ from ._events import (
 )
 from ._exceptions import AttemptError, InternalError, ItemCancelled, RateLimited
 from ._flow import FlowPermit
+from ._hedge import Hedger, send_hedged
 from ._models import Outcome, Status, Usage, estimate_tokens
 from ._send import defect, send_one
 from ._state import (
@@ -72,6 +73,8 @@ class Shard:
     capacity: int
     queue_size: int
     rng: random.Random
+    #: Hedging of slow first tokens, shared by the pipeline's shards (``None``: off).
+    hedger: Hedger | None = None
     _send: trio.MemorySendChannel[WorkItem] = attrs.field(init=False)
     _recv: trio.MemoryReceiveChannel[WorkItem] = attrs.field(init=False)
     _slots: trio.Semaphore = attrs.field(init=False)
@@ -303,6 +306,32 @@ class Shard:
             self._limiter.release_on_behalf_of(token)
             self._unsend()
 
+    # -- hedging (see _hedge.py) --------------------------------------------
+
+    @property
+    def cooling(self) -> bool:
+        """Whether the shard is waiting out a server's Retry-After right now."""
+        return trio.current_time() < self._cooling_until
+
+    async def take_slot(self, token: object, tokens: int) -> FlowPermit | None:
+        """Take an in-flight slot and a permit of the live limit for a hedge, waiting
+        as any attempt does (cooldown, announced quota, slot, permit).
+
+        Returns the permit (``None`` without adaptive flow control). Give the slot
+        back with :meth:`release_slot`, after :meth:`abandon` if nothing was sent.
+        """
+        return await self._acquire_slot(token, tokens)
+
+    def abandon(self, permit: FlowPermit | None) -> None:
+        """Settle what :meth:`take_slot` took for a send that is not happening."""
+        if permit is not None and self.state.flow is not None:
+            self.state.flow.on_ignore(permit)
+        self._unsend()
+
+    def release_slot(self, token: object) -> None:
+        """Give back a slot taken with :meth:`take_slot`."""
+        self._limiter.release_on_behalf_of(token)
+
     def _unsend(self) -> None:
         """The header pacer counted a send that is not happening after all."""
         if self.state.pacer is not None:
@@ -354,7 +383,12 @@ class Shard:
                             state.flow.on_ignore(permit)
                         self._unsend()
                         raise
-                    result = await send_one(self, item, attempt, charge, estimate_in, permit)
+                    if self.hedger is None:
+                        result = await send_one(self, item, attempt, charge, estimate_in, permit)
+                    else:
+                        result = await send_hedged(
+                            self.hedger, self, item, attempt, charge, estimate_in, estimate, permit
+                        )
                 finally:
                     self._limiter.release_on_behalf_of(token)
                 if isinstance(result, Outcome):
