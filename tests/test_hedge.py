@@ -11,6 +11,9 @@ import trio
 import trio.testing
 
 from shardline._backoff import Backoff, RetryPolicy
+from shardline._budget import RetryBudget
+from shardline._cli import build_parser
+from shardline._cli_options import build_config
 from shardline._config import Deadlines, Endpoint, FlowControl, Hedging, PipelineConfig
 from shardline._events import (
     AttemptEnd,
@@ -18,13 +21,15 @@ from shardline._events import (
     HedgeSent,
     HedgeWon,
     ItemEnd,
-    LimitChange,
 )
 from shardline._exceptions import ConfigError
-from shardline._hedge import HedgeBudget, TtftWindow
+from shardline._flow import AdaptiveLimit, FlowPermit
+from shardline._hedge import HedgeBudget, Hedger, TtftWindow
 from shardline._models import ChatRequest, Outcome, Status
 from shardline._pipeline import open_pipeline
 from shardline._sinks import MemoryEventSink
+from shardline._state import RunState
+from shardline.testing import LoadModel, TimingModel, open_fake_server
 from shardline.testing._transport import FakeTransport
 
 ENDPOINT = Endpoint(base_url="http://fake.invalid/v1", model="m")
@@ -209,31 +214,83 @@ async def test_the_hedge_rate_never_exceeds_the_budget(
     assert transports.hedges == hedges
 
 
+class StubShard:
+    """What `Hedger.reserve` needs of a shard, over a real RunState and AdaptiveLimit."""
+
+    def __init__(self, index: int, state: RunState) -> None:
+        self.index = index
+        self.state = state
+        self.client = httpx.AsyncClient()
+        self.in_flight = 0
+        self.load = 0
+        self.cooling = False
+
+    async def take_slot(self, token: object, tokens: int) -> FlowPermit | None:
+        return None if self.state.flow is None else await self.state.flow.acquire()
+
+    def abandon(self, permit: FlowPermit | None) -> None:
+        if permit is not None and self.state.flow is not None:
+            self.state.flow.on_ignore(permit)
+
+    def release_slot(self, token: object) -> None:
+        pass
+
+
 async def test_no_hedge_while_the_endpoint_is_overloaded(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """After the server refused requests and the live limit was cut below its
-    ceiling, slow first legs are not hedged."""
-    transports = SlowFirst(slow=lambda item: int(item) >= 8, delay=2.0)
+    """No hedge goes while the live limit is cut below its ceiling (until it grows
+    back past the refused level), while a shard cools down after a 429, or while
+    retries wait for the retry budget."""
+    flow = AdaptiveLimit(ceiling=4, initial=4)
+    state = RunState(
+        endpoint=ENDPOINT,
+        deadlines=DEADLINES,
+        retry=RETRY,
+        emit=lambda _e: None,
+        budget=RetryBudget(ratio=0.0, min_retries=0),
+        flow=flow,
+    )
+    a, b = StubShard(0, state), StubShard(1, state)
+    hedger = Hedger(Hedging(after=1.0, budget=1.0), [a, b])
+    for _ in range(5):
+        hedger.budget.record_request()
 
-    def plan(item: str, attempt: int) -> str | None:
-        return "http_503" if int(item) < 4 and attempt == 1 else None
+    async def reserve() -> int | None:
+        reserved = await hedger.reserve(a, 10)
+        if reserved is None:
+            return None
+        target, _token, permit = reserved
+        target.abandon(permit)
+        return target.index
 
-    transports.fast = FakeTransport(plan=plan)
-    cfg = config(Hedging(after=0.5, budget=1.0), flow=FlowControl(initial=4))
-    got, sink = await run_all(cfg, 16, transports)
-    check_one_outcome_each(got, sink, 16)
-    assert transports.first_legs_slow == 8
-    # The 503s cut the limit from 4 to 1; hedging waits until it has grown back
-    # past the level the server refused.
-    changes = kinds(sink, LimitChange)
-    assert [c.new for c in changes[:3]] == [3, 2, 1]
-    recovered = next(c.t for c in changes if c.new > 4)
-    sent = kinds(sink, HedgeSent)
-    assert all(e.t >= recovered for e in sent)
-    unhedged = {o.id for o in got} - {e.item_id for e in sent}
-    assert {"8", "9", "10", "11"} <= unhedged
-    assert all(o.latency_s >= 2.0 for o in got if o.id in {"8", "9", "10", "11"})
+    assert await reserve() == 1
+    # A 503 cuts the limit below its ceiling: overloaded.
+    flow.on_overload(await flow.acquire(), "server_error")
+    assert flow.limit < flow.ceiling
+    assert await reserve() is None
+    # Successes grow it back to its ceiling: hedges go again.
+    for _ in range(100):
+        permits = [await flow.acquire() for _ in range(flow.limit)]
+        for permit in permits:
+            flow.on_success(permit, ttft_s=0.05)
+    assert flow.limit == flow.ceiling
+    assert await reserve() == 1
+    # The only other shard cools down after a 429 (and then the origin does).
+    b.cooling = True
+    assert await reserve() is None
+    b.cooling, a.cooling = False, True
+    assert await reserve() is None
+    a.cooling = False
+    # A retry waits for the retry budget: the endpoint is failing.
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(state.budget.acquire_retry)
+        await trio.testing.wait_all_tasks_blocked()
+        assert state.budget.waiting == 1
+        assert await reserve() is None
+        nursery.cancel_scope.cancel()
+    assert await reserve() == 1
+    assert hedger.budget.hedges == 3
 
 
 async def test_cancel_with_hedges_in_flight_gives_one_outcome_each(
@@ -308,3 +365,62 @@ def test_hedge_budget_is_a_capped_token_bucket() -> None:
         budget.spend()
         banked += 1
     assert banked == 2
+
+
+async def test_the_fake_servers_slow_first_attempts_are_hedged(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Against the fake server with slow first attempts (hedges are not slow there),
+    `Hedging()` cuts the worst latency from the 6 s delay to about the p95 TTFT."""
+    load = LoadModel(slow_first_share=0.04, slow_first_delay=6.0)
+    timing = TimingModel(ttft=0.1, itl=0.001)
+    async with open_fake_server(load=load, timing=timing, seed=3) as server:
+        cfg = config(
+            Hedging(),
+            endpoint=Endpoint(base_url=server.base_url, model="m"),
+            flow=FlowControl(),
+        )
+        sink = MemoryEventSink()
+        send, recv = trio.open_memory_channel[Outcome](8)
+        got: list[Outcome] = []
+        async with open_pipeline(cfg, sink=sink) as pipeline:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pipeline.map, [req(i) for i in range(400)], send)
+                async for outcome in recv:
+                    got.append(outcome)
+        stats = server.statistics()
+    check_one_outcome_each(got, sink, 400)
+    assert all(o.status is Status.OK for o in got)
+    sent = kinds(sink, HedgeSent)
+    hedge_wins = [e for e in kinds(sink, HedgeWon) if e.leg == "hedge"]
+    # The slow first attempts after the first `min_samples` TTFTs were all hedged.
+    assert stats.slow_first_tokens >= 10
+    assert len(hedge_wins) >= stats.slow_first_tokens - 3
+    assert len(sent) <= 0.05 * 400
+    slow = sorted(o.latency_s for o in got)[-8:]
+    assert sum(1 for t in slow if t > 6.0) <= 3
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], None),
+        (["--hedge-after", "auto"], Hedging()),
+        (["--hedge-after", "1.5"], Hedging(after=1.5)),
+        (["--hedge-budget", "0.02"], Hedging(budget=0.02)),
+        (["--hedge-after", "2", "--hedge-budget", "0.1"], Hedging(after=2.0, budget=0.1)),
+    ],
+)
+def test_cli_hedge_options(flags: list[str], expected: Hedging | None) -> None:
+    """`shardline run --hedge-after auto|S --hedge-budget F`: either turns hedging on."""
+    args = build_parser().parse_args(["run", "in.jsonl", "--base-url", "http://x/v1", *flags])
+    assert build_config(args, {}).hedging == expected
+
+
+def test_cli_hedge_after_must_be_auto_or_seconds(capsys: pytest.CaptureFixture[str]) -> None:
+    """Anything but 'auto' or a number for --hedge-after is a usage error."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "in.jsonl", "--hedge-after", "soon"])
+    assert "--hedge-after: expected 'auto' or a number of seconds, got 'soon'" in (
+        capsys.readouterr().err
+    )
