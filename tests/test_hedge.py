@@ -29,6 +29,7 @@ from shardline._models import ChatRequest, Outcome, Status
 from shardline._pipeline import open_pipeline
 from shardline._sinks import MemoryEventSink
 from shardline._state import RunState
+from shardline.report import RunReport, compute_report, render_text
 from shardline.testing import LoadModel, TimingModel, open_fake_server
 from shardline.testing._transport import FakeTransport
 
@@ -147,6 +148,14 @@ async def test_a_hedge_wins_over_a_stalled_first_leg(
         assert by_id[item].latency_s >= 1.05
     # Hedges are not retries.
     assert sum(o.attempts - 1 for o in got) == 0
+    report = compute_report(sink.events, events_sha256=None)
+    assert (report.hedges, report.hedge_wins, report.retries) == (2, 2, 0)
+    assert report.attempts == 22
+    assert report.hedge_rate == pytest.approx(2 / 20)
+    assert report.ttft_s.p99 is not None
+    assert report.ttft_s.p99 > 1.0
+    assert RunReport.from_json(report.to_json()) == report
+    assert "2 sent (10.00 % extra requests), 2 won by the hedge" in render_text(report)
 
 
 async def test_the_first_leg_wins_when_its_content_comes_first(

@@ -22,6 +22,8 @@ from ._events import (
     AttemptStart,
     Event,
     FirstToken,
+    HedgeSent,
+    HedgeWon,
     ItemAdmitted,
     ItemEnd,
     LimitChange,
@@ -179,6 +181,8 @@ class ReportBuilder:
         self._status = dict.fromkeys(Status, 0)
         self._attempts = 0
         self._retries = 0
+        self._hedges = 0
+        self._hedge_wins = 0
         self._retry_causes: dict[str, int] = {}
         self._attempt_failures: dict[str, int] = {}
         self._failure_causes: dict[str, int] = {}
@@ -231,6 +235,10 @@ class ReportBuilder:
                 _count(self._attempt_failures, _cause_key(event.cause))
             elif event.outcome is AttemptOutcome.OK:
                 self._ok_attempt[event.item_id] = event
+        elif isinstance(event, HedgeSent):
+            self._hedges += 1
+        elif isinstance(event, HedgeWon):
+            self._hedge_wins += event.leg == "hedge"
         elif isinstance(event, RetryScheduled):
             self._retries += 1
             self._shard(event.shard).retries += 1
@@ -505,6 +513,11 @@ class ReportBuilder:
             limits=tuple(
                 acc.report(no, self._seg_last_t) for no, acc in sorted(self._limits.items())
             ),
+            hedges=self._hedges,
+            hedge_wins=self._hedge_wins,
+            hedge_rate=_ratio(self._hedges, self._attempts - self._hedges)
+            if self._hedges
+            else None,
         )
 
 
