@@ -405,6 +405,9 @@ async def test_the_fake_servers_slow_first_attempts_are_hedged(
     # The slow first attempts after the first `min_samples` TTFTs were all hedged.
     assert stats.slow_first_tokens >= 10
     assert len(hedge_wins) >= stats.slow_first_tokens - 3
+    # The slow first legs that lost had their connection closed before their first
+    # token: the server stopped working on them.
+    assert stats.abandoned >= len(hedge_wins)
     assert len(sent) <= 0.05 * 400
     slow = sorted(o.latency_s for o in got)[-8:]
     assert sum(1 for t in slow if t > 6.0) <= 3

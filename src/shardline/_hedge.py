@@ -29,11 +29,12 @@ The pieces, each small:
 
 A hedge is not a retry: it does not spend the retry budget and schedules no
 retry; if both legs fail before any content, the attempt fails with the first
-leg's error and the retry policy decides, as for any attempt. A hedge leg takes
-its shard's in-flight slot and a permit of the endpoint's live limit like any
-attempt, but *only if both are free now*: a hedge never queues, and none goes
-while the endpoint shows overload (limit cut below its ceiling, waiters for a
-permit or for the retry budget, a shard cooling down after a 429).
+leg's error and the retry policy decides, as for any attempt. A hedge leg waits
+for its shard's in-flight slot and a permit of the endpoint's live limit like
+any attempt (so every cap holds; in a busy batch a slot frees within about one
+request's time), and none goes while the endpoint shows overload (limit cut
+below its ceiling, retries waiting for the retry budget, a shard cooling down
+after a 429).
 """
 
 from __future__ import annotations
