@@ -8,7 +8,9 @@ and each expiry can be asserted to the exact virtual second.
 
 from __future__ import annotations
 
+import gzip
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -189,6 +191,20 @@ async def test_streamed_success(autojump_clock: trio.testing.MockClock) -> None:
     assert body["stream"] is True
     assert body["stream_options"] == {"include_usage": True}
     assert body["model"] == "m"
+
+
+@pytest.mark.parametrize("split", [1, 7, 10_000])
+async def test_a_compressed_stream_is_decoded(split: int) -> None:
+    """A gzip-encoded event stream goes through httpx's decoder (plain ones skip it)."""
+    packed = gzip.compress(b"".join(GOOD))
+    pieces = [packed[i : i + split] for i in range(0, len(packed), split)]
+    fake = Fake.streaming(pieces, headers={**SSE_HEADERS, "content-encoding": "gzip"})
+    result = await attempt(fake)
+    assert (result.text, result.finish_reason, result.usage.completion_tokens) == (
+        "Hello world",
+        "stop",
+        3,
+    )
 
 
 async def test_usage_is_estimated_when_server_sends_none(
@@ -664,6 +680,35 @@ async def test_make_client_http2() -> None:
         return
     async with make_client(endpoint, max_connections=1, deadlines=DEADLINES) as client:
         assert client._transport._pool._http2  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("base_url", "environ", "loads_the_ca_bundle"),
+    [
+        ("http://fake.test/v1", {}, False),
+        ("https://fake.test/v1", {}, True),
+        ("http://fake.test/v1", {"HTTPS_PROXY": "https://proxy.test:3128"}, True),
+        ("http://fake.test/v1", {"all_proxy": "http://proxy.test:3128"}, True),
+    ],
+)
+async def test_make_client_loads_the_ca_bundle_only_when_tls_may_happen(
+    base_url: str,
+    environ: dict[str, str],
+    loads_the_ca_bundle: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plain-http endpoint without a proxy skips the CA bundle; its context trusts nothing."""
+    for name in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    endpoint = Endpoint(base_url=base_url)
+    async with make_client(endpoint, max_connections=1, deadlines=DEADLINES) as client:
+        context = client._transport._pool._ssl_context  # type: ignore[attr-defined]
+    assert (context.cert_store_stats()["x509_ca"] > 0) is loads_the_ca_bundle
+    assert context.verify_mode is ssl.CERT_REQUIRED
+    assert context.check_hostname
 
 
 @pytest.mark.parametrize(

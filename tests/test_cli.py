@@ -205,6 +205,8 @@ def test_bad_events_or_report_path_touches_nothing(
     assert "cannot write events file" in capsys.readouterr().err
     assert main([*base, "--report-json", str(tmp_path)]) == 2
     assert f"cannot write report {tmp_path}: it is a directory" in capsys.readouterr().err
+    assert main([*base, "--html", str(tmp_path)]) == 2
+    assert f"cannot write HTML report {tmp_path}: it is a directory" in capsys.readouterr().err
     assert out.read_text() == '{"id": "q0", "status": "ok"}\n'
 
 
@@ -274,7 +276,8 @@ def test_bad_lines_fail_alone(
     assert all(r["error"]["cause"] == "invalid_input" for r in bad.values())  # type: ignore[index]
     assert bad[6]["error"]["message"].startswith(f"{inp}:6: invalid JSON")  # type: ignore[index]
     assert bad[7]["error"]["message"] == (  # type: ignore[index]
-        f"{inp}:7: missing field 'messages' (chat) or 'prompt' (completion)"
+        f"{inp}:7: missing field 'messages' (chat) or 'prompt' (completion),"
+        " or 'input' with an 'api'"
     )
     assert bad[8]["error"]["message"] == (  # type: ignore[index]
         f"{inp}:8: duplicate id 'q1' (ids must be unique in a file)"
@@ -379,6 +382,7 @@ def test_demo_small(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     out = tmp_path / "demo.out.jsonl"
     report = tmp_path / "demo.json"
+    page = tmp_path / "demo.html"
     status = main(
         [
             "demo",
@@ -389,10 +393,15 @@ def test_demo_small(
             str(out),
             "--report-json",
             str(report),
+            "--html",
+            str(page),
         ]
     )
     captured = capsys.readouterr()
     assert status == 0, captured.err
+    html = page.read_text(encoding="utf-8")
+    assert f"<td>{json.loads(report.read_text())['events_sha256']}</td>" in html
+    assert html.count("<svg ") == 6 + 8  # six charts, one per shard
     records = read_jsonl(out)
     assert len(records) == 300
     assert len({r["id"] for r in records}) == 300

@@ -16,11 +16,12 @@ from typing import Any, Literal
 import httpx
 import openai
 import pytest
-from openai.types import Completion, CompletionChoice
+from openai.types import Completion, CompletionChoice, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
-from pydantic import BaseModel
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import BaseModel, TypeAdapter
 
-from shardline.testing import FakeServerProcess, fake_server_process, fake_text
+from shardline.testing import FakeServerProcess, fake_embedding, fake_server_process, fake_text
 
 FAULTS = "rate_limit@item=rl,http_503@item=boom,error_event@item=err,truncate@item=trunc"
 
@@ -195,3 +196,148 @@ def test_sdk_sees_faults_as_the_api_errors_it_knows(client: openai.OpenAI) -> No
     # A truncated stream is NOT an error to the SDK: exactly what shardline must catch.
     chunks = ask("trunc", stream=True)
     assert all(ch.choices[0].finish_reason is None for ch in chunks)
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "extract",
+            "description": "Record the extracted text.",
+            "parameters": {"type": "object", "properties": {"text": {"type": "string"}}},
+        },
+    }
+]
+
+
+def test_chat_tool_call_stream_validates_and_the_sdk_assembles_it(
+    server: FakeServerProcess, client: openai.OpenAI
+) -> None:
+    """A request with tools streams one call (valid chunks); the SDK's own accumulator
+    assembles the same call shardline does, with arguments that are JSON."""
+    body = {
+        "model": "m",
+        "messages": MESSAGES,
+        "tools": TOOLS,
+        "max_tokens": 6,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    events = raw_events(server, "/chat/completions", body)
+    chunks = [strict(ChatCompletionChunk, e) for e in events]
+    first_call = chunks[1].choices[0].delta.tool_calls  # type: ignore[attr-defined]
+    assert first_call is not None
+    assert first_call[0].id == "call_shardline" + chunks[0].id.rpartition("shardline")[2]
+    with client.chat.completions.stream(
+        model="m",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
+        max_tokens=6,
+    ) as stream:
+        final = stream.get_final_completion()
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls is not None
+    (tool_call,) = choice.message.tool_calls
+    assert tool_call.type == "function"
+    assert tool_call.function.name == "extract"
+    assert json.loads(tool_call.function.arguments) == {"text": fake_text(6)}
+
+
+def test_chat_tool_call_non_stream_validates(
+    server: FakeServerProcess, client: openai.OpenAI
+) -> None:
+    """A non-streamed tool call is a valid ChatCompletion; tool_choice picks the function."""
+    tools = [*TOOLS, {"type": "function", "function": {"name": "other"}}]
+    answer = client.chat.completions.create(
+        model="m",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        tools=tools,  # type: ignore[arg-type]
+        tool_choice={"type": "function", "function": {"name": "other"}},
+        max_tokens=3,
+    )
+    strict(ChatCompletion, answer.model_dump(mode="json", exclude_unset=True))
+    message = answer.choices[0].message
+    assert message.content is None
+    assert message.tool_calls is not None
+    assert message.tool_calls[0].function.name == "other"  # type: ignore[union-attr]
+    assert answer.choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [({"reasoning_effort": "low"}, "reasoning_content"), ({"reasoning": {}}, "reasoning")],
+)
+def test_reasoning_stream_validates_apart_from_its_reasoning_key(
+    server: FakeServerProcess, extra: dict[str, Any], key: str
+) -> None:
+    """Reasoning streams as vLLM (reasoning_content) or OpenRouter (reasoning) send it: every
+    chunk is a valid ChatCompletionChunk once that one key, unknown to openai, is set aside."""
+    body = {"model": "m", "messages": MESSAGES, "max_tokens": 6, "stream": True, **extra}
+    events = raw_events(server, "/chat/completions", body)
+    thought = ""
+    for event in events:
+        for choice in event["choices"]:
+            piece = choice["delta"].pop(key, None)
+            assert piece is None or isinstance(piece, str)
+            thought += piece or ""
+        strict(ChatCompletionChunk, event)
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
+    assert (thought, text) == (fake_text(3), fake_text(3))
+
+
+def test_embeddings_validate_and_the_sdk_decodes_them(client: openai.OpenAI) -> None:
+    """Embeddings (float, and the SDK's default base64) are valid CreateEmbeddingResponses
+    holding the same deterministic vectors."""
+    floats = client.embeddings.create(
+        model="m", input=["alpha", "beta"], dimensions=4, encoding_format="float"
+    )
+    strict(CreateEmbeddingResponse, floats.model_dump(mode="json", exclude_unset=True))
+    assert [e.embedding for e in floats.data] == [
+        fake_embedding("alpha", 4),
+        fake_embedding("beta", 4),
+    ]
+    assert floats.usage.prompt_tokens == floats.usage.total_tokens == 2 + 1  # 5 and 4 chars
+    packed = client.embeddings.create(model="m", input="alpha")  # base64 on the wire
+    assert packed.data[0].embedding == pytest.approx(fake_embedding("alpha"), abs=1e-6)
+
+
+def test_responses_stream_events_validate_and_the_sdk_assembles_them(
+    server: FakeServerProcess, client: openai.OpenAI
+) -> None:
+    """Every streamed Responses event validates strictly as the event type it names; the SDK's
+    stream helper ends with the same text and usage; the non-streamed object validates too."""
+    body = {"model": "m", "input": "hello", "reasoning": {}, "max_output_tokens": 6}
+    with (
+        httpx.Client(base_url=server.base_url, timeout=30) as c,
+        c.stream("POST", "/responses", json={**body, "stream": True}) as response,
+    ):
+        assert response.status_code == 200
+        lines = [line for line in response.iter_lines() if line]
+    names = [line.removeprefix("event: ") for line in lines[::2]]
+    events = [json.loads(line.removeprefix("data: ")) for line in lines[1::2]]
+    assert [e["type"] for e in events] == names
+    adapter: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+    for raw in events:
+        assert_no_extra(adapter.validate_python(raw, strict=True))
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert names[-1] == "response.incomplete"
+
+    with client.responses.stream(model="m", input="hello") as stream:
+        final = stream.get_final_response()
+    assert final.output_text == fake_text(16)
+    assert final.usage is not None
+    assert final.usage.output_tokens == 16
+    whole = client.responses.create(model="m", input=[{"role": "user", "content": "hi"}])
+    strict(Response, whole.model_dump(mode="json", exclude_unset=True))
+    assert (whole.status, whole.output_text) == ("completed", fake_text(16))
+
+
+def test_responses_function_call_validates(client: openai.OpenAI) -> None:
+    """A Responses request with tools gets one function call the SDK parses."""
+    tools = [{"type": "function", "name": "extract", "parameters": {}, "strict": False}]
+    whole = client.responses.create(model="m", input="x", tools=tools)  # type: ignore[arg-type]
+    strict(Response, whole.model_dump(mode="json", exclude_unset=True))
+    (call,) = whole.output
+    assert call.type == "function_call"
+    assert json.loads(call.arguments) == {"text": fake_text(16)}

@@ -161,16 +161,6 @@ def test_a_one_at_a_time_server_that_cuts_streams_finishes_every_item() -> None:
     assert stats.preempted <= 0.25 * run.attempts, (stats.preempted, run.attempts)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "HeaderPacer (_flow_pacer.py) reads x-ratelimit-reset-* as the end of a fixed "
-        "window, but OpenAI's reset is the time until the quota is full again: with "
-        "remaining 0 it sleeps ~60 s while the bucket refills 2/s; and a report "
-        "answering an older request resets the count of what was sent since, so the "
-        "first burst overruns the quota (18 429s in 168 attempts of 150 items)."
-    ),
-)
 def test_an_rpm_limited_server_announcing_its_quota_is_paced_with_almost_no_429s() -> None:
     """120 RPM announced in x-ratelimit-* headers: 140 items all ok, 429s under 2 % of attempts."""
     n = 140  # the bucket holds 120 (a minute's worth); the last 20 take 10 s of its refill

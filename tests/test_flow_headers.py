@@ -283,17 +283,70 @@ async def test_observe_headers_parses_and_feeds(autojump_clock: trio.testing.Moc
 async def test_a_report_about_an_older_request_does_not_free_what_is_in_flight(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Requests sent but not yet answered stay counted when an older answer reports the quota;
-    one that ends with no answer stops counting."""
+    """Requests still in flight stay counted, whatever order the answers arrive in; an
+    older answer does not replace a newer report; a send that got no answer stays
+    counted against the report we hold."""
     pacer = HeaderPacer()
-    quota = Quota(limit=10, remaining=3, reset_at=trio.current_time() + 60.0)
-    pacer.observe(RateLimitInfo(requests=quota))
-    for _ in range(3):
-        await pacer.wait()  # three sent, none answered yet
-    # The answer to one of them says 3 remain (the server counted only that one... or
-    # none): the two still unanswered must stay counted, so only one is free.
-    pacer.observe(RateLimitInfo(requests=quota))
+    reset_at = trio.current_time() + 60.0
+
+    def report(remaining: int) -> RateLimitInfo:
+        return RateLimitInfo(requests=Quota(limit=10, remaining=remaining, reset_at=reset_at))
+
+    pacer.observe(report(5))
+    first, second, third = [await pacer.wait() for _ in range(3)]
+    assert (first, second, third) == (1, 2, 3)
+    assert pacer.statistics().requests_available == 2
+    # The server took them in order (4, 3, 2 left); the second's answer comes first.
+    pacer.observe(report(3), ticket=second)  # the first and third may not be counted
     assert pacer.statistics().requests_available == 1
-    pacer.unanswered()  # one of them was refused a connection: no longer in flight
-    pacer.observe(RateLimitInfo(requests=quota))
-    assert pacer.statistics().requests_available == 3
+    # Older (more remaining): not taken, but it shows the first is counted in the report
+    # we hold, so only the third is still in question.
+    pacer.observe(report(4), ticket=first)
+    assert pacer.statistics().requests_available == 2
+    pacer.observe(report(2), ticket=third)  # the newest: nothing in question
+    assert pacer.statistics().requests_available == 2
+    fourth = await pacer.wait()
+    pacer.unanswered(fourth)  # refused a connection: it stays counted until a report
+    assert pacer.statistics().requests_available == 1
+
+
+async def test_a_quota_whose_reset_moves_later_is_read_as_a_refilling_bucket(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """OpenAI's reset is "until full": the reset instant moves later with each request.
+    Once it has, an empty quota frees a request after 1/rate, not after the reset."""
+    pacer = HeaderPacer(spread=0.0)
+    start = trio.current_time()
+
+    def report(remaining: int, reset_in: float) -> RateLimitInfo:
+        now = trio.current_time()
+        return RateLimitInfo(requests=Quota(limit=60, remaining=remaining, reset_at=now + reset_in))
+
+    # 60 a minute, refilling 1 a second: 5 left, full in 55 s (at start + 55).
+    pacer.observe(report(5, 55.0))
+    await trio.sleep(0.1)
+    # One more taken: 4.1 left, full in 55.9 s, at start + 56: a second later than
+    # the first report said, long before that reset came. A bucket.
+    pacer.observe(report(4, 55.9))
+    await trio.sleep(0.1)
+    pacer.observe(report(0, 60.0))  # emptied by others
+    before = trio.current_time()
+    await pacer.wait()
+    # The bucket frees one in about a second (conservatively 59/60 a second): not 60 s.
+    assert 1.0 <= trio.current_time() - before < 1.05
+    assert trio.current_time() - start < 2.0
+
+
+async def test_a_fixed_window_is_not_mistaken_for_a_bucket(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Reports of one window name the same reset: an empty quota waits for it."""
+    pacer = HeaderPacer(spread=0.0)
+    start = trio.current_time()
+    reset_at = start + 30.0
+    for remaining in (3, 2, 1, 0):
+        quota = Quota(limit=5, remaining=remaining, reset_at=reset_at)
+        pacer.observe(RateLimitInfo(requests=quota))
+        await trio.sleep(0.1)
+    await pacer.wait()
+    assert trio.current_time() == reset_at

@@ -22,6 +22,7 @@ from shardline._exceptions import Cause
 from shardline._flow import AdaptiveLimit, FlowPermit
 from shardline._flow_pacer import HeaderPacer
 from shardline._ratelimit_headers import Quota, RateLimitInfo
+from shardline.testing._load import Bucket
 from test_flow_sim import CapacityServer, QueueServer, run_workload
 
 #: Examples per simulated-server property (raise it for a thorough run).
@@ -228,7 +229,7 @@ def test_limit_does_not_run_to_the_ceiling_on_a_queueing_server(
 # -- the pacer -----------------------------------------------------------------------
 
 
-@settings(max_examples=20)
+@settings(max_examples=300)
 @given(
     quota=st.integers(1, 40),
     window=st.floats(1.0, 60.0),
@@ -276,5 +277,59 @@ def test_pacer_never_overruns_an_announced_request_quota(
                 nursery.start_soon(worker)
         assert refused == 0
         assert all(count <= quota for count in used.values())
+
+    run_virtual(main)
+
+
+@settings(max_examples=300)
+@given(
+    per_minute=st.integers(20, 240),
+    workers=st.integers(8, 24),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_pacer_keeps_up_with_a_continuously_refilled_quota_without_overrunning_it(
+    per_minute: int, workers: int, seed: int
+) -> None:
+    """Against OpenAI's token bucket (reset = until full), the pacer learns the refill:
+    no request is refused, and once the bucket is empty requests go at its refill rate
+    rather than one bucketful per reset."""
+
+    async def main() -> None:
+        rng = random.Random(seed)
+        pacer = HeaderPacer(rng=rng)
+        bucket = Bucket(per_minute)
+        start = trio.current_time()
+        requests = per_minute + 2 * per_minute // 3  # a bucketful, then 40 s of refill
+        sent = refused = 0
+        last_sent = start
+
+        async def worker() -> None:
+            nonlocal sent, refused, last_sent
+            while sent < requests:
+                ticket = await pacer.wait()
+                if sent >= requests:
+                    pacer.unanswered(ticket)
+                    return
+                now = trio.current_time()
+                if bucket.wait_for(1, now) > 0.0:
+                    refused += 1
+                else:
+                    bucket.level -= 1
+                    sent += 1
+                    last_sent = now
+                headers = {k.decode(): v.decode() for k, v in bucket.headers(b"requests")}
+                await trio.sleep(rng.uniform(0.0, 0.2))  # the response's headers arrive
+                pacer.observe_headers(headers, ticket=ticket)
+
+        # What the server announced before the run (with no report at all, a burst
+        # larger than the quota is not the pacer's to stop).
+        pacer.observe_headers({k.decode(): v.decode() for k, v in bucket.headers(b"requests")})
+        async with trio.open_nursery() as nursery:
+            for _ in range(workers):
+                nursery.start_soon(worker)
+        assert refused == 0
+        # The refill is 2/3 of a minute's worth: 40 s at the bucket's rate. A pacer
+        # that read "reset" as a fixed window would wait a full minute for it.
+        assert last_sent - start < 52.0
 
     run_virtual(main)

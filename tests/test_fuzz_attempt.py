@@ -28,6 +28,8 @@ from shardline._attempt import AttemptResult, send_attempt
 from shardline._config import Deadlines, Endpoint
 from shardline._exceptions import AttemptError, ProtocolError, Truncated
 from shardline._models import ChatRequest
+from shardline._openai_apis import ResponsesAccumulator, parse_embeddings
+from shardline._sse import SSEEvent
 
 STREAM = Endpoint(base_url="http://fuzz.test/v1", model="m")
 WHOLE = Endpoint(base_url="http://fuzz.test/v1", model="m", stream=False)
@@ -69,6 +71,32 @@ def _is_count(v: object) -> bool:
 
 
 # position -> (is the value acceptable there?, does the chunk's content still count?)
+def _valid_tool_calls(value: Any) -> bool:
+    """Tool-call pieces a client can assemble: objects whose fields have their types, and
+    every call that carries anything (an id, arguments) has a function name."""
+    if value is None:
+        return True
+    if not isinstance(value, list):
+        return False
+    calls: dict[int, tuple[bool, bool]] = {}
+    for j, piece in enumerate(value):
+        if not isinstance(piece, dict) or not (
+            piece.get("index") is None or _is_count(piece["index"])
+        ):
+            return False
+        function = piece.get("function")
+        if function is not None and not isinstance(function, dict):
+            return False
+        fields = [piece.get("id"), piece.get("type")]
+        fields += [(function or {}).get("name"), (function or {}).get("arguments")]
+        if not all(f is None or isinstance(f, str) for f in fields):
+            return False
+        index = j if piece.get("index") is None else piece["index"]
+        named, used = calls.get(index, (False, False))
+        calls[index] = (named or bool(fields[2]), used or bool(fields[0] or fields[3]))
+    return all(named or not used for named, used in calls.values())
+
+
 POSITIONS = {
     "chunk": lambda v: False,  # non-object chunks only (see the strategy)
     "choices": lambda v: v is None or (isinstance(v, list) and all(isinstance(c, dict) for c in v)),
@@ -77,7 +105,7 @@ POSITIONS = {
     "delta": lambda v: v is None or isinstance(v, dict),
     "content": lambda v: v is None or isinstance(v, str),
     "reasoning_content": lambda v: v is None or isinstance(v, str),
-    "tool_calls": lambda v: v is None or isinstance(v, list),
+    "tool_calls": lambda v: _valid_tool_calls(v),
     "finish_reason": lambda v: v is None or isinstance(v, str),
     "usage": lambda v: v is None or isinstance(v, dict),
     "prompt_tokens": _is_count,
@@ -252,3 +280,106 @@ def test_a_good_stream_split_anywhere_is_the_exact_answer(cuts: list[int]) -> No
     result = _send(_split(GOOD_BYTES, cuts), endpoint=STREAM, content_type="text/event-stream")
     assert isinstance(result, AttemptResult)
     assert result.text == "Hello world"
+
+
+_RESPONSES_EVENTS = st.sampled_from(
+    [
+        "response.created",
+        "response.output_text.delta",
+        "response.reasoning_text.delta",
+        "response.function_call_arguments.delta",
+        "response.output_item.added",
+        "response.completed",
+        "response.incomplete",
+        "response.failed",
+        "error",
+        None,
+    ]
+)
+_RESPONSES_KEYS = st.sampled_from(
+    ["delta", "output_index", "item", "response", "code", "message", "error", "type"]
+)
+_RESPONSE_OBJECTS = st.fixed_dictionaries(
+    {},
+    optional={
+        "status": st.sampled_from(["completed", "incomplete", "failed", "in_progress"])
+        | json_values,
+        "output": json_values
+        | st.lists(
+            st.fixed_dictionaries(
+                {"type": st.sampled_from(["message", "function_call", "reasoning"])},
+                optional={
+                    "content": json_values,
+                    "summary": json_values,
+                    "name": json_values,
+                    "arguments": json_values,
+                    "call_id": json_values,
+                },
+            ),
+            max_size=2,
+        ),
+        "usage": json_values,
+        "error": json_values,
+        "incomplete_details": json_values,
+    },
+)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            _RESPONSES_EVENTS,
+            st.dictionaries(_RESPONSES_KEYS, json_values | _RESPONSE_OBJECTS, max_size=4),
+        ),
+        max_size=6,
+    )
+)
+def test_any_responses_event_sequence_is_an_answer_or_a_typed_error(
+    events: list[tuple[str | None, dict[str, Any]]],
+) -> None:
+    """Responses API events with any JSON in their fields never raise anything but an
+    AttemptError, and a complete stream always has an answer or a ProtocolError."""
+    acc = ResponsesAccumulator()
+    try:
+        for kind, fields in events:
+            payload = dict(fields)
+            if kind is not None:
+                payload["type"] = kind
+            acc.feed(SSEEvent(data=json.dumps(payload), event=kind or "message"))
+        if acc.complete:
+            answer = acc.answer()
+            assert answer.finish_reason
+            assert all(call.name for call in answer.tool_calls)
+    except AttemptError:
+        pass
+
+
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "index": json_values,
+                "embedding": json_values
+                | st.text(max_size=12)
+                | st.sampled_from(["AADAfw==", "AACAfw==", [1.0, float("nan")]]),
+            },
+        )
+        | json_values,
+        max_size=3,
+    )
+    | json_values,
+    json_values,
+)
+def test_any_embeddings_body_is_vectors_or_a_typed_error(data: Any, usage: Any) -> None:
+    """An embeddings body with any JSON as its data and usage: one vector per input, each a
+    tuple of floats, or an AttemptError."""
+    raw = json.dumps({"object": "list", "data": data, "usage": usage}).encode()
+    try:
+        answer = parse_embeddings(raw, status_code=200, expected=2)
+    except AttemptError:
+        return
+    assert answer.embeddings is not None
+    assert len(answer.embeddings) == 2
+    assert all(isinstance(x, float) for vector in answer.embeddings for x in vector)
+    json.dumps(answer.embeddings, allow_nan=False)  # what the output file can hold

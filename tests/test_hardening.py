@@ -262,10 +262,12 @@ async def test_complete_and_submit_reject_what_is_not_a_request(
     async with open_pipeline(
         config(), transport=mock_transports(lambda r: streamed(good_stream()))
     ) as p:
-        with pytest.raises(TypeError, match=r"^complete\(\) takes a ChatRequest or"):
+        with pytest.raises(
+            TypeError, match=r"^complete\(\) takes a ChatRequest, CompletionRequest,"
+        ):
             await p.complete(bad)
         send, _recv = trio.open_memory_channel[Outcome](1)
-        with pytest.raises(TypeError, match=r"^submit\(\) takes a ChatRequest or"):
+        with pytest.raises(TypeError, match=r"^submit\(\) takes a ChatRequest, CompletionRequest,"):
             await p.submit(bad, send)
         # The pipeline is unharmed.
         assert (await p.complete(chat(1))).text == "hi"

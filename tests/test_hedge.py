@@ -234,10 +234,10 @@ class StubShard:
         self.load = 0
         self.cooling = False
 
-    async def take_slot(self, token: object, tokens: int) -> FlowPermit | None:
-        return None if self.state.flow is None else await self.state.flow.acquire()
+    async def take_slot(self, token: object, tokens: int) -> tuple[FlowPermit | None, None]:
+        return (None if self.state.flow is None else await self.state.flow.acquire()), None
 
-    def abandon(self, permit: FlowPermit | None) -> None:
+    def abandon(self, permit: FlowPermit | None, ticket: int | None) -> None:
         if permit is not None and self.state.flow is not None:
             self.state.flow.on_ignore(permit)
 
@@ -269,8 +269,8 @@ async def test_no_hedge_while_the_endpoint_is_overloaded(
         reserved = await hedger.reserve(a, 10)
         if reserved is None:
             return None
-        target, _token, permit = reserved
-        target.abandon(permit)
+        target, _token, permit, ticket = reserved
+        target.abandon(permit, ticket)
         return target.index
 
     assert await reserve() == 1

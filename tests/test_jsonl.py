@@ -104,7 +104,8 @@ def test_read_input_invalid_lines_name_file_and_line(tmp_path: Path) -> None:
     assert str(bad[0].error).startswith(f"{path}:2: invalid JSON")
     assert bad[0].item_id == 2
     assert (
-        str(bad[1].error) == f"{path}:3: missing field 'messages' (chat) or 'prompt' (completion)"
+        str(bad[1].error) == f"{path}:3: missing field 'messages' (chat) or 'prompt' (completion),"
+        " or 'input' with an 'api'"
     )
     assert bad[1].item_id == "x"
     assert str(bad[2].error).startswith(f"{path}:4: expected a JSON object")

@@ -109,16 +109,23 @@ def test_no_import_cycle_anywhere() -> None:
 #: The layers below the pipeline: none of them may import it.
 BELOW_THE_PIPELINE = (
     "shardline._shard",
+    "shardline._hedge",
+    "shardline._send",
     "shardline._state",
     "shardline._attempt",
     "shardline._http",
     "shardline._openai",
+    "shardline._openai_apis",
+    "shardline._wirecheck",
     "shardline._sse",
     "shardline._flow",
     "shardline._flow_pacer",
     "shardline._budget",
     "shardline._backoff",
     "shardline._models",
+    "shardline._requests",
+    "shardline._request_base",
+    "shardline._answers",
     "shardline._config",
     "shardline._events",
     "shardline._exceptions",
@@ -159,3 +166,23 @@ def test_importing_shardline_ray_loads_no_cli_module() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_the_help_path_imports_no_http_stack() -> None:
+    """`shardline --help` (and plain `import shardline`) load neither trio nor httpx nor rich.
+
+    The package's names are imported on first use (shardline._lazy), and the
+    subcommands import the pipeline only to run it; see the performance page
+    for the start-up times this keeps.
+    """
+    code = (
+        "import sys, shardline, shardline._cli\n"
+        "shardline._cli.build_parser().format_help()\n"
+        "heavy = {'trio', 'httpx', 'httpcore', 'rich', 'pytest', 'shardline._pipeline'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

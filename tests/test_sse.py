@@ -375,3 +375,40 @@ def test_null_error_field_is_not_an_error() -> None:
     event = SSEEvent('{"error": null, "choices": [{"index": 0, "delta": {"content": "a"}}]}')
     assert acc.feed(event)
     assert acc.text == "a"
+
+
+# The decoder's and the accumulator's fast paths agree with the general ones --------
+
+
+@given(events_st, st.sampled_from([b"\n", b"\r\n"]), st.booleans())
+def test_one_chunk_per_event_gives_the_same_events(
+    events: list[tuple[list[str], str | None, list[str]]], eol: bytes, bom: bool
+) -> None:
+    """A read holding exactly one event (a paced stream's hot path) decodes as any split does."""
+    chunks = [serialize([event], eol) for event in events]
+    if bom and chunks:
+        chunks[0] = b"\xef\xbb\xbf" + chunks[0]
+    expected = decode_all(b"".join(chunks))
+    assert decode_chunks(chunks) == expected
+    # ...and after fields that the next event must carry (id, retry) or drop (event).
+    prefix = [b"id: 7\nretry: 30\n", b"event: ping\n"]
+    assert decode_chunks(prefix + chunks) == decode_all(b"".join(prefix + chunks))
+
+
+@pytest.mark.parametrize(
+    ("event", "kwargs"),
+    [
+        (b"data: " + b"x" * 60 + b"\n\n", {"max_line_bytes": 50}),
+        (b"data: " + b"x" * 60 + b"\n\n", {"max_event_bytes": 50}),
+        (b"data: \xff\xfe\n\n", {}),
+    ],
+)
+def test_one_event_chunk_fails_as_the_general_path_does(
+    event: bytes, kwargs: dict[str, int]
+) -> None:
+    """Bounds and UTF-8 are enforced on the fast path with the general path's messages."""
+    with pytest.raises(ProtocolError) as fast:
+        SSEDecoder(**kwargs).feed(event)
+    with pytest.raises(ProtocolError) as general:
+        decode_chunks([event[:-1], event[-1:]], **kwargs)
+    assert str(fast.value) == str(general.value)

@@ -12,10 +12,34 @@ import argparse
 import importlib
 import os
 import re
+import textwrap
 from typing import Any
 
 _MARKER = re.compile(r"^<!-- shardline-help: ([\w-]+) -->$", flags=re.MULTILINE)
 _WIDTH = "88"
+
+
+def _fit(text: str, width: int = int(_WIDTH)) -> str:
+    """Wrap the lines argparse left longer than ``width`` (raw descriptions, long usage).
+
+    A wrapped line keeps its indentation, so the help still reads as argparse's.
+    """
+    out: list[str] = []
+    for line in text.splitlines():
+        if len(line) <= width:
+            out.append(line)
+            continue
+        indent = line[: len(line) - len(line.lstrip())]
+        out.extend(
+            textwrap.wrap(
+                line.strip(),
+                width=width,
+                initial_indent=indent,
+                subsequent_indent=indent,
+                break_on_hyphens=False,
+            )
+        )
+    return "\n".join(out)
 
 
 def _help(command: str) -> str:
@@ -25,9 +49,9 @@ def _help(command: str) -> str:
     try:
         parser = cli.build_parser()
         if command == "shardline":
-            return str(parser.format_help()).rstrip()
+            return _fit(str(parser.format_help()).rstrip())
         subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        return str(subparsers.choices[command].format_help()).rstrip()
+        return _fit(str(subparsers.choices[command].format_help()).rstrip())
     finally:
         if previous is None:
             del os.environ["COLUMNS"]

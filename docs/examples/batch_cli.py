@@ -10,11 +10,13 @@ from pathlib import Path
 from shardline.events import EventFileReader
 from shardline.report import compute_report
 
-SHARDLINE = [str(Path(sys.executable).with_name("shardline"))]  # the installed command
+# the installed command
+SHARDLINE = [str(Path(sys.executable).with_name("shardline"))]
 
 
 def run(*args: str) -> int:
-    env = {**os.environ, "LLM_RETRY_BACKOFF_S": "0.05"}  # a short first backoff, for the demo
+    # a short first backoff, for the demo
+    env = {**os.environ, "LLM_RETRY_BACKOFF_S": "0.05"}
     return subprocess.run([*SHARDLINE, *args], env=env, check=False).returncode
 
 
@@ -39,7 +41,15 @@ with subprocess.Popen(server_command, stdout=subprocess.PIPE, text=True) as serv
     assert server.stdout is not None
     url = server.stdout.readline().strip()
     try:
-        options = ["--base-url", url, "--model", "fake-model", "--shards", "2", "--no-progress"]
+        options = [
+            "--base-url",
+            url,
+            "--model",
+            "fake-model",
+            "--shards",
+            "2",
+            "--no-progress",
+        ]
 
         # 3. With two attempts per item, q3 and q7 fail; so does the bad line.
         assert run("run", "prompts.jsonl", *options, "--max-attempts", "2") == 1

@@ -19,7 +19,8 @@ FAULTS = ",".join(
         "stall_headers@item=no-headers",  # accepts the request, never answers
         "stall_after_headers@item=no-body",  # 200 and headers, then nothing
         "stall_mid@item=stalls:after=3",  # three tokens, then silence
-        "drip@item=drips:after=1:interval=0.05",  # one token, then keep-alives forever
+        # one token, then keep-alives forever:
+        "drip@item=drips:after=1:interval=0.05",
     ]
 )
 
@@ -32,7 +33,10 @@ async def main() -> None:
             retry=RetryPolicy(max_attempts=1),  # no retries: show each first failure
         )
         ids = ["fine", "no-headers", "no-body", "stalls", "drips"]
-        requests = [ChatRequest(id=i, messages=[{"role": "user", "content": "Hi"}]) for i in ids]
+        requests = [
+            ChatRequest(id=i, messages=[{"role": "user", "content": "Hi"}])
+            for i in ids
+        ]
         started = trio.current_time()
         outcomes: dict[object, Outcome] = {}
         async with open_pipeline(config) as pipeline:

@@ -1,4 +1,4 @@
-"""Embed a pipeline in a trio application: many tasks share it, each with its own budget."""
+"""Embed a pipeline in a trio application: tasks share it, each with its budget."""
 
 import trio
 
@@ -18,13 +18,17 @@ from shardline.testing import open_fake_server
 
 async def answer(pipeline: Pipeline, question: str, *, item_id: str) -> str:
     """What one request handler of your application does."""
-    request = ChatRequest(id=item_id, messages=[{"role": "user", "content": question}])
+    request = ChatRequest(
+        id=item_id, messages=[{"role": "user", "content": question}]
+    )
     with trio.move_on_after(5):  # this caller's whole budget, every retry included
         try:
             result = await pipeline.complete(request)
-        except RateLimited as exc:  # the most specific first: it is also an AttemptError
+        # the most specific first: a RateLimited is also an AttemptError
+        except RateLimited as exc:
             return f"busy, retry in {exc.retry_after} s"
-        except DeadlineExceeded as exc:  # a ttft, stall, attempt, connect or pool timeout
+        # a ttft, stall, attempt, connect or pool timeout
+        except DeadlineExceeded as exc:
             return f"too slow ({exc.cause})"
         except AttemptError as exc:  # any other failure, with a named cause
             return f"failed ({exc.cause})"
@@ -47,7 +51,9 @@ async def main() -> None:
             answers: dict[str, str] = {}
 
             async def handle(item_id: str) -> None:
-                answers[item_id] = await answer(pipeline, f"Question {item_id}?", item_id=item_id)
+                answers[item_id] = await answer(
+                    pipeline, f"Question {item_id}?", item_id=item_id
+                )
 
             async with trio.open_nursery() as nursery:
                 for item_id in ["a", "b", "c", "hot", "slow"]:

@@ -22,10 +22,12 @@ async def main() -> None:
 
     async with open_fake_server(faults="http_503=0.1", seed=3) as server:
         config = PipelineConfig(
-            endpoint=Endpoint(base_url=server.base_url, model="fake-model"), shard_count=2
+            endpoint=Endpoint(base_url=server.base_url, model="fake-model"),
+            shard_count=2,
         )
         requests = [
-            ChatRequest(messages=[{"role": "user", "content": f"Hello {n}"}]) for n in range(40)
+            ChatRequest(messages=[{"role": "user", "content": f"Hello {n}"}])
+            for n in range(40)
         ]
         async with open_pipeline(config, sink=sink) as pipeline:
             send, recv = trio.open_memory_channel[Outcome](8)

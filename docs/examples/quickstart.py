@@ -5,8 +5,11 @@ from shardline.testing import open_fake_server
 
 
 async def main() -> None:
-    async with open_fake_server() as server:  # an OpenAI-compatible server, in-process
-        config = PipelineConfig(endpoint=Endpoint(base_url=server.base_url), shard_count=4)
+    # an OpenAI-compatible server, in-process
+    async with open_fake_server() as server:
+        config = PipelineConfig(
+            endpoint=Endpoint(base_url=server.base_url), shard_count=4
+        )
         async with open_pipeline(config) as pipeline:
             request = ChatRequest(messages=[{"role": "user", "content": "Say hello"}])
             result = await pipeline.complete(request)

@@ -34,18 +34,24 @@ async def monitor(pipeline: Pipeline) -> None:
 
 async def main() -> None:
     timing = TimingModel(ttft=0.05, itl=0.01, tokens_per_event=2)  # ~100 tokens/s
-    faults = "rate_limit=0.05:retry_after=0.3"  # a 429 cools its whole shard for 0.3 s
+    faults = (
+        "rate_limit=0.05:retry_after=0.3"  # a 429 cools its whole shard for 0.3 s
+    )
     async with open_fake_server(timing=timing, faults=faults, seed=2) as server:
         config = PipelineConfig(
             endpoint=Endpoint(base_url=server.base_url, model="fake-model"),
             shard_count=3,
             concurrency=4,  # per shard: 12 requests in flight at most
             queue_size=16,  # per shard: 16 queued, plus 2 x 4 in progress at most
-            retry=RetryPolicy(backoff=Backoff(initial=0.05, jitter=0.05), retry_after_jitter=0.05),
+            retry=RetryPolicy(
+                backoff=Backoff(initial=0.05, jitter=0.05), retry_after_jitter=0.05
+            ),
         )
         requests = [
             ChatRequest(
-                id=n, messages=[{"role": "user", "content": "Hi"}], params={"max_tokens": 8}
+                id=n,
+                messages=[{"role": "user", "content": "Hi"}],
+                params={"max_tokens": 8},
             )
             for n in range(100)
         ]

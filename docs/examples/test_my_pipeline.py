@@ -1,4 +1,4 @@
-"""Testing code built on shardline against the fake server (pytest, with trio_mode = true)."""
+"""Testing code built on shardline against the fake server (pytest, trio_mode)."""
 
 from collections.abc import Awaitable, Callable
 
@@ -32,7 +32,7 @@ from shardline.testing import (
 )
 
 
-# --- the code under test: yours ------------------------------------------------------------
+# --- the code under test: yours ------------------------------------------------
 async def summarize(pipeline: Pipeline, doc_id: str, text: str) -> str:
     request = ChatRequest(
         id=doc_id,
@@ -43,7 +43,7 @@ async def summarize(pipeline: Pipeline, doc_id: str, text: str) -> str:
     return result.text
 
 
-# --- the tests -----------------------------------------------------------------------------
+# --- the tests ----------------------------------------------------------------
 def config_for(server: FakeServer, **overrides: object) -> PipelineConfig:
     """Short deadlines and delays: the fake server answers in milliseconds."""
     defaults: dict[str, object] = {
@@ -83,7 +83,7 @@ async def test_summaries_under_rate_limits(fake_server: FakeServer) -> None:
 
 
 async def test_summaries_from_a_busy_server() -> None:
-    """A server that queues beyond 2 requests in flight is slower, but every summary arrives."""
+    """A server that queues beyond 2 in flight is slower; every summary arrives."""
     load = LoadModel(capacity=2, overload="queue")
     summaries: dict[str, str] = {}
 
@@ -91,17 +91,23 @@ async def test_summaries_from_a_busy_server() -> None:
         summaries[doc_id] = await summarize(pipeline, doc_id, "text")
 
     async with open_fake_server(load=load, timing=TimingModel(ttft=0.01)) as server:
-        async with open_pipeline(config_for(server)) as pipeline, trio.open_nursery() as nursery:
+        async with (
+            open_pipeline(config_for(server)) as pipeline,
+            trio.open_nursery() as nursery,
+        ):
             for n in range(8):
                 nursery.start_soon(one, pipeline, f"doc-{n}")
     assert len(summaries) == 8
     assert all(summaries.values())
     stats = server.statistics()
-    assert stats.max_generating == 2  # the server never answered more than its capacity
+    # the server never answered more than its capacity
+    assert stats.max_generating == 2
     assert stats.max_queued > 0  # and the others waited their turn
 
 
-@pytest.mark.parametrize("kind", ["stall_headers", "drip", "reset", "truncate", "malformed"])
+@pytest.mark.parametrize(
+    "kind", ["stall_headers", "drip", "reset", "truncate", "malformed"]
+)
 async def test_each_fault_is_reported_with_its_cause(
     kind: str, fake_server_factory: Callable[..., Awaitable[FakeServer]]
 ) -> None:
@@ -115,13 +121,17 @@ async def test_each_fault_is_reported_with_its_cause(
     assert info.value.item_id == "doc"
 
 
-async def test_production_deadlines_on_virtual_time(autojump_clock: trio.abc.Clock) -> None:
+async def test_production_deadlines_on_virtual_time(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     """The default 30 s stall deadline, tested in milliseconds with FakeTransport."""
 
     def stall_first_attempts(item_id: str, attempt: int) -> str | None:
         return "stall_mid" if attempt == 1 else None
 
-    config = PipelineConfig(endpoint=Endpoint(base_url="http://llm.invalid/v1", model="m"))
+    config = PipelineConfig(
+        endpoint=Endpoint(base_url="http://llm.invalid/v1", model="m")
+    )
     started = trio.current_time()
     async with open_pipeline(
         config, transport=lambda shard: FakeTransport(plan=stall_first_attempts)
@@ -133,15 +143,19 @@ async def test_production_deadlines_on_virtual_time(autojump_clock: trio.abc.Clo
     assert trio.current_time() - started >= 30  # virtual seconds: the stall deadline
 
 
-# --- a property, with hypothesis: any faults, on any attempts, never lose an item -----------
-FAULTS = st.sampled_from(["stall_mid", "drip", "reset", "truncate", "rate_limit", "http_503"])
+# --- a property, with hypothesis: any faults, any attempts, no item lost -------
+FAULTS = st.sampled_from(
+    ["stall_mid", "drip", "reset", "truncate", "rate_limit", "http_503"]
+)
 ITEMS = [str(n) for n in range(12)]
 
 
 @settings(max_examples=25, deadline=None)
-@given(plan=st.dictionaries(st.tuples(st.sampled_from(ITEMS), st.integers(1, 3)), FAULTS))
+@given(
+    plan=st.dictionaries(st.tuples(st.sampled_from(ITEMS), st.integers(1, 3)), FAULTS)
+)
 def test_every_item_ends_exactly_once(plan: dict[tuple[str, int], str]) -> None:
-    """Whatever fault strikes whichever attempt, each item gets one outcome, with a cause."""
+    """Whatever fault strikes whichever attempt, each item gets one outcome."""
 
     async def run() -> list[Outcome]:
         config = PipelineConfig(
@@ -150,7 +164,10 @@ def test_every_item_ends_exactly_once(plan: dict[tuple[str, int], str]) -> None:
             concurrency=2,
             retry=RetryPolicy(max_attempts=3),
         )
-        requests = [ChatRequest(id=i, messages=[{"role": "user", "content": "Hi"}]) for i in ITEMS]
+        requests = [
+            ChatRequest(id=i, messages=[{"role": "user", "content": "Hi"}])
+            for i in ITEMS
+        ]
         outcomes: list[Outcome] = []
 
         def picker(item_id: str, attempt: int) -> str | None:
@@ -166,7 +183,8 @@ def test_every_item_ends_exactly_once(plan: dict[tuple[str, int], str]) -> None:
         return outcomes
 
     outcomes = trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
-    assert sorted(str(o.id) for o in outcomes) == sorted(ITEMS)  # none lost, none twice
+    # none lost, none twice
+    assert sorted(str(o.id) for o in outcomes) == sorted(ITEMS)
     for outcome in outcomes:
         assert outcome.ok or outcome.cause is not None
         assert outcome.attempts <= 3

@@ -18,14 +18,19 @@ from shardline.report import compute_report, render_text
 from shardline.testing import open_fake_server
 
 # A few percent of the requests get a fault: 429s, 503s, resets, streams that stall.
-FAULTS = "rate_limit=0.05:retry_after=0.2,http_503=0.03,reset=0.02:after=2,stall_mid=0.02:after=3"
+FAULTS = (
+    "rate_limit=0.05:retry_after=0.2,http_503=0.03,"
+    "reset=0.02:after=2,stall_mid=0.02:after=3"
+)
 
 
 def requests() -> list[ChatRequest]:
     return [
         ChatRequest(
             id=f"q{n}",
-            messages=[{"role": "user", "content": f"Write a haiku about the number {n}."}],
+            messages=[
+                {"role": "user", "content": f"Write a haiku about the number {n}."}
+            ],
             params={"max_tokens": 24},
         )
         for n in range(200)
@@ -40,7 +45,8 @@ async def main() -> None:
             concurrency=8,
             deadlines=Deadlines(ttft=2.0, stall=0.5),  # the fake server is fast
             retry=RetryPolicy(
-                backoff=Backoff(initial=0.05, max=0.5, jitter=0.05), retry_after_jitter=0.05
+                backoff=Backoff(initial=0.05, max=0.5, jitter=0.05),
+                retry_after_jitter=0.05,
             ),
             seed=1,
         )
@@ -50,13 +56,15 @@ async def main() -> None:
                 send, recv = trio.open_memory_channel[Outcome](16)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(pipeline.map, requests(), send)
-                    async for outcome in recv:  # in completion order; ends after the last
+                    # in completion order; ends after the last
+                    async for outcome in recv:
                         if outcome.ok:
                             ok += 1
                         else:
                             failed += 1
                             print(
-                                f"{outcome.id}: {outcome.cause} after {outcome.attempts} attempts"
+                                f"{outcome.id}: {outcome.cause} after "
+                                f"{outcome.attempts} attempts"
                             )
         print(f"{ok} ok, {failed} failed")
         assert ok + failed == 200

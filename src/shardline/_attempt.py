@@ -39,6 +39,7 @@ import attrs
 import httpx
 import trio
 
+from ._answers import ToolCall
 from ._config import Deadlines, Endpoint
 from ._exceptions import (
     AttemptError,
@@ -49,9 +50,11 @@ from ._exceptions import (
     TTFTTimeout,
 )
 from ._http import MAX_RESPONSE_BYTES, consume, map_exceptions, raise_for_status, read_bounded
-from ._models import Request, Usage, estimate_tokens
+from ._models import EmbeddingRequest, Request, Usage, estimate_tokens
 from ._openai import StreamAccumulator, parse_whole
+from ._openai_apis import Accumulator, ResponsesAccumulator, parse_embeddings, parse_response
 from ._sse import DEFAULT_MAX_LINE_BYTES, SSEDecoder
+from ._wirecheck import Answer
 
 __all__ = [
     "TAIL_GRACE",
@@ -93,6 +96,8 @@ class AttemptResult:
             content ever arrived.
         duration_s: Seconds from sending to the end of the exchange.
         status_code: The HTTP status (200 in practice).
+        tool_calls, reasoning, refusal, logprobs, embeddings: as in
+            :class:`~shardline.Result`.
     """
 
     text: str
@@ -101,12 +106,26 @@ class AttemptResult:
     ttft_s: float | None
     duration_s: float
     status_code: int
+    tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: str | None = None
+    refusal: str | None = None
+    logprobs: tuple[Mapping[str, Any], ...] | None = None
+    embeddings: tuple[tuple[float, ...], ...] | None = None
 
 
 class _State:
     """What an attempt knows so far; read when turning a deadline into an error."""
 
-    __slots__ = ("acc", "body_deadline", "first_token_at", "start", "status_code")
+    __slots__ = (
+        "acc",
+        "body_deadline",
+        "events_seen",
+        "first_token_at",
+        "keepalives",
+        "last_progress_at",
+        "start",
+        "status_code",
+    )
 
     def __init__(self, start: float, body_deadline: float) -> None:
         self.start = start
@@ -114,7 +133,11 @@ class _State:
         self.body_deadline = body_deadline
         self.first_token_at: float | None = None
         self.status_code: int | None = None
-        self.acc: _TrackingAccumulator | None = None
+        self.acc: Accumulator | None = None
+        # What the timeout messages report about a stream.
+        self.events_seen = 0
+        self.keepalives = 0
+        self.last_progress_at: float | None = None
 
     @property
     def partial(self) -> bool:
@@ -136,11 +159,14 @@ async def send_attempt(
 ) -> AttemptResult:
     """Send ``request`` once and read the whole answer within ``deadlines``.
 
-    Streams when ``endpoint.stream`` (asking for ``stream_options.include_usage``
-    so usage comes from the server); otherwise reads one JSON body, which must
-    arrive whole within the TTFT deadline. A stream is a success only when a
-    finish reason or ``[DONE]`` arrived: a clean end without either is
-    :class:`~shardline.Truncated`, never a silently short answer.
+    Streams when ``endpoint.stream`` and the request can stream (an
+    embeddings request never does; a chat or completion stream asks for
+    ``stream_options.include_usage`` so usage comes from the server);
+    otherwise reads one JSON body, which must arrive whole within the TTFT
+    deadline. A stream is a success only when it ended properly (a finish
+    reason or ``[DONE]``; ``response.completed`` for the Responses API): a
+    clean end without that is :class:`~shardline.Truncated`, never a silently
+    short answer.
 
     It is not a retry loop: one call, one exchange. The pipeline decides about
     retries from the raised error's ``cause`` and ``retry_after``.
@@ -148,7 +174,7 @@ async def send_attempt(
     Args:
         client: The shard's pooled client (see :func:`make_client`).
         endpoint: Base URL, auth, default model, stream flag.
-        request: The chat or legacy completion request.
+        request: The request (chat, legacy completion, embeddings or Responses).
         deadlines: connect / ttft / stall / attempt, in seconds (``None`` = off).
         headers: Extra request headers (the pipeline's item id and attempt number).
         on_first_token: Called once, synchronously, with the TTFT in seconds
@@ -199,19 +225,21 @@ async def send_attempt(
         acc = state.acc
         if acc is not None and acc.complete:
             # The stream was complete; only its tail (usage, end of body) was late.
-            return _result(state, acc, request, status_code=state.status_code or 200)
+            with _decoding(f"stream event {acc.position}"):
+                answer = acc.answer()
+            return _result(state, answer, request, status_code=state.status_code or 200)
         await _outer_cancel_wins()
         now = trio.current_time()
         if state.first_token_at is None:
             raise TTFTTimeout(
                 f"no content within ttft={deadlines.ttft}s of sending"
-                f" ({now - start:.3f}s elapsed{_stream_note(acc)})",
+                f" ({now - start:.3f}s elapsed{_stream_note(state)})",
                 status_code=state.status_code,
             )
-        last = acc.last_progress_at if acc is not None else state.first_token_at
+        last = state.last_progress_at if acc is not None else state.first_token_at
         raise StallTimeout(
             f"no content within stall={deadlines.stall}s of the previous content event"
-            f" ({now - (last or start):.3f}s since it{_stream_note(acc)})",
+            f" ({now - (last or start):.3f}s since it{_stream_note(state)})",
             status_code=state.status_code,
             partial=True,
         )
@@ -243,10 +271,10 @@ async def _outer_cancel_wins() -> None:
     await trio.lowlevel.checkpoint_if_cancelled()
 
 
-def _stream_note(acc: _TrackingAccumulator | None) -> str:
-    if acc is None or (acc.events_seen == 0 and acc.keepalives == 0):
+def _stream_note(state: _State) -> str:
+    if state.acc is None or (state.events_seen == 0 and state.keepalives == 0):
         return ""
-    return f"; {acc.events_seen} events and {acc.keepalives} keep-alive comments received"
+    return f"; {state.events_seen} events and {state.keepalives} keep-alive comments received"
 
 
 async def _exchange(
@@ -260,7 +288,7 @@ async def _exchange(
     state: _State,
     progress: trio.CancelScope,
 ) -> AttemptResult:
-    stream = endpoint.stream
+    stream = endpoint.stream and request.streams
     body = request.body(model=endpoint.model, stream=stream)
     headers = endpoint.auth_headers()
     if extra_headers:
@@ -291,7 +319,6 @@ async def _exchange(
         raw = await read_bounded(response, MAX_RESPONSE_BYTES, what="response body")
         result = _parse_whole(raw, request, state, response.status_code)
         # The whole body is the first content; report it only once it proved valid.
-        state.first_token_at = state.start + result.duration_s
         if on_first_token is not None:
             on_first_token(result.duration_s)
         return result
@@ -306,7 +333,11 @@ async def _read_stream(
     progress: trio.CancelScope,
 ) -> AttemptResult:
     decoder = SSEDecoder(max_line_bytes=DEFAULT_MAX_LINE_BYTES)
-    acc = _TrackingAccumulator()
+    acc: Accumulator
+    if request.api == "responses":
+        acc = ResponsesAccumulator(loads=_json_loads)
+    else:
+        acc = StreamAccumulator(loads=_json_loads)
     state.acc = acc
     stall = deadlines.stall
     # Moving a trio deadline costs a heap push (3-6 us); a read costs less than
@@ -319,17 +350,22 @@ async def _read_stream(
     def handle(chunk: bytes) -> None:
         nonlocal tail_deadline
         progressed = False
-        with _decoding(f"stream event {acc.position + 1}"):
+        position = acc.position
+        try:  # _decoding, inlined: this runs once per read
             for event in decoder.feed(chunk):
                 if acc.feed(event):
                     progressed = True
-        acc.events_seen = decoder.events
-        acc.keepalives = decoder.comments
+        except AttemptError:
+            raise
+        except Exception as exc:
+            raise _undecodable(f"stream event {position + 1}", exc) from exc
+        state.events_seen = decoder.events
+        state.keepalives = decoder.comments
         if progressed:
             # One clock read per read, not per event: the events of one read
             # arrived together.
             now = trio.current_time()
-            acc.last_progress_at = now
+            state.last_progress_at = now
             if state.first_token_at is None:
                 state.first_token_at = now
                 if on_first_token is not None:
@@ -352,69 +388,62 @@ async def _read_stream(
             acc.feed(event)
     if not acc.complete:
         raise Truncated(
-            "stream ended without a finish reason or [DONE]"
+            f"stream ended without {acc.completion_mark}"
             f" after {acc.progress_events} content events"
             + (f" (an unfinished {pending}-byte line was dropped)" if pending else ""),
             status_code=response.status_code,
             partial=state.partial,
         )
-    return _result(state, acc, request, status_code=response.status_code)
+    with _decoding(f"stream event {acc.position}"):
+        answer = acc.answer()
+    return _result(state, answer, request, status_code=response.status_code)
 
 
-class _TrackingAccumulator(StreamAccumulator):
-    """A :class:`StreamAccumulator` plus what the timeout messages report."""
-
-    __slots__ = ("events_seen", "keepalives", "last_progress_at")
-
-    def __init__(self) -> None:
-        super().__init__(loads=_json_loads)
-        self.events_seen = 0
-        self.keepalives = 0
-        self.last_progress_at: float | None = None
-
-
-def _result(
-    state: _State, acc: StreamAccumulator, request: Request, *, status_code: int
-) -> AttemptResult:
-    text = acc.text
-    usage = acc.usage or _estimate_usage(request, text)
+def _result(state: _State, answer: Answer, request: Request, *, status_code: int) -> AttemptResult:
+    usage = answer.usage or _estimate_usage(request, answer)
     now = trio.current_time()
     ttft = None if state.first_token_at is None else state.first_token_at - state.start
     return AttemptResult(
-        text=text,
-        finish_reason=acc.finish_reason,
+        text=answer.text,
+        finish_reason=answer.finish_reason,
         usage=usage,
         ttft_s=ttft,
         duration_s=now - state.start,
         status_code=status_code,
+        tool_calls=answer.tool_calls,
+        reasoning=answer.reasoning,
+        refusal=answer.refusal,
+        logprobs=answer.logprobs,
+        embeddings=answer.embeddings,
     )
 
 
-def _estimate_usage(request: Request, text: str) -> Usage:
+def _estimate_usage(request: Request, answer: Answer) -> Usage:
+    out = answer.text + (answer.reasoning or "") + (answer.refusal or "")
+    out += "".join(call.name + call.arguments for call in answer.tool_calls)
     return Usage(
         prompt_tokens=estimate_tokens(request.prompt_text()),
-        completion_tokens=estimate_tokens(text) if text else 0,
+        completion_tokens=estimate_tokens(out) if out else 0,
         estimated=True,
     )
 
 
 def _parse_whole(raw: bytes, request: Request, state: _State, status_code: int) -> AttemptResult:
     with _decoding("response body"):
-        whole = parse_whole(raw, status_code=status_code, loads=_json_loads)
-    if not whole.finish_reason:
+        if isinstance(request, EmbeddingRequest):
+            whole = parse_embeddings(
+                raw, status_code=status_code, expected=request.inputs, loads=_json_loads
+            )
+        elif request.api == "responses":
+            whole = parse_response(raw, status_code=status_code, loads=_json_loads)
+        else:
+            whole = parse_whole(raw, status_code=status_code, loads=_json_loads)
+    if not whole.finish_reason and whole.embeddings is None:
         raise Truncated(
             "response has no finish reason", status_code=status_code, partial=bool(whole.text)
         )
-    usage = whole.usage or _estimate_usage(request, whole.text)
-    elapsed = trio.current_time() - state.start
-    return AttemptResult(
-        text=whole.text,
-        finish_reason=whole.finish_reason,
-        usage=usage,
-        ttft_s=elapsed,
-        duration_s=elapsed,
-        status_code=status_code,
-    )
+    state.first_token_at = trio.current_time()
+    return _result(state, whole, request, status_code=status_code)
 
 
 @contextmanager
@@ -431,6 +460,8 @@ def _decoding(where: str) -> Iterator[None]:
     except AttemptError:
         raise
     except Exception as exc:
-        raise ProtocolError(
-            f"{where}: could not be decoded ({type(exc).__name__}: {str(exc)[:200]})"
-        ) from exc
+        raise _undecodable(where, exc) from exc
+
+
+def _undecodable(where: str, exc: Exception) -> ProtocolError:
+    return ProtocolError(f"{where}: could not be decoded ({type(exc).__name__}: {str(exc)[:200]})")

@@ -19,26 +19,27 @@ None of these sleep: they compute numbers, and the pipeline sleeps with
 from __future__ import annotations
 
 import datetime
-import email.utils
 import math
 import os
 import random
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._budget import (
+from ._budget_defaults import (
     DEFAULT_BUDGET_MAX_WAIT,
     DEFAULT_BUDGET_MIN_RETRIES,
     DEFAULT_BUDGET_RATIO,
     DEFAULT_BUDGET_WINDOW,
-    RetryBudget,
 )
 from ._exceptions import AttemptError, Cause, ConfigError
 from ._validate import integer, number
+
+if TYPE_CHECKING:  # the budget is a trio primitive; the policy imports it to make one
+    from ._budget import RetryBudget
 
 __all__ = [
     "DEFAULT_BACKOFF_INITIAL",
@@ -249,8 +250,11 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     seconds = _nonneg_float(raw)
     if seconds is not None:
         return seconds
+    # An HTTP date is rare; email.utils (socket, selectors, ...) is imported for it only.
+    from email.utils import parsedate_to_datetime
+
     try:
-        when = email.utils.parsedate_to_datetime(raw.strip())
+        when = parsedate_to_datetime(raw.strip())
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # "-0000" dates: treat as UTC, as RFC 9110 says they are
@@ -399,6 +403,8 @@ class RetryPolicy:
 
     def new_budget(self) -> RetryBudget:
         """A fresh :class:`RetryBudget` with this policy's ratio and floor."""
+        from ._budget import RetryBudget  # a trio primitive: the policy alone needs no trio
+
         return RetryBudget(
             ratio=self.budget_ratio,
             min_retries=self.budget_min_retries,

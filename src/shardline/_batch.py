@@ -42,7 +42,6 @@ from typing import IO
 import attrs
 import httpx
 import trio
-import trio.testing
 
 from ._batch_io import (
     OUTPUT_FSYNC_INTERVAL,
@@ -310,7 +309,10 @@ async def _run_pipeline(
                 if not all_done.is_set():
                     # ...unless a defect lost one: its channel clone stays open and the
                     # stream never ends. Once every task waits, whatever arrived is written.
-                    await trio.testing.wait_all_tasks_blocked()
+                    # Imported here only: trio.testing imports pytest when installed.
+                    from trio.testing import wait_all_tasks_blocked
+
+                    await wait_all_tasks_blocked()
                 if not all_done.is_set():
                     received = summary.ok + summary.failed + summary.cancelled - summary.invalid
                     summary.lost = max(0, summary.submitted - received)

@@ -27,6 +27,7 @@ from ._exit import ExitStatus
 from ._jsonl import count_lines
 from ._jsonl_output import OutputWriter, ResumeState, prepare_resume
 from ._models import ItemId, Outcome, Status
+from ._report_html import render_html, report_and_series
 from ._sinks import EventSink
 from .report import ReportBuilder, RunReport, render_text
 
@@ -88,6 +89,8 @@ class BatchSettings:
         output: Where one result line per finished item is appended.
         events: The events file (appended to on a resume).
         report_json: Where the report is also written as JSON (``None``: nowhere).
+        html: Where the report is also written as an HTML page with charts,
+            computed from the whole events file (``None``: nowhere).
         config: The :class:`~shardline.PipelineConfig` of the run.
         resume: Continue an existing output: skip ids already ok, append the rest.
         overwrite: Replace an existing non-empty output (without it, and without
@@ -108,6 +111,7 @@ class BatchSettings:
     overwrite: bool = attrs.field(default=False, validator=_not_both)
     progress: bool = True
     title: str = "shardline run"
+    html: Path | None = None
 
 
 @attrs.define(eq=False)
@@ -213,6 +217,7 @@ def check_files(settings: BatchSettings, summary: BatchSummary, err: IO[str]) ->
         ("output file", settings.output),
         ("events file", settings.events),
         ("report", settings.report_json),
+        ("HTML report", settings.html),
     ):
         problem = _unwritable(target)
         if problem is not None:
@@ -305,6 +310,26 @@ def finish_report(
             settings.report_json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
         except OSError as exc:
             print_error(err, settings.title, file_error(exc, "write report", settings.report_json))
+    if settings.html is not None:
+        write_html_report(settings, err)
+
+
+def write_html_report(settings: BatchSettings, err: IO[str]) -> None:
+    """Write ``settings.html`` from the events file (read once more, from the start).
+
+    The page covers the whole file, resumed runs included, exactly as
+    ``shardline report EVENTS --html FILE`` makes it; a problem is one error line.
+    """
+    assert settings.html is not None
+    try:
+        with EventFileReader(settings.events) as reader:
+            report, series = report_and_series(reader)
+            report = attrs.evolve(report, events_sha256=reader.hexdigest())
+        settings.html.write_text(render_html(report, series), encoding="utf-8")
+    except OSError as exc:
+        print_error(err, settings.title, file_error(exc, "write HTML report", settings.html))
+    except ValueError as exc:
+        print_error(err, settings.title, f"cannot compute the HTML report: {exc}")
 
 
 def print_summary(settings: BatchSettings, summary: BatchSummary, err: IO[str]) -> None:

@@ -15,15 +15,24 @@ from . import _cli_demo, _cli_fake_server, _cli_report, _cli_run
 from ._exit import ExitStatus
 
 
+class _Version(argparse.Action):
+    """``--version``, reading the installed version only when asked (importlib.metadata)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        from . import __version__
+
+        parser.exit(message=f"shardline {__version__}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``shardline`` parser with every subcommand (the docs hook renders its help)."""
-    from . import __version__
-
     parser = argparse.ArgumentParser(
         prog="shardline",
         description="Hang-proof, sharded requests to OpenAI-compatible LLM APIs.",
     )
-    parser.add_argument("--version", action="version", version=f"shardline {__version__}")
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="show program's version number and exit"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _cli_run.register(sub)
     _cli_demo.register(sub)
@@ -34,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``shardline`` console script."""
+    # httpx imports its own command line (click, rich, pygments: about 0.2 s) whenever
+    # click is installed (encode/httpx#3547); this process never runs it, so mark it
+    # absent: httpx then defines its stub ``httpx.main``. Nothing else changes.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -20,7 +20,6 @@ from typing import Any
 import attrs
 
 from ._backoff import Backoff
-from ._batch import run_batch
 from ._batch_io import BatchSettings, print_error
 from ._cli_options import UsageError, add_pipeline_options, build_config
 from ._exit import ExitStatus
@@ -64,6 +63,9 @@ def register(subparsers: Any) -> None:
     demo.add_argument("--output", "-o", metavar="OUT.jsonl", help="results (in a temp dir)")
     demo.add_argument("--events", metavar="EVENTS.jsonl", help="events (in a temp dir)")
     demo.add_argument("--report-json", metavar="FILE", help="also write the report as JSON")
+    demo.add_argument(
+        "--html", metavar="FILE", help="also write the report with charts as an HTML page"
+    )
     demo.add_argument("--no-progress", action="store_true", help="no progress display")
     demo.set_defaults(func=demo_command)
 
@@ -132,6 +134,7 @@ def demo_command(args: argparse.Namespace) -> int:
         output=Path(args.output) if args.output else workdir / "demo.out.jsonl",
         events=Path(args.events) if args.events else workdir / "demo.events.jsonl",
         report_json=Path(args.report_json) if args.report_json else None,
+        html=Path(args.html) if args.html else None,
         config=config,
         overwrite=True,
         progress=not args.no_progress,
@@ -150,5 +153,7 @@ def demo_command(args: argparse.Namespace) -> int:
     async def server() -> AsyncIterator[str]:
         async with open_fake_server(faults=plan, timing=timing, seed=args.seed) as fake:
             yield fake.base_url
+
+    from ._batch import run_batch  # the pipeline: trio and httpx, not needed for --help
 
     return run_batch(settings, server=server)

@@ -83,9 +83,9 @@ def register(subparsers: Any) -> None:
         "fake-server",
         help="run the fault-injecting OpenAI-compatible fake server",
         description=(
-            "Serve a fake OpenAI-compatible API (chat/completions, completions, models) "
-            "that misbehaves on request. Prints its base URL on the first line of stdout "
-            "and serves until Ctrl-C."
+            "Serve a fake OpenAI-compatible API (chat/completions, completions, embeddings, "
+            "responses, models) that misbehaves on request. Prints its base URL on the first "
+            "line of stdout and serves until Ctrl-C."
         ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -1,10 +1,13 @@
-"""``shardline report EVENTS.jsonl [--json]``: the run report of a saved events file.
+"""``shardline report EVENTS.jsonl [--json] [--html FILE]``: the run report of a saved events file.
 
 The file is read one line at a time (memory does not grow with it) and hashed
 as it is read, so ``events_sha256`` in the report is ``sha256sum`` of the file.
 The report is computed exactly as during the run, so it equals the live run's
-report. Exit statuses: 0 report printed; 2 missing or unreadable file, or a bad
-line (the message names the file and the line, without a traceback).
+report. ``--html FILE`` also writes the report with charts as one
+self-contained HTML page (:mod:`shardline._report_html`), from the same single
+pass over the file. Exit statuses: 0 report printed; 2 missing or unreadable
+file, a bad line (the message names the file and the line, without a
+traceback), or an HTML file that cannot be written.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import attrs
 
 from ._events import EventDecodeError, EventFileReader
 from ._exit import ExitStatus
-from .report import ReportError, compute_report, render_text
+from ._report_html import render_html, report_and_series
+from .report import ReportError, render_text
 
 __all__ = ["register", "run_report"]
 
@@ -39,17 +43,23 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print the report fields as one JSON object"
     )
+    parser.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write the report with charts as one self-contained HTML page",
+    )
     parser.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
-    return run_report(args.events, as_json=args.json)
+    return run_report(args.events, as_json=args.json, html=args.html)
 
 
 def run_report(
     path: str,
     *,
     as_json: bool = False,
+    html: str | None = None,
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
 ) -> int:
@@ -58,6 +68,7 @@ def run_report(
     Args:
         path: The events JSONL file.
         as_json: Print the JSON fields (``RunReport.to_json()``) instead of text.
+        html: Also write the HTML report (with charts) to this file.
         stdout: Where the report goes (default ``sys.stdout``).
         stderr: Where errors go (default ``sys.stderr``).
     """
@@ -74,7 +85,7 @@ def run_report(
         return fail(f"cannot read {path}: {exc.strerror or exc}")
     with reader:
         try:
-            report = compute_report(reader, events_sha256=None)
+            report, series = report_and_series(reader)
         except EventDecodeError as exc:
             return fail(str(exc))
         except ReportError as exc:
@@ -84,6 +95,12 @@ def run_report(
         except OSError as exc:
             return fail(f"cannot read {path}: {exc.strerror or exc}")
         report = attrs.evolve(report, events_sha256=reader.hexdigest())
+    if html is not None:
+        try:
+            with open(html, "w", encoding="utf-8") as f:
+                f.write(render_html(report, series))
+        except OSError as exc:
+            return fail(f"cannot write {html}: {exc.strerror or exc}")
     if as_json:
         print(json.dumps(report.to_json(), indent=2, ensure_ascii=False), file=out)
     else:

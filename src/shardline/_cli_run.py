@@ -27,9 +27,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-import trio
-
-from ._batch import run_batch
 from ._batch_io import BatchSettings, default_paths, print_error
 from ._cli_options import (
     UsageError,
@@ -40,9 +37,7 @@ from ._cli_options import (
 )
 from ._cli_ray import add_ray_options, ray_settings
 from ._config import DEFAULT_BASE_URL, PipelineConfig
-from ._endpoint_check import check_endpoint
 from ._exit import ExitStatus
-from .ray import run_on_ray  # Ray itself is imported only when a run uses it
 
 __all__ = ["check_command", "register", "resolve_run_settings", "run_check", "run_command"]
 
@@ -88,6 +83,7 @@ def resolve_run_settings(args: argparse.Namespace, environ: Mapping[str, str]) -
         output=output,
         events=events,
         report_json=Path(args.report_json) if args.report_json else None,
+        html=Path(args.html) if args.html else None,
         config=config,
         resume=args.resume,
         overwrite=args.overwrite,
@@ -101,8 +97,9 @@ def register(subparsers: Any) -> None:
         "run",
         help="send a JSONL file of requests through a sharded pipeline",
         description=(
-            "Send every line of INPUT (a JSON object with 'messages' or 'prompt', an optional "
-            "'id', and any other OpenAI parameters) to an OpenAI-compatible API. One result "
+            "Send every line of INPUT (a JSON object with 'messages' or 'prompt', or 'input' "
+            "with 'api': 'embeddings' or 'responses'; an optional 'id', and any other OpenAI "
+            "parameters) to an OpenAI-compatible API. One result "
             "line per item is appended to the output as it finishes; every event goes to "
             "the events file; the run report is printed at the end. The API key is read "
             "from OPENAI_API_KEY only."
@@ -121,6 +118,9 @@ def register(subparsers: Any) -> None:
     f.add_argument("--output", "-o", metavar="OUT.jsonl", help="results (INPUT.out.jsonl)")
     f.add_argument("--events", metavar="EVENTS.jsonl", help="events (INPUT.events.jsonl)")
     f.add_argument("--report-json", metavar="FILE", help="also write the report as JSON")
+    f.add_argument(
+        "--html", metavar="FILE", help="also write the report with charts as an HTML page"
+    )
     f.add_argument(
         "--resume",
         action="store_true",
@@ -171,6 +171,10 @@ def run_check(
     config: PipelineConfig, title: str, out: IO[str], err: IO[str], *, label: str = "check "
 ) -> bool:
     """Probe the endpoint once; print one line (ok on ``out``, a failure on ``err``)."""
+    import trio  # here, not at the top: ``shardline --help`` imports neither trio nor httpx
+
+    from ._endpoint_check import check_endpoint
+
     result = trio.run(check_endpoint, config)
     if result.ok:
         print(f"{title}: {label}{result.describe()}", file=out, flush=True)
@@ -191,7 +195,11 @@ def run_command(args: argparse.Namespace) -> int:
     if args.check and not run_check(settings.config, title, sys.stderr, sys.stderr):
         return ExitStatus.USAGE
     if on_ray is not None:
+        from .ray import run_on_ray  # Ray itself is imported only when a run uses it
+
         return run_on_ray(settings, on_ray)
+    from ._batch import run_batch  # the pipeline: trio and httpx, not needed for --help
+
     return run_batch(settings, fail_fast=not args.no_fail_fast)
 
 

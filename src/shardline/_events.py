@@ -180,7 +180,13 @@ class FirstToken:
 
 @attrs.frozen(kw_only=True)
 class AttemptEnd:
-    """An attempt ended: ``outcome`` is ``ok``, ``failed`` or ``cancelled``."""
+    """An attempt ended: ``outcome`` is ``ok``, ``failed`` or ``cancelled``.
+
+    ``api`` names the request's API (``chat``, ``completions``, ``embeddings``,
+    ``responses``); an ``ok`` attempt also counts what its answer held: tool
+    calls (and how many had arguments that are not a JSON object), whether it
+    carried reasoning or a refusal, and embedding vectors.
+    """
 
     kind: ClassVar[str] = "attempt_end"
     t: float
@@ -197,6 +203,12 @@ class AttemptEnd:
     duration_s: float = 0.0
     retry_after_s: float | None = None
     message: str | None = None
+    api: str | None = None
+    tool_calls: int = 0
+    tool_arguments_invalid: int = 0
+    reasoning: bool = False
+    refusal: bool = False
+    embeddings: int = 0
 
 
 @attrs.frozen(kw_only=True)

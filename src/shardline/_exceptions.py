@@ -39,6 +39,7 @@ __all__ = [
     "ShardlineError",
     "StallTimeout",
     "TTFTTimeout",
+    "ToolArgumentsError",
     "TransportError",
     "Truncated",
 ]
@@ -103,6 +104,26 @@ class InputError(ShardlineError, ValueError):
         self.line = line
         self.reason = message
         super().__init__(located(message, source=source, line=line))
+
+
+class ToolArgumentsError(ShardlineError, ValueError):
+    """A tool call's ``arguments`` string is not the JSON it should be.
+
+    Raised by :meth:`ToolCall.arguments_json`, never while a run is going: a
+    server that sends arguments that do not parse still answered, and the
+    result keeps them as it sent them (``ToolCall.arguments_valid`` says so).
+
+    Attributes:
+        name: The function's name.
+        call_id: The tool call's id (``None`` if the server sent none).
+        arguments: The arguments string as the server sent it.
+    """
+
+    def __init__(self, message: str, *, name: str, call_id: str | None, arguments: str) -> None:
+        self.name = name
+        self.call_id = call_id
+        self.arguments = arguments
+        super().__init__(message)
 
 
 class ItemCancelled(ShardlineError):

@@ -85,9 +85,11 @@ class HedgeShard(Sending, Protocol):
     @property
     def cooling(self) -> bool: ...
 
-    async def take_slot(self, token: object, tokens: int) -> FlowPermit | None: ...
+    async def take_slot(
+        self, token: object, tokens: int
+    ) -> tuple[FlowPermit | None, int | None]: ...
 
-    def abandon(self, permit: FlowPermit | None) -> None: ...
+    def abandon(self, permit: FlowPermit | None, ticket: int | None) -> None: ...
 
     def release_slot(self, token: object) -> None: ...
 
@@ -227,7 +229,7 @@ class Hedger:
 
     async def reserve(
         self, origin: HedgeShard, tokens: int
-    ) -> tuple[HedgeShard, object, FlowPermit | None] | None:
+    ) -> tuple[HedgeShard, object, FlowPermit | None, int | None] | None:
         """Take a slot and a permit for a hedge of an attempt on ``origin`` and spend
         the budget, or return ``None`` if no hedge may go.
 
@@ -242,13 +244,13 @@ class Hedger:
             return None
         target = targets[0]
         token = object()
-        permit = await target.take_slot(token, tokens)
+        permit, ticket = await target.take_slot(token, tokens)
         if not self.budget.available or overloaded(target):
-            target.abandon(permit)
+            target.abandon(permit, ticket)
             target.release_slot(token)
             return None
         self.budget.spend()
-        return target, token, permit
+        return target, token, permit, ticket
 
 
 @attrs.define(eq=False)
@@ -357,9 +359,11 @@ async def send_hedged(
     estimate_in: int,
     estimate: int,
     permit: FlowPermit | None,
+    ticket: int | None,
 ) -> Outcome | AttemptError:
-    """Send attempt ``attempt`` of ``item`` on ``shard`` (holding its slot and
-    ``permit``), with a hedge leg if it has no content after the hedging delay.
+    """Send attempt ``attempt`` of ``item`` on ``shard`` (holding its slot,
+    ``permit`` and the header pacer's ``ticket``), with a hedge leg if it has
+    no content after the hedging delay.
 
     Returns the winning leg's outcome or error (see the module docstring).
 
@@ -373,13 +377,13 @@ async def send_hedged(
     delay = hedger.delay(shard)
     if delay is None:
         first.started = shard.state.now()
-        return await send_one(shard, item, attempt, charge, estimate_in, permit, race=first)
+        return await send_one(shard, item, attempt, charge, estimate_in, permit, ticket, race=first)
     second = _Leg(race=race, hedge=True)
     race.legs.append(second)
     first.started = shard.state.now()
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_first_leg, race, first, charge, estimate_in, permit)
+            nursery.start_soon(_first_leg, race, first, charge, estimate_in, permit, ticket)
             nursery.start_soon(_hedge_leg, race, second, delay, estimate_in, estimate)
     except BaseExceptionGroup as group:
         raise _one(group) from None
@@ -387,12 +391,17 @@ async def send_hedged(
 
 
 async def _first_leg(
-    race: _Race, leg: _Leg, charge: Charge | None, estimate_in: int, permit: FlowPermit | None
+    race: _Race,
+    leg: _Leg,
+    charge: Charge | None,
+    estimate_in: int,
+    permit: FlowPermit | None,
+    ticket: int | None,
 ) -> None:
     assert leg.shard is not None
     with leg.scope:
         leg.result = await send_one(
-            leg.shard, race.item, race.attempt, charge, estimate_in, permit, race=leg
+            leg.shard, race.item, race.attempt, charge, estimate_in, permit, ticket, race=leg
         )
     race.ended(leg)
 
@@ -407,7 +416,7 @@ async def _hedge_leg(race: _Race, leg: _Leg, delay: float, estimate_in: int, est
         reserved = await race.hedger.reserve(origin, estimate)
         if reserved is None:
             return
-        target, token, permit = reserved
+        target, token, permit, ticket = reserved
         try:
             tpm = target.state.tpm
             charge: Charge | None = None
@@ -416,7 +425,7 @@ async def _hedge_leg(race: _Race, leg: _Leg, delay: float, estimate_in: int, est
                     await target.state.rpm.acquire(1)
                 charge = None if tpm is None else await tpm.acquire(estimate)
             except BaseException:
-                target.abandon(permit)
+                target.abandon(permit, ticket)
                 if charge is not None and tpm is not None:
                     tpm.reconcile(charge, 0)
                 raise
@@ -433,7 +442,7 @@ async def _hedge_leg(race: _Race, leg: _Leg, delay: float, estimate_in: int, est
             leg.shard = target
             leg.started = state.now()
             leg.result = await send_one(
-                target, race.item, race.attempt, charge, estimate_in, permit, race=leg
+                target, race.item, race.attempt, charge, estimate_in, permit, ticket, race=leg
             )
         finally:
             target.release_slot(token)

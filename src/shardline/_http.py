@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -101,13 +102,40 @@ def make_client(
         return httpx.AsyncClient(
             limits=limits,
             timeout=timeout,
-            verify=_default_ssl_context(),
+            verify=_ssl_context(endpoint.base_url),
             http2=endpoint.http2,
             follow_redirects=False,
             headers={"user-agent": _USER_AGENT},
         )
     except ImportError as exc:  # http2=True without the h2 package
         raise ConfigError("http2=True needs the h2 package: install shardline[http2]") from exc
+
+
+#: Environment variables that can send a plain-http endpoint's traffic through a
+#: (possibly TLS) proxy; httpx reads them with ``trust_env``.
+_PROXY_VARIABLES = frozenset({"http_proxy", "https_proxy", "all_proxy"})
+
+
+def _ssl_context(base_url: str) -> ssl.SSLContext:
+    """The TLS context of a client for ``base_url``.
+
+    An ``http://`` endpoint with no proxy in the environment never does TLS,
+    so it gets a verifying context without a CA bundle (building one costs
+    nothing; one that ever met a TLS peer would refuse it, never trust it),
+    and start-up does not load the bundle. Everything else gets
+    :func:`_default_ssl_context`.
+    """
+    if base_url.startswith("http://") and not any(
+        name.lower() in _PROXY_VARIABLES for name in os.environ
+    ):
+        return _no_tls_context()
+    return _default_ssl_context()
+
+
+@functools.cache
+def _no_tls_context() -> ssl.SSLContext:
+    """A verifying client context that trusts no certificate (see :func:`_ssl_context`)."""
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 @functools.cache
@@ -233,8 +261,15 @@ async def consume(response: httpx.Response, handle: Callable[[bytes], None]) -> 
     and a connection with unread bytes is not put back into the pool.
     """
     failure: Exception | None = None
+    # Without a Content-Encoding the raw bytes are the body: ``aiter_raw`` skips
+    # ``aiter_bytes``'s identity decoder and one more async generator per read.
+    # (A response built with its content, as by a mock transport, is read already.)
+    if "content-encoding" in response.headers or response.is_stream_consumed:
+        chunks = response.aiter_bytes()
+    else:
+        chunks = response.aiter_raw()
     with trio.CancelScope() as abort:
-        async for chunk in response.aiter_bytes():
+        async for chunk in chunks:
             if failure is not None:
                 continue  # buffered bytes; the next real read raises Cancelled
             try:

@@ -7,9 +7,18 @@ Output format, one JSON object per finished item::
 
     {"id": "q1", "status": "ok", "text": "...", "finish_reason": "stop",
      "usage": {...}, "attempts": 1, "shard": 3, "ttft_s": 0.21, "latency_s": 0.9}
+    {"id": "t1", "status": "ok", "text": "", "finish_reason": "tool_calls", ...,
+     "tool_calls": [{"id": "call_1", "type": "function",
+                     "function": {"name": "lookup", "arguments": "{\"q\": \"x\"}"},
+                     "arguments_valid": true}]}
     {"id": 7, "line": 7, "status": "failed", "text": null, "usage": null, "attempts": 0,
      "shard": null, "ttft_s": null, "latency_s": 0.0,
      "error": {"cause": "invalid_input", "message": "in.jsonl:7: invalid JSON ..."}}
+
+An ``ok`` line has these keys only when the answer had them: ``tool_calls``
+(the API's shape, plus ``arguments_valid``: whether the arguments parse as a
+JSON object), ``reasoning``, ``refusal``, ``logprobs`` (choice 0's
+``logprobs.content`` entries), ``embeddings`` (one list of floats per input).
 
 Items cancelled by a Ctrl-C drain (or a stop on a dead endpoint) are **not**
 written: the output only holds items that reached a final status, so
@@ -67,6 +76,19 @@ def outcome_to_json(outcome: Outcome, *, line: int | None = None) -> dict[str, A
             ttft_s=_round(result.ttft_s),
             latency_s=_round(result.latency_s),
         )
+        if result.tool_calls:
+            record["tool_calls"] = [
+                {**call.to_json(), "arguments_valid": call.arguments_valid}
+                for call in result.tool_calls
+            ]
+        if result.reasoning is not None:
+            record["reasoning"] = result.reasoning
+        if result.refusal is not None:
+            record["refusal"] = result.refusal
+        if result.logprobs is not None:
+            record["logprobs"] = list(result.logprobs)
+        if result.embeddings is not None:
+            record["embeddings"] = result.embeddings
         return record
     error = outcome.error
     cause = outcome.cause

@@ -14,8 +14,15 @@ the chunk / body            a JSON object
 ``content`` / ``text``      absent, ``null``, or a string
 ``reasoning_content``,
 ``reasoning``, ``refusal``  absent, ``null``, or a string
-``tool_calls``              absent, ``null``, or a list
-``function_call``           absent, ``null``, or an object
+``tool_calls``              absent, ``null``, or a list of objects whose
+                            ``index`` is an integer >= 0 (or absent),
+                            ``id``, ``type``, ``function.name`` and
+                            ``function.arguments`` strings (or absent/null)
+``function_call``           absent, ``null``, or an object (legacy: it
+                            becomes tool call 0)
+``logprobs``                absent, ``null``, or an object whose
+                            ``content`` is absent, ``null``, or a list of
+                            objects (kept as sent)
 ``finish_reason``           absent, ``null``, or a string
 ``usage``                   absent, ``null``, or an object whose counts are
                             absent, ``null``, or integers >= 0
@@ -35,11 +42,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
-from ._exceptions import AttemptError, ClientError, ProtocolError, RateLimited, ServerError
 from ._models import Usage
 from ._sse import DONE, SSEEvent
+from ._wirecheck import (
+    Answer,
+    Output,
+    Parts,
+    Where,
+    check_error,
+    error_from_payload,
+    loads_object,
+    read_output,
+    read_usage,
+)
 
 __all__ = [
     "StreamAccumulator",
@@ -49,130 +66,25 @@ __all__ = [
     "usage_from_json",
 ]
 
-#: Delta keys that carry generated output besides ``content``: a chunk with any
-#: of them non-empty is progress (reasoning models think aloud for a long time
-#: before the first ``content``; tool calls stream as ``tool_calls``).
-_TEXT_KEYS = ("reasoning_content", "reasoning", "refusal")
+#: Delta keys that carry nothing but text: such a delta skips the full check of
+#: :func:`~shardline._wirecheck.read_output` (the hot path of a stream).
+_PLAIN_DELTA = frozenset({"content", "role"})
 
-_JSON_TYPES = {
-    dict: "object",
-    list: "array",
-    str: "string",
-    bool: "boolean",
-    int: "integer",
-    float: "number",
-    type(None): "null",
-}
+#: A whole response, checked: an :class:`~shardline._wirecheck.Answer`.
+WholeResponse = Answer
 
 
-def _describe(value: object) -> str:
-    kind = _JSON_TYPES.get(type(value), type(value).__name__)
-    shown = repr(value)
-    if len(shown) > 40:
-        shown = shown[:37] + "..."
-    return f"{kind} {shown}"
-
-
-class _Where:
-    """Names the place of a value in messages: ``stream event 3`` or ``response body``."""
-
-    __slots__ = ("partial", "place", "status_code")
-
-    def __init__(self, place: str, *, partial: bool, status_code: int | None = None) -> None:
-        self.place = place
-        self.partial = partial
-        self.status_code = status_code
-
-    def fail(self, message: str, *, cause: BaseException | None = None) -> NoReturn:
-        raise ProtocolError(
-            f"{self.place}: {message}", partial=self.partial, status_code=self.status_code
-        ) from cause
-
-    def wrong(self, field: str, expected: str, value: object) -> NoReturn:
-        self.fail(f"{field} must be {expected}, got {_describe(value)}")
-
-    def string(self, obj: dict[str, Any], key: str, field: str) -> str | None:
-        value = obj.get(key)
-        if value is None or isinstance(value, str):
-            return value
-        self.wrong(field, "a string or null", value)
-
-    def object(self, obj: dict[str, Any], key: str, field: str) -> dict[str, Any] | None:
-        value = obj.get(key)
-        if value is None or isinstance(value, dict):
-            return value
-        self.wrong(field, "an object or null", value)
-
-    def array(self, obj: dict[str, Any], key: str, field: str) -> list[Any] | None:
-        value = obj.get(key)
-        if value is None or isinstance(value, list):
-            return value
-        self.wrong(field, "an array or null", value)
-
-    def count(self, obj: dict[str, Any], key: str, field: str) -> int | None:
-        value = obj.get(key)
-        if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-            return value
-        self.wrong(field, "an integer >= 0 or null", value)
-
-
-def _loads(loads: Callable[[Any], Any], data: str | bytes, where: _Where) -> dict[str, Any]:
-    try:
-        obj = loads(data)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, orjson's, deep nesting
-        shown = data[:80]
-        where.fail(f"not JSON: {shown!r}", cause=exc)
-    if not isinstance(obj, dict):
-        where.fail(f"not a JSON object, got {_describe(obj)}")
-    return obj
-
-
-def _check_error(chunk: dict[str, Any], where: _Where) -> None:
-    """Raise the in-band error the chunk carries, if it carries one."""
-    if "error" in chunk and chunk["error"] is not None:
-        where.object(chunk, "error", "error")
-        raise error_from_payload(chunk, status_code=where.status_code, partial=where.partial)
-    if chunk.get("object") == "error":  # vLLM's and others' top-level error object
-        raise error_from_payload(chunk, status_code=where.status_code, partial=where.partial)
-
-
-def _usage(chunk: dict[str, Any], where: _Where) -> Usage | None:
-    usage = where.object(chunk, "usage", "usage")
-    if usage is None:
-        return None
-    prompt = where.count(usage, "prompt_tokens", "usage.prompt_tokens")
-    completion = where.count(usage, "completion_tokens", "usage.completion_tokens")
-    total = where.count(usage, "total_tokens", "usage.total_tokens")
-    if prompt is None:
-        return None
-    if completion is None:
-        completion = max(0, (total or prompt) - prompt)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion)
-
-
-def _choice_index(choice: dict[str, Any], field: str, where: _Where) -> int:
+def _choice_index(choice: dict[str, Any], field: str, where: Where) -> int:
     index = where.count(choice, "index", f"{field}.index")
     return 0 if index is None else index
-
-
-def _other_output(delta: dict[str, Any], field: str, where: _Where) -> bool:
-    """Check the non-content output keys of a delta/message; ``True`` if any carries output."""
-    found = False
-    for key in _TEXT_KEYS:
-        if where.string(delta, key, f"{field}.{key}"):
-            found = True
-    if where.array(delta, "tool_calls", f"{field}.tool_calls"):
-        found = True
-    if where.object(delta, "function_call", f"{field}.function_call"):
-        found = True
-    return found
 
 
 class StreamAccumulator:
     """Reads an OpenAI-compatible completion stream, event by event, checking every field.
 
-    It collects the text of choice 0, the finish reason, the server's usage
-    and whether ``[DONE]`` arrived, and answers the one question deadlines
+    It collects what choice 0 said (text, reasoning, refusal, tool calls
+    assembled by index, logprobs; see :meth:`answer`), the finish reason, the
+    server's usage and whether ``[DONE]`` arrived, and answers the one question deadlines
     need: *was this event progress?* Progress is a non-empty text (or tool
     call / reasoning / refusal) delta, or a finish reason. Role-only chunks,
     empty deltas, usage-only chunks and ``[DONE]`` are not.
@@ -200,9 +112,12 @@ class StreamAccumulator:
         "usage",
     )
 
+    #: What a complete stream ends with (for the ``Truncated`` message).
+    completion_mark = "a finish reason or [DONE]"
+
     def __init__(self, *, loads: Callable[[str], Any] = json.loads) -> None:
         self._loads = loads
-        self._parts: list[str] = []
+        self._parts = Parts()
         self._finished: set[int] = set()
         self.done = False
         self.finish_reason: str | None = None
@@ -214,17 +129,26 @@ class StreamAccumulator:
     @property
     def text(self) -> str:
         """The content of choice 0 so far."""
-        return "".join(self._parts)
+        return "".join(self._parts.text)
 
     @property
     def complete(self) -> bool:
         """Whether the stream ended properly: ``[DONE]`` or a finish reason arrived."""
         return self.done or self.finish_reason is not None
 
+    def answer(self) -> Answer:
+        """What the stream said (call once it is complete).
+
+        Raises:
+            ProtocolError: a tool call never got a function name.
+        """
+        where = Where(self.position, partial=True)
+        return self._parts.answer(self.finish_reason, self.usage, where)
+
     def feed(self, event: SSEEvent) -> bool:
         """Account for one event; return ``True`` when it was progress."""
         self.position += 1
-        where = _Where(f"stream event {self.position}", partial=self.progress_events > 0)
+        where = Where(self.position, partial=self.progress_events > 0)
         data = event.data
         if self.done:
             where.fail(f"data after [DONE]: {data[:80]!r}")
@@ -237,9 +161,9 @@ class StreamAccumulator:
             except (ValueError, RecursionError):  # `event: error` with a plain-text message
                 payload = data
             raise error_from_payload(payload, partial=where.partial)
-        chunk = _loads(self._loads, data, where)
-        _check_error(chunk, where)
-        usage = _usage(chunk, where)
+        chunk = loads_object(self._loads, data, where)
+        check_error(chunk, where)
+        usage = read_usage(chunk, where)
         if usage is not None:
             self.usage = usage
         choices = where.array(chunk, "choices", "choices")
@@ -252,49 +176,43 @@ class StreamAccumulator:
             self.progress_events += 1
         return progress
 
-    def _choice(self, choice: object, field: str, where: _Where) -> bool:
+    def _choice(self, choice: object, field: str, where: Where) -> bool:
         if not isinstance(choice, dict):
             where.wrong(field, "an object", choice)
         index = _choice_index(choice, field, where)
-        progress = False
-        if "delta" in choice and choice["delta"] is not None:
-            delta = where.object(choice, "delta", f"{field}.delta")
-            assert delta is not None
-            content = where.string(delta, "content", f"{field}.delta.content")
-            if _other_output(delta, f"{field}.delta", where):
-                progress = True
-        else:
+        delta = choice.get("delta")
+        out: Output | None = None
+        if delta is None:
             content = where.string(choice, "text", f"{field}.text")  # legacy /completions
+        elif type(delta) is dict and delta.keys() <= _PLAIN_DELTA:
+            # The hot path: a text delta, nothing else to collect.
+            content = delta.get("content")
+            if content is not None and not isinstance(content, str):
+                where.wrong(f"{field}.delta.content", "a string or null", content)
+        else:
+            checked = where.object(choice, "delta", f"{field}.delta")
+            assert checked is not None
+            out = read_output(checked, f"{field}.delta", where)
+            content = out.content
         reason = where.string(choice, "finish_reason", f"{field}.finish_reason")
-        if content or progress:
+        progress = False
+        if out if out is not None else content:
             if index in self._finished:
                 where.fail(f"{field} has content after its finish reason")
             progress = True
-            if content and index == 0:
-                self._parts.append(content)
+        if index == 0:
+            if out is not None:
+                self._parts.add(out)
+            elif content:
+                self._parts.text.append(content)
+            if choice.get("logprobs") is not None:
+                self._parts.add_logprobs(choice, field, where)
         if reason:
             progress = True
             self._finished.add(index)
             if index == 0 or self.finish_reason is None:
                 self.finish_reason = reason
         return progress
-
-
-class WholeResponse:
-    """What a non-streamed completion said (choice 0), after every field was checked.
-
-    Attributes:
-        text: The content of choice 0 (``""`` when it had none).
-        finish_reason: Choice 0's finish reason (``None``: the answer is truncated).
-        usage: The server's usage, or ``None`` when it sent none.
-    """
-
-    __slots__ = ("finish_reason", "text", "usage")
-
-    def __init__(self, text: str, finish_reason: str | None, usage: Usage | None) -> None:
-        self.text = text
-        self.finish_reason = finish_reason
-        self.usage = usage
 
 
 def parse_whole(
@@ -307,18 +225,14 @@ def parse_whole(
             field of the wrong type (named).
         ServerError | RateLimited | ClientError: the body is an ``error`` object.
     """
-    where = _Where("response body", partial=False, status_code=status_code)
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        where.fail(f"not valid UTF-8: {exc.reason}", cause=exc)
-    body = _loads(loads, raw, where)
-    _check_error(body, where)
-    usage = _usage(body, where)
+    where = Where("response body", partial=False, status_code=status_code)
+    body = loads_object(loads, utf8(raw, where), where)
+    check_error(body, where)
+    usage = read_usage(body, where)
     choices = where.array(body, "choices", "choices")
     if not choices:
         where.fail("has no choices")
-    text = ""
+    parts = Parts()
     reason: str | None = None
     for i, choice in enumerate(choices):
         field = f"choices[{i}]"
@@ -328,49 +242,25 @@ def parse_whole(
         if "message" in choice and choice["message"] is not None:
             message = where.object(choice, "message", f"{field}.message")
             assert message is not None
-            content = where.string(message, "content", f"{field}.message.content")
-            _other_output(message, f"{field}.message", where)
+            out = read_output(message, f"{field}.message", where)
         else:
-            content = where.string(choice, "text", f"{field}.text")
+            out = read_output({}, field, where)
+            out.content = where.string(choice, "text", f"{field}.text")
         finish = where.string(choice, "finish_reason", f"{field}.finish_reason")
         if index == 0:
-            text = content or ""
+            parts.add(out)
+            parts.add_logprobs(choice, field, where)
             reason = finish
-    return WholeResponse(text, reason, usage)
+    return parts.answer(reason, usage, where)
 
 
-def error_from_payload(
-    payload: object, *, status_code: int | None = None, partial: bool = False
-) -> AttemptError:
-    """The typed error for an OpenAI-style ``{"error": {...}}`` object.
-
-    The code decides the class: ``429``/``rate_limit_exceeded`` is
-    :class:`RateLimited`, another 4xx code :class:`ClientError`, anything else
-    :class:`ServerError` (a stream that reports an error mid-way is the
-    server's failure). The message is the server's, shortened to 500 characters.
-    """
-    err: Any = payload.get("error", payload) if isinstance(payload, dict) else payload
-    message = ""
-    code: object = None
-    etype: object = None
-    if isinstance(err, dict):
-        message = str(err.get("message") or "")
-        code = err.get("code")
-        etype = err.get("type")
-    elif err is not None:
-        message = str(err)
-    label = ", ".join(f"{k}={v}" for k, v in (("type", etype), ("code", code)) if v is not None)
-    text = (message[:500] or "error event") + (f" ({label[:200]})" if label else "")
-    numeric: int | None = None
-    if isinstance(code, int) and not isinstance(code, bool):
-        numeric = code
-    elif isinstance(code, str) and code.isdigit() and len(code) <= 3:
-        numeric = int(code)
-    if numeric == 429 or code == "rate_limit_exceeded" or etype == "rate_limit_exceeded":
-        return RateLimited(f"in-band error: {text}", status_code=status_code, partial=partial)
-    if numeric is not None and 400 <= numeric < 500:
-        return ClientError(f"in-band error: {text}", status_code=status_code, partial=partial)
-    return ServerError(f"in-band error: {text}", status_code=status_code, partial=partial)
+def utf8(raw: bytes, where: Where) -> bytes:
+    """``raw``, once it proved to be UTF-8 (a :class:`ProtocolError` naming ``where`` if not)."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where.fail(f"not valid UTF-8: {exc.reason}", cause=exc)
+    return raw
 
 
 def usage_from_json(obj: object) -> Usage | None:
@@ -382,4 +272,4 @@ def usage_from_json(obj: object) -> Usage | None:
     Raises:
         ProtocolError: ``obj`` is not an object, or a count is not an integer >= 0.
     """
-    return _usage({"usage": obj}, _Where("usage", partial=False))
+    return read_usage({"usage": obj}, Where("usage", partial=False))

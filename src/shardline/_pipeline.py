@@ -28,7 +28,7 @@ from ._flow import AdaptiveLimit, LimitStep
 from ._flow_pacer import HeaderPacer
 from ._hedge import Hedger
 from ._http import make_client
-from ._models import ChatRequest, CompletionRequest, ItemId, Outcome, Request, Result, Status
+from ._models import REQUEST_TYPES, ItemId, Outcome, Request, Result, Status
 from ._ratelimit import SlidingWindowLimiter
 from ._shard import Shard
 from ._sinks import EventSink
@@ -148,8 +148,7 @@ class Pipeline:
             starting with the run id and ``#``, which cannot collide with yours).
 
         Raises:
-            TypeError: ``request`` is not a :class:`ChatRequest` or
-                :class:`CompletionRequest`.
+            TypeError: ``request`` is not a request (:data:`Request`).
             ValueError: ``outcomes`` was already given to the pipeline, or the
                 request's id has the form of a generated one.
             trio.ClosedResourceError: the pipeline is draining and admits no new items.
@@ -159,10 +158,10 @@ class Pipeline:
     async def _admit(
         self, request: Request, outcomes: trio.MemorySendChannel[Outcome], caller: str
     ) -> WorkItem:
-        if not isinstance(request, ChatRequest | CompletionRequest):
+        if not isinstance(request, REQUEST_TYPES):
             raise TypeError(
-                f"{caller}() takes a ChatRequest or CompletionRequest,"
-                f" got {type(request).__name__}: {request!r:.80}"
+                f"{caller}() takes a ChatRequest, CompletionRequest, EmbeddingRequest or"
+                f" ResponsesRequest, got {type(request).__name__}: {request!r:.80}"
             )
         if outcomes in self._handed:
             raise ValueError(
@@ -199,8 +198,7 @@ class Pipeline:
         the overall budget across all attempts.
 
         Raises:
-            TypeError: ``request`` is not a :class:`ChatRequest` or
-                :class:`CompletionRequest`.
+            TypeError: ``request`` is not a request (:data:`Request`).
             AttemptError: the subclass for the cause of the last attempt
                 (for example :class:`StallTimeout`), with ``item_id``, ``shard``
                 and ``attempt`` filled in, when the item failed.

@@ -20,13 +20,12 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Mapping
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 import attrs
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
+
+if TYPE_CHECKING:  # rich is imported when a terminal shows the panel, not before
+    from rich.console import Console, RenderableType
 
 from ._state import ShardStatistics
 
@@ -181,6 +180,10 @@ def plain_line(snap: ProgressSnapshot) -> str:
 
 def rich_panel(snap: ProgressSnapshot) -> RenderableType:
     """The live panel for a terminal."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
     head = Text()
     head.append(_done_of_total(snap), style="bold")
     head.append("   ok ")
@@ -302,6 +305,8 @@ class RichProgress:
     """
 
     def __init__(self, console: Console, *, interval: float = LIVE_INTERVAL) -> None:
+        from rich.live import Live
+
         self.interval = interval
         self._live = Live(console=console, auto_refresh=False, transient=False)
         self._live.start()
@@ -324,5 +329,7 @@ def open_progress(*, enabled: bool, stream: IO[str] | None = None) -> ProgressDi
     if not enabled:
         return NullProgress(stream)
     if stream.isatty():
+        from rich.console import Console
+
         return RichProgress(Console(file=stream))
     return PlainProgress(stream)

@@ -21,7 +21,9 @@ Definitions (the metrics page of the docs explains them at length):
   send of its first leg, whichever leg won. **Latency**: from admission to the
   item's end (``item_end.latency_s``). Both over successful items only.
 * **Percentiles** interpolate linearly between the two nearest ranks (the
-  default of ``numpy.percentile`` and ``pandas.Series.quantile``).
+  default of ``numpy.percentile`` and ``pandas.Series.quantile``). The report
+  builder takes them from a :class:`~shardline._sketch.QuantileSketch`: exact
+  up to 2,048 samples, within 1 % of these after.
 * **Retries** count ``retry_scheduled`` events; ``retry_causes`` counts their
   causes. ``attempt_failures`` counts the causes of every failed attempt,
   retried or not. ``retry_rate`` is retries per item (the unit of the retry
@@ -303,6 +305,13 @@ class RunReport:
         tpm_by_minute: Every minute that had a successful item, in order.
         limits: Per endpoint, its live in-flight limit (:class:`LimitReport`);
             empty when no ``limit_change`` event was seen.
+        items_by_api: Successful items per API (``chat``, ``completions``,
+            ``embeddings``, ``responses``); empty for events without ``api``.
+        answer_counts: What the successful answers held: ``tool_call_items``
+            (items with at least one tool call), ``tool_calls``,
+            ``tool_arguments_invalid`` (calls whose arguments are not a JSON
+            object), ``reasoning_items``, ``refusal_items``, ``embeddings``
+            (vectors); keys with a zero count are left out.
         hedges: Hedges sent (``hedge_sent`` events; they are counted in ``attempts``).
         hedge_wins: Hedged attempts the hedge won (its first content came first).
         hedge_rate: ``hedges / (attempts - hedges)``: the extra requests, as a share.
@@ -342,6 +351,8 @@ class RunReport:
     shards: tuple[ShardReport, ...] = ()
     tpm_by_minute: tuple[MinuteTokens, ...] = ()
     limits: tuple[LimitReport, ...] = ()
+    items_by_api: dict[str, int] = attrs.field(factory=dict)
+    answer_counts: dict[str, int] = attrs.field(factory=dict)
     hedges: int = 0
     hedge_wins: int = 0
     hedge_rate: float | None = None

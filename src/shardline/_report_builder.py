@@ -10,7 +10,6 @@ definitions they implement are in :mod:`shardline._report`.
 from __future__ import annotations
 
 import math
-from array import array
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -45,6 +44,7 @@ from ._report import (
     minute_iso,
     utc_minute,
 )
+from ._sketch import QuantileSketch
 
 __all__ = ["ReportBuilder", "compute_report"]
 
@@ -62,8 +62,11 @@ def _cause_key(cause: Cause | None) -> str:
     return "unknown" if cause is None else cause.value
 
 
-def _samples() -> array[float]:
-    return array("d")
+def _percentiles(sketch: QuantileSketch) -> Percentiles:
+    """p50, p95 and p99 of a sketch: exact up to its exact limit, within 1 % after."""
+    return Percentiles(
+        p50=sketch.percentile(50), p95=sketch.percentile(95), p99=sketch.percentile(99)
+    )
 
 
 @attrs.define(eq=False)
@@ -76,9 +79,9 @@ class _ShardAcc:
     retries: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
-    # Samples as C doubles: 8 bytes each, not a pointer plus a float object.
-    ttft: array[float] = attrs.Factory(_samples)
-    latency: array[float] = attrs.Factory(_samples)
+    # Bounded whatever the number of items (see shardline._sketch).
+    ttft: QuantileSketch = attrs.Factory(QuantileSketch)
+    latency: QuantileSketch = attrs.Factory(QuantileSketch)
     cooldowns: int = 0
     cooldown_s: float = 0.0
 
@@ -157,8 +160,9 @@ class ReportBuilder:
     """Folds events into a :class:`RunReport`, one event at a time; also an event sink.
 
     Feed it live (``TeeSink(jsonl, builder)``) or from a file, then call
-    :meth:`build`. Memory: one float per successful item (for the
-    percentiles), one small record per UTC minute, per endpoint the seconds
+    :meth:`build`. Memory: per shard, two quantile sketches (TTFT and
+    latency: at most 2,048 samples each, then a bucket per 2 % of range,
+    whatever the number of items), one small record per UTC minute, per endpoint the seconds
     spent at each value of its live limit (at most its ceiling of them), the ids of queued items,
     and the ids of items that ended failed or cancelled (so that a resumed
     run, which re-runs them, counts each item once, with its last status).
@@ -190,10 +194,12 @@ class ReportBuilder:
         self._tokens_out = 0
         self._usage_estimated = 0
         self._usage_missing = 0
-        # Percentile samples as C doubles (8 bytes each): a million items cost
-        # 16 MB here, where lists of floats would cost about 64 MB.
-        self._ttft = _samples()
-        self._latency = _samples()
+        self._by_api: dict[str, int] = {}
+        self._answers: dict[str, int] = {}
+        # Samples of successful items that ended on no shard; the run's
+        # percentiles are these merged with every shard's.
+        self._ttft = QuantileSketch()
+        self._latency = QuantileSketch()
         self._shards: dict[int, _ShardAcc] = {}
         self._minutes: dict[int, _MinuteAcc] = {}
         self._limits: dict[int, _LimitAcc] = {}
@@ -366,6 +372,7 @@ class ReportBuilder:
             if ttft is None:
                 ttft = attempt.ttft_s
             estimated = estimated or attempt.usage_estimated
+            self._count_answer(attempt)
         if prompt is None and completion is None:
             self._usage_missing += 1
         prompt = prompt or 0
@@ -377,16 +384,33 @@ class ReportBuilder:
         m.prompt += prompt
         m.completion += completion
         m.ok_items += 1
-        self._latency.append(event.latency_s)
-        if ttft is not None:
-            self._ttft.append(ttft)
-        if shard is not None:
+        if shard is None:
+            self._latency.add(event.latency_s)
+            if ttft is not None:
+                self._ttft.add(ttft)
+        else:
             shard.succeeded += 1
             shard.tokens_in += prompt
             shard.tokens_out += completion
-            shard.latency.append(event.latency_s)
+            shard.latency.add(event.latency_s)
             if ttft is not None:
-                shard.ttft.append(ttft)
+                shard.ttft.add(ttft)
+
+    def _count_answer(self, attempt: AttemptEnd) -> None:
+        """Count the API of a successful item and what its answer held."""
+        if attempt.api is not None:
+            _count(self._by_api, attempt.api)
+        answers = self._answers
+        for key, value in (
+            ("tool_call_items", attempt.tool_calls > 0),
+            ("tool_calls", attempt.tool_calls),
+            ("tool_arguments_invalid", attempt.tool_arguments_invalid),
+            ("reasoning_items", attempt.reasoning),
+            ("refusal_items", attempt.refusal),
+            ("embeddings", attempt.embeddings),
+        ):
+            if value:
+                answers[key] = answers.get(key, 0) + int(value)
 
     def _forget(self, previous: tuple[Status, int, int | None, Cause | None]) -> None:
         """Undo the counts of an earlier, superseded end of the same item (a resumed run)."""
@@ -464,13 +488,17 @@ class ReportBuilder:
                 retries=a.retries,
                 tokens_in=a.tokens_in,
                 tokens_out=a.tokens_out,
-                ttft_s=Percentiles.of(a.ttft),
-                latency_s=Percentiles.of(a.latency),
+                ttft_s=_percentiles(a.ttft),
+                latency_s=_percentiles(a.latency),
                 cooldowns=a.cooldowns,
                 cooldown_s=a.cooldown_s,
             )
             for no, a in sorted(self._shards.items())
         )
+        ttft, latency = self._ttft.copy(), self._latency.copy()
+        for a in self._shards.values():
+            ttft.merge(a.ttft)
+            latency.merge(a.latency)
         started = self._first_started_at
         return RunReport(
             run_id=self._run_id,
@@ -488,8 +516,8 @@ class ReportBuilder:
             retries=self._retries,
             retry_rate=_ratio(self._retries, self._items),
             retry_causes=dict(sorted(self._retry_causes.items())),
-            ttft_s=Percentiles.of(self._ttft),
-            latency_s=Percentiles.of(self._latency),
+            ttft_s=_percentiles(ttft),
+            latency_s=_percentiles(latency),
             tokens_in_total=self._tokens_in,
             tokens_out_total=self._tokens_out,
             cancelled=self._status[Status.CANCELLED],
@@ -513,11 +541,11 @@ class ReportBuilder:
             limits=tuple(
                 acc.report(no, self._seg_last_t) for no, acc in sorted(self._limits.items())
             ),
+            items_by_api=dict(sorted(self._by_api.items())),
+            answer_counts=dict(self._answers),
             hedges=self._hedges,
             hedge_wins=self._hedge_wins,
-            hedge_rate=_ratio(self._hedges, self._attempts - self._hedges)
-            if self._hedges
-            else None,
+            hedge_rate=_ratio(self._hedges, self._attempts - self._hedges),
         )
 
 

@@ -34,6 +34,17 @@ def _fmt_duration(seconds: float) -> str:
     return f"{secs:.1f}s"
 
 
+#: How the printed report names each of ``RunReport.answer_counts``.
+_ANSWER_LABELS = {
+    "tool_call_items": "with tool calls",
+    "tool_calls": "calls",
+    "tool_arguments_invalid": "bad arguments",
+    "reasoning_items": "reasoning",
+    "refusal_items": "refusals",
+    "embeddings": "vectors",
+}
+
+
 def render_text(report: RunReport, *, width: int = 100) -> str:
     """A readable, plain-text report (rich tables, no colour), for terminals and logs.
 
@@ -102,6 +113,14 @@ def render_text(report: RunReport, *, width: int = 100) -> str:
             "usage",
             f"{report.usage_estimated_items:,} estimated, {report.usage_missing_items:,} missing",
         )
+    if set(report.items_by_api) - {"chat"}:
+        by_api = ", ".join(f"{n:,} {api}" for api, n in report.items_by_api.items())
+        summary.add_row("apis", by_api)
+    if report.answer_counts:
+        answers = ", ".join(
+            f"{n:,} {_ANSWER_LABELS.get(key, key)}" for key, n in report.answer_counts.items()
+        )
+        summary.add_row("answers", answers)
     summary.add_row("duration", _fmt_duration(report.duration_s))
     summary.add_row("started", report.started_at_utc or "-")
     summary.add_row("end", report.end_reason or "no run_end (incomplete)")

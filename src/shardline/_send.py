@@ -62,11 +62,13 @@ async def send_one(
     charge: Charge | None,
     estimate_in: int,
     permit: FlowPermit | None,
+    ticket: int | None = None,
     *,
     race: RaceLeg | None = None,
 ) -> Outcome | AttemptError:
     """Send attempt ``attempt`` of ``item`` (holding a slot and ``permit``): its
-    outcome, or its error. Settles ``permit`` however the attempt ends.
+    outcome, or its error. Settles ``permit`` however the attempt ends, and
+    gives the header pacer the answer to send ``ticket`` (or says there was none).
 
     ``race``: the hedged-attempt leg this send is, told of its first content;
     a leg cancelled because it lost is charged its prompt (the server may
@@ -97,7 +99,7 @@ async def send_one(
         nonlocal got_response
         got_response = True
         if pacer is not None:
-            pacer.observe_headers(headers)
+            pacer.observe_headers(headers, ticket=ticket)
 
     headers = {
         "x-shardline-item-id": quote(str(item.id), safe=""),
@@ -114,7 +116,7 @@ async def send_one(
             state.deadlines,
             headers=headers,
             on_first_token=first_token,
-            on_response=None if state.pacer is None else state.pacer.observe_headers,
+            on_response=None if pacer is None else answered,
         )
     except AttemptError as err:
         if flow is not None and permit is not None:
@@ -177,8 +179,8 @@ async def send_one(
         raise error from exc
     finally:
         shard.in_flight -= 1
-        if pacer is not None and not got_response:
-            pacer.unanswered()
+        if pacer is not None and ticket is not None and not got_response:
+            pacer.unanswered(ticket)
     if flow is not None and permit is not None:
         flow.on_success(permit, ttft_s=result.ttft_s)
     _reconcile(state, charge, result.usage.total_tokens)
@@ -194,6 +196,11 @@ async def send_one(
         usage_estimated=result.usage.estimated,
         ttft_s=result.ttft_s,
         duration_s=result.duration_s,
+        tool_calls=len(result.tool_calls),
+        tool_arguments_invalid=sum(not call.arguments_valid for call in result.tool_calls),
+        reasoning=bool(result.reasoning),
+        refusal=bool(result.refusal),
+        embeddings=0 if result.embeddings is None else len(result.embeddings),
     )
     latency = state.now() - item.admitted_at
     return Outcome(
@@ -208,6 +215,11 @@ async def send_one(
             shard=shard.index,
             ttft_s=result.ttft_s,
             latency_s=latency,
+            tool_calls=result.tool_calls,
+            reasoning=result.reasoning,
+            refusal=result.refusal,
+            logprobs=result.logprobs,
+            embeddings=result.embeddings,
         ),
         attempts=attempt,
         shard=shard.index,
@@ -249,6 +261,7 @@ def _attempt_ended(
             shard=shard,
             attempt=attempt,
             outcome=outcome,
+            api=item.request.api,
             **fields,
         )
     )

@@ -275,36 +275,38 @@ class Shard:
                 )
             )
 
-    async def _acquire_slot(self, token: object, tokens: int) -> FlowPermit | None:
+    async def _acquire_slot(
+        self, token: object, tokens: int
+    ) -> tuple[FlowPermit | None, int | None]:
         """Wait out any cooldown and the endpoint's announced quota, then take an
         in-flight slot of this shard and a permit of the endpoint's live limit.
 
-        Returns the permit (``None`` without adaptive flow control); the caller
-        must settle it (``on_success`` / ``on_failure`` / ``on_ignore``).
+        Returns the permit (``None`` without adaptive flow control), which the
+        caller must settle (``on_success`` / ``on_failure`` / ``on_ignore``), and
+        the header pacer's ticket (``None`` without a pacer).
         """
         state = self.state
         while True:
             await self._wait_cooldown()
-            if state.pacer is not None:
-                await state.pacer.wait(tokens=tokens)
+            ticket = None if state.pacer is None else await state.pacer.wait(tokens=tokens)
             try:
                 await self._limiter.acquire_on_behalf_of(token)
             except BaseException:
-                self._unsend()
+                self._unsend(ticket)
                 raise
             try:
                 permit = None if state.flow is None else await state.flow.acquire()
             except BaseException:
                 self._limiter.release_on_behalf_of(token)
-                self._unsend()
+                self._unsend(ticket)
                 raise
             if trio.current_time() >= self._cooling_until:
-                return permit
+                return permit, ticket
             # A 429 cooled the shard while we waited: give all back and wait again.
             if permit is not None and state.flow is not None:
                 state.flow.on_ignore(permit)
             self._limiter.release_on_behalf_of(token)
-            self._unsend()
+            self._unsend(ticket)
 
     # -- hedging (see _hedge.py) --------------------------------------------
 
@@ -313,29 +315,30 @@ class Shard:
         """Whether the shard is waiting out a server's Retry-After right now."""
         return trio.current_time() < self._cooling_until
 
-    async def take_slot(self, token: object, tokens: int) -> FlowPermit | None:
+    async def take_slot(self, token: object, tokens: int) -> tuple[FlowPermit | None, int | None]:
         """Take an in-flight slot and a permit of the live limit for a hedge, waiting
         as any attempt does (cooldown, announced quota, slot, permit).
 
-        Returns the permit (``None`` without adaptive flow control). Give the slot
-        back with :meth:`release_slot`, after :meth:`abandon` if nothing was sent.
+        Returns the permit (``None`` without adaptive flow control) and the header
+        pacer's ticket (``None`` without a pacer). Give the slot back with
+        :meth:`release_slot`, after :meth:`abandon` if nothing was sent.
         """
         return await self._acquire_slot(token, tokens)
 
-    def abandon(self, permit: FlowPermit | None) -> None:
+    def abandon(self, permit: FlowPermit | None, ticket: int | None) -> None:
         """Settle what :meth:`take_slot` took for a send that is not happening."""
         if permit is not None and self.state.flow is not None:
             self.state.flow.on_ignore(permit)
-        self._unsend()
+        self._unsend(ticket)
 
     def release_slot(self, token: object) -> None:
         """Give back a slot taken with :meth:`take_slot`."""
         self._limiter.release_on_behalf_of(token)
 
-    def _unsend(self) -> None:
+    def _unsend(self, ticket: int | None) -> None:
         """The header pacer counted a send that is not happening after all."""
-        if self.state.pacer is not None:
-            self.state.pacer.unanswered()
+        if self.state.pacer is not None and ticket is not None:
+            self.state.pacer.unanswered(ticket)
 
     async def _attempts(self, item: WorkItem) -> Outcome:
         """The retry loop of one item. Returns its terminal outcome."""
@@ -352,6 +355,7 @@ class Shard:
                 attempt += 1
                 token = object()
                 permit: FlowPermit | None = None
+                ticket: int | None = None
                 if attempt == 1:
                     # Until it is sent, a drain ends the item as unsent, like a queued one.
                     acquired = False
@@ -359,7 +363,7 @@ class Shard:
                         self._unsent.add(unsent)
                         try:
                             if not state.draining:
-                                permit = await self._acquire_slot(token, estimate)
+                                permit, ticket = await self._acquire_slot(token, estimate)
                                 acquired = True
                         finally:
                             self._unsent.discard(unsent)
@@ -372,7 +376,7 @@ class Shard:
                         )
                     state.budget.record_request()
                 else:
-                    permit = await self._acquire_slot(token, estimate)
+                    permit, ticket = await self._acquire_slot(token, estimate)
                 try:
                     try:
                         if state.rpm is not None:
@@ -381,13 +385,23 @@ class Shard:
                     except BaseException:
                         if permit is not None and state.flow is not None:
                             state.flow.on_ignore(permit)
-                        self._unsend()
+                        self._unsend(ticket)
                         raise
                     if self.hedger is None:
-                        result = await send_one(self, item, attempt, charge, estimate_in, permit)
+                        result = await send_one(
+                            self, item, attempt, charge, estimate_in, permit, ticket
+                        )
                     else:
                         result = await send_hedged(
-                            self.hedger, self, item, attempt, charge, estimate_in, estimate, permit
+                            self.hedger,
+                            self,
+                            item,
+                            attempt,
+                            charge,
+                            estimate_in,
+                            estimate,
+                            permit,
+                            ticket,
                         )
                 finally:
                     self._limiter.release_on_behalf_of(token)

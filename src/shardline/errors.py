@@ -9,6 +9,7 @@ The tree (the everyday ones, marked ``*``, are also in :mod:`shardline`)::
     ├── InternalError                          a defect in shardline hit this item
     ├── EventDecodeError (also ValueError)     a line of an events file is not an event
     ├── ReportError (also ValueError)          the events cannot make a report
+    ├── ToolArgumentsError (also ValueError)   ToolCall.arguments_json(): not a JSON object
     └── AttemptError *                         one HTTP exchange failed; .cause names why
         ├── HTTPStatusError
         │   ├── RateLimited                    rate_limited (429)
@@ -56,6 +57,7 @@ from ._exceptions import RateLimited as RateLimited
 from ._exceptions import ServerError as ServerError
 from ._exceptions import ShardlineError as ShardlineError
 from ._exceptions import StallTimeout as StallTimeout
+from ._exceptions import ToolArgumentsError as ToolArgumentsError
 from ._exceptions import TransportError as TransportError
 from ._exceptions import Truncated as Truncated
 from ._exceptions import TTFTTimeout as TTFTTimeout
@@ -83,6 +85,7 @@ __all__ = [
     "ShardlineError",
     "StallTimeout",
     "TTFTTimeout",
+    "ToolArgumentsError",
     "TransportError",
     "Truncated",
 ]

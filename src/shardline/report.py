@@ -6,7 +6,7 @@ same report as the live run); :class:`ReportBuilder` is the same computation
 as an event sink; :func:`render_text` prints a report. For a progress display,
 :class:`LiveMetrics` keeps cheap running counters and hands out
 :class:`LiveSnapshot` records; :class:`PrometheusSink` exports them to
-Prometheus::
+Prometheus and :class:`OpenTelemetrySink` to OpenTelemetry::
 
     from shardline.events import EventFileReader
     from shardline.report import compute_report, render_text
@@ -21,6 +21,7 @@ The definitions of every figure are on the docs' *Metric definitions* page.
 from ._live import LiveMetrics as LiveMetrics
 from ._live import LiveShard as LiveShard
 from ._live import LiveSnapshot as LiveSnapshot
+from ._otel import OpenTelemetrySink as OpenTelemetrySink
 from ._prometheus import PrometheusSink as PrometheusSink
 from ._report import LimitReport as LimitReport
 from ._report import MinuteTokens as MinuteTokens
@@ -38,6 +39,7 @@ __all__ = [
     "LiveShard",
     "LiveSnapshot",
     "MinuteTokens",
+    "OpenTelemetrySink",
     "Percentiles",
     "PrometheusSink",
     "ReportBuilder",

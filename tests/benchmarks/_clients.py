@@ -133,6 +133,7 @@ def run_shardline(p: dict[str, Any], out: Out) -> dict[str, Any]:
         deadlines=deadlines,
         retry=RetryPolicy(**p.get("retry", {})),
         flow=FlowControl(**p.get("flow", {})),  # bench_flow: {"adaptive": false}
+        routing=p.get("routing", "hash"),
         seed=1,
     )
     events_path = p.get("events")

@@ -18,7 +18,11 @@ a time (64 requests in flight):
 4. the pipeline (``open_pipeline`` + ``map``) with a sink that drops events;
 5. the pipeline + ``JsonlEventSink`` (the events file, sha256, flush per line);
 6. the pipeline + JSONL + the live ``ReportBuilder`` (what ``shardline run`` adds);
-7. and each candidate patch of ``_experiments.py`` on row 5.
+7. and, apart, the same 150-token body cut into one chunk per event (as a paced
+   server sends it, so every event costs a read): the httpx floor, then
+   ``send_attempt``; the difference divided by the events is shardline's own
+   cost per event on the paced benchmark's hot path, without sockets;
+8. and each candidate patch of ``_experiments.py`` on row 5.
 
 Measured: process CPU time per request (best of ``--repeats`` runs, rows
 interleaved round-robin so background load spreads over all rows alike).
@@ -73,6 +77,8 @@ def sse_body(tokens: int = TOKENS) -> bytes:
 
 
 BODY = sse_body()
+#: The same body cut after each event: one event per read, as a paced server sends it.
+EVENTS = [part + b"\n\n" for part in BODY.split(b"\n\n")[:-1]]
 
 
 def handler(request: httpx.Request) -> httpx.Response:
@@ -81,8 +87,24 @@ def handler(request: httpx.Request) -> httpx.Response:
     )
 
 
+class _Paced(httpx.AsyncByteStream):
+    async def __aiter__(self) -> Any:
+        for event in EVENTS:
+            yield event
+
+
+def paced_handler(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=_Paced(), request=request
+    )
+
+
 def transport(_shard: int = 0) -> httpx.AsyncBaseTransport:
     return httpx.MockTransport(handler)
+
+
+def paced_transport(_shard: int = 0) -> httpx.AsyncBaseTransport:
+    return httpx.MockTransport(paced_handler)
 
 
 ENDPOINT = Endpoint(base_url="http://127.0.0.1:9/v1", api_key="sk-bench", model="shardline-fake")
@@ -124,6 +146,18 @@ async def row_httpx_bytes(n: int, _tmp: Path) -> None:
         await _bounded(n, one)
 
 
+async def row_httpx_bytes_paced(n: int, _tmp: Path) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": PROMPT}], "stream": True}
+    async with httpx.AsyncClient(transport=paced_transport()) as client:
+
+        async def one(_i: int) -> None:
+            async with client.stream("POST", ENDPOINT.url_for("chat/completions"), json=body) as r:
+                async for _ in r.aiter_bytes():
+                    pass
+
+        await _bounded(n, one)
+
+
 async def row_httpx_lines(n: int, _tmp: Path) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": PROMPT}], "stream": True}
     loads = json.loads
@@ -144,11 +178,11 @@ async def row_httpx_lines(n: int, _tmp: Path) -> None:
         await _bounded(n, one)
 
 
-async def row_attempt(n: int, _tmp: Path) -> None:
+async def row_attempt(n: int, _tmp: Path, *, paced: bool = False) -> None:
     reqs = requests(n)
     deadlines = Deadlines()
     # What open_pipeline builds for a shard when given a transport.
-    client = httpx.AsyncClient(transport=transport(), timeout=None)
+    client = httpx.AsyncClient(transport=paced_transport() if paced else transport(), timeout=None)
     async with client:
 
         async def one(i: int) -> None:
@@ -161,6 +195,10 @@ async def row_attempt(n: int, _tmp: Path) -> None:
             )
 
         await _bounded(n, one)
+
+
+async def row_attempt_paced(n: int, tmp: Path) -> None:
+    await row_attempt(n, tmp, paced=True)
 
 
 class _Null:
@@ -208,7 +246,11 @@ ROWS: list[tuple[str, Callable[[int, Path], Any], list[str]]] = [
     ("pipeline, events dropped", row_pipeline_null, []),
     ("pipeline + JsonlEventSink", row_pipeline_jsonl, []),
     ("pipeline + JSONL + live ReportBuilder (CLI)", row_pipeline_jsonl_report, []),
+    ("one event per read: httpx client.stream + aiter_bytes", row_httpx_bytes_paced, []),
+    ("one event per read: send_attempt", row_attempt_paced, []),
 ]
+#: Rows 7 and 8 are compared with each other, not with the rows above.
+PACED_ROWS = 2
 
 
 def run_row(fn: Callable[[int, Path], Any], n: int, patches: list[str]) -> float:
@@ -263,9 +305,16 @@ def main() -> int:
     for idx, (label, _fn, _p) in enumerate(rows):
         us = best[idx] * 1e6
         delta = "" if prev is None or idx >= len(ROWS) else f"{us - prev:+.0f}"
+        ratio = f"{best[idx] / floor:.2f}x"
+        if idx == len(ROWS) - PACED_ROWS:
+            delta, ratio = "", "-"
+        elif idx == len(ROWS) - PACED_ROWS + 1:
+            per_event = (best[idx] - best[idx - 1]) * 1e6 / len(EVENTS)
+            ratio = f"{best[idx] / best[idx - 1]:.2f}x row {idx}"
+            delta += f" ({per_event:.1f} per event)"
         if idx >= len(ROWS):
             delta = f"{us - best[4] * 1e6:+.0f} vs row 5"
-        out.append([str(idx + 1), label, f"{us:.0f}", delta, f"{best[idx] / floor:.2f}x"])
+        out.append([str(idx + 1), label, f"{us:.0f}", delta, ratio])
         if idx < len(ROWS):
             prev = us
     print(table(["#", "layer", "CPU us/request", "added", "vs raw httpx loop"], out))

@@ -32,10 +32,10 @@ from _harness import CLIENTS, PROMPT, fake_servers, machine, table, workload
 
 # (area, regex on "function (path:line)") -- first match wins, tested on the leaf frame.
 AREAS: list[tuple[str, str]] = [
-    ("SSE decoding + accumulator (shardline._sse)", r"[(/]shardline/_sse\.py"),
+    ("SSE decoding + accumulator (shardline._sse, _openai)", r"[(/]shardline/(_sse|_openai)\.py"),
     ("JSON decode/encode (stdlib json)", r"[(/]json/"),
     ("event records + JSONL sink", r"[(/]shardline/(_sinks|_events)\.py"),
-    ("attempt (shardline._attempt)", r"[(/]shardline/_attempt\.py"),
+    ("attempt (shardline._attempt, _http, _send)", r"[(/]shardline/(_attempt|_http|_send)\.py"),
     (
         "shard/pipeline/models/backoff",
         r"[(/]shardline/(_shard|_pipeline|_models|_backoff|_ratelimit|_config|_exceptions)\.py",

@@ -23,6 +23,7 @@ from shardline import (
     CompletionRequest,
     ConfigError,
     Deadlines,
+    EmbeddingRequest,
     Endpoint,
     EventSink,
     InputError,
@@ -34,12 +35,14 @@ from shardline import (
     PipelineConfig,
     PipelineStatistics,
     Request,
+    ResponsesRequest,
     Result,
     RetryPolicy,
     ShardlineError,
     ShardStatistics,
     Status,
     TeeSink,
+    ToolCall,
     Usage,
     open_pipeline,
 )
@@ -106,7 +109,20 @@ def check_requests() -> None:
     legacy = CompletionRequest(prompt="Once upon a time", id="story-1")
     assert_type(legacy.prompt, str)
     request: Request = legacy
-    assert_type(request, ChatRequest | CompletionRequest)
+    assert_type(request, ChatRequest | CompletionRequest | EmbeddingRequest | ResponsesRequest)
+    vectors = EmbeddingRequest(input=["a", "b"], id="e-1")
+    assert_type(vectors.inputs, int)
+    answer = ResponsesRequest(input="Say hi", params={"max_output_tokens": 8})
+    assert_type(answer.max_tokens(), int | None)
+
+
+def check_results(result: Result) -> None:
+    assert_type(result.tool_calls, tuple[ToolCall, ...])
+    assert_type(result.reasoning, str | None)
+    assert_type(result.embeddings, tuple[tuple[float, ...], ...] | None)
+    for call in result.tool_calls:
+        assert_type(call.arguments_json(), dict[str, Any])
+        assert_type(call.arguments_valid, bool)
 
 
 def check_outcomes(outcome: Outcome) -> None:

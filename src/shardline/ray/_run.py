@@ -65,7 +65,6 @@ from .._jsonl import read_input
 from .._jsonl_output import outcome_to_json
 from .._models import Outcome, Request, Status
 from ..report import RunReport, compute_report
-from ._batch import ShardlineBatch
 from ._merge import merge_events, tag_event
 
 __all__ = [
@@ -272,6 +271,8 @@ def _run(
     out: IO[str],
     err: IO[str],
 ) -> ExitStatus:
+    from ._batch import ShardlineBatch  # the pipeline (trio, httpx): not for --help
+
     title = settings.title
     summary = BatchSummary()
     # 1. Everything that can be wrong with files, before anything is sent (as without

@@ -35,6 +35,7 @@ from ._wire import DEFAULT_MAX_TOKENS as DEFAULT_MAX_TOKENS
 from ._wire import DEFAULT_MODEL as DEFAULT_MODEL
 from ._wire import count_prompt_tokens as count_prompt_tokens
 from ._wire import fake_text as fake_text
+from ._wire_apis import fake_embedding as fake_embedding
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -59,6 +60,7 @@ __all__ = [
     "TimingModel",
     "count_prompt_tokens",
     "expected_cause",
+    "fake_embedding",
     "fake_server_process",
     "fake_text",
     "fetch_statistics",

@@ -26,6 +26,7 @@ import trio
 from ._faults import Fault
 from ._state import ServerState
 from ._wire import ResponseTemplate, error_body, frame
+from ._wire_apis import EmbeddingTemplate, ResponsesTemplate
 
 MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 """Largest request body accepted (``413`` above it)."""
@@ -178,7 +179,7 @@ class Connection:
         if fault.variant is not None:
             counters.shapes[fault.variant.value] += 1
 
-    def complete(self, resp: ResponseTemplate) -> None:
+    def complete(self, resp: ResponseTemplate | ResponsesTemplate | EmbeddingTemplate) -> None:
         """Count one completion served correctly to its end."""
         c = self.state.counters
         c.completed += 1

@@ -18,7 +18,12 @@ import trio
 from ._connection import JSON_HEADERS, Connection
 from ._faults import Fault, FaultKind
 from ._malformed import TAIL_VARIANTS, shape_body, shape_event, shape_tail
-from ._wire import ResponseTemplate, error_body, error_event, frame
+from ._wire import ResponseTemplate, error_body, frame
+from ._wire_apis import EmbeddingTemplate, ResponsesTemplate
+
+#: What `stream_response` can stream, and what `whole_response` can send.
+Streamed = ResponseTemplate | ResponsesTemplate
+Template = ResponseTemplate | ResponsesTemplate | EmbeddingTemplate
 
 FLUSH_BYTES: Final = 64 * 1024
 """Pending events are framed and written once they reach this many bytes."""
@@ -34,7 +39,7 @@ def fault_headers(fault: Fault) -> list[tuple[bytes, bytes]]:
 
 async def stream_response(
     conn: Connection,
-    resp: ResponseTemplate,
+    resp: Streamed,
     fault: Fault | None,
     arrived: float,
     *,
@@ -120,7 +125,7 @@ async def stream_response(
     pending += resp.finish_event()
     if resp.include_usage:
         pending += resp.usage_event()
-    pending += b"data: [DONE]\n\n"
+    pending += resp.done_marker
     frame(out, pending)
     out += conn.conn.send(h11.EndOfMessage()) or b""
     await conn.write(out, checkpoint=True)
@@ -129,7 +134,7 @@ async def stream_response(
 
 
 async def _strike_stream(
-    conn: Connection, resp: ResponseTemplate, fault: Fault, out: bytearray, sent: int
+    conn: Connection, resp: Streamed, fault: Fault, out: bytearray, sent: int
 ) -> str:
     """Apply a mid-stream fault. Returns ``"end"`` or ``"continue"``."""
     kind = fault.kind
@@ -156,7 +161,12 @@ async def _strike_stream(
         frame(out, resp.malformed_event(sent))
         await conn.stream.send_all(out)
         return "continue"
+    if kind is FaultKind.MALFORMED_SHAPE and isinstance(resp, ResponsesTemplate):
+        frame(out, resp.shape_event())
+        await conn.stream.send_all(out)
+        return "continue"
     if kind is FaultKind.MALFORMED_SHAPE:
+        assert isinstance(resp, ResponseTemplate)
         assert fault.variant is not None  # drawn when the request was admitted
         if fault.variant in TAIL_VARIANTS:
             frame(out, shape_tail(resp, fault.variant))
@@ -169,7 +179,7 @@ async def _strike_stream(
         await conn.stream.send_all(out)
         return "end" if final else "continue"
     if kind is FaultKind.ERROR_EVENT:
-        frame(out, error_event() + b"data: [DONE]\n\n")
+        frame(out, resp.error_event() + resp.done_marker)
         out += conn.conn.send(h11.EndOfMessage()) or b""
         await conn.stream.send_all(out)
         return "end"
@@ -178,7 +188,7 @@ async def _strike_stream(
 
 async def whole_response(
     conn: Connection,
-    resp: ResponseTemplate,
+    resp: Template,
     fault: Fault | None,
     arrived: float,
     *,
@@ -202,8 +212,11 @@ async def whole_response(
         payload = resp.whole_body()[:-7] + b'"}]}}{'
     elif kind is FaultKind.MALFORMED_SHAPE:
         assert fault is not None
-        assert fault.variant is not None
-        payload = shape_body(resp, fault.variant)
+        if isinstance(resp, ResponseTemplate):
+            assert fault.variant is not None  # drawn when the request was admitted
+            payload = shape_body(resp, fault.variant)
+        else:
+            payload = resp.shape_body()
     elif kind is FaultKind.ERROR_EVENT:
         payload = error_body(
             "The server had an error while processing your request.", "server_error", None

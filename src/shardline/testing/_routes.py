@@ -17,14 +17,23 @@ import attrs
 import h11
 import trio
 
+from ._asked import (
+    Asked,
+    AskedEmbeddings,
+    AskedResponse,
+    parse_embedding_params,
+    parse_params,
+    parse_response_params,
+)
 from ._connection import ClientGone, Connection
 from ._faults import FaultKind
 from ._load import Running, format_reset
 from ._malformed import HTML_PAGE
-from ._respond import fault_headers, stream_response, whole_response
+from ._respond import Template, fault_headers, stream_response, whole_response
 from ._shapes import draw_variant
 from ._stats import STATS_PATH
-from ._wire import STATUS_FAULTS, ResponseTemplate, models_body, parse_params
+from ._wire import STATUS_FAULTS, ResponseTemplate, models_body
+from ._wire_apis import EmbeddingTemplate, ResponsesTemplate
 
 _STATS_PATH_BYTES: Final = STATS_PATH.encode()
 
@@ -44,6 +53,10 @@ async def handle(conn: Connection, request: h11.Request, body: bytes, too_big: b
         endpoint = "chat.completions"
     elif path.endswith(b"/completions"):
         endpoint = "completions"
+    elif path.endswith(b"/embeddings"):
+        endpoint = "embeddings"
+    elif path.endswith(b"/responses"):
+        endpoint = "responses"
     elif path.endswith(b"/models"):
         endpoint = "models"
     else:
@@ -65,7 +78,7 @@ async def handle(conn: Connection, request: h11.Request, body: bytes, too_big: b
         elif too_big:
             await conn.send_simple(413, "invalid_request_error", "request body too large")
         else:
-            await _completion(conn, request, body, chat=endpoint == "chat.completions")
+            await _completion(conn, request, body, endpoint=endpoint)
     finally:
         c.in_flight -= 1
 
@@ -85,7 +98,9 @@ def _shardline_headers(request: h11.Request) -> tuple[str | None, int | None]:
     return item_id, attempt
 
 
-async def _completion(conn: Connection, request: h11.Request, body: bytes, *, chat: bool) -> None:
+async def _completion(
+    conn: Connection, request: h11.Request, body: bytes, *, endpoint: str
+) -> None:
     state = conn.state
     c = state.counters
     try:
@@ -95,30 +110,64 @@ async def _completion(conn: Connection, request: h11.Request, body: bytes, *, ch
     except (ValueError, TypeError):
         await conn.send_simple(400, "invalid_request_error", "body is not a JSON object")
         return
-    parsed = parse_params(params, chat=chat, default_max_tokens=state.default_max_tokens)
+    chat = endpoint == "chat.completions"
+    parsed: Asked | AskedEmbeddings | AskedResponse | str
+    if endpoint == "embeddings":
+        parsed = parse_embedding_params(params)
+    elif endpoint == "responses":
+        parsed = parse_response_params(params, default_max_tokens=state.default_max_tokens)
+    else:
+        parsed = parse_params(params, chat=chat, default_max_tokens=state.default_max_tokens)
     if isinstance(parsed, str):
         await conn.send_simple(400, "invalid_request_error", parsed)
         return
-    prompt_tokens, completion_tokens, finish_reason, stream, include_usage = parsed
-    if include_usage and state.no_usage:
-        include_usage = False
-        c.usage_withheld += 1
     c.completion_requests += 1
     sequence = c.completion_requests
     item_id, attempt = _shardline_headers(request)
     model = params.get("model")
     if not isinstance(model, str) or not model:
         model = state.models[0]
-    resp = ResponseTemplate(
-        chat=chat,
-        id=f"{'chatcmpl' if chat else 'cmpl'}-shardline{sequence}",
-        created=state.created,
-        model=model,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        finish_reason=finish_reason,
-        include_usage=include_usage,
-    )
+    resp: Template
+    if isinstance(parsed, AskedEmbeddings):
+        stream = False
+        resp = EmbeddingTemplate(
+            texts=parsed.texts,
+            prompt_tokens=parsed.prompt_tokens,
+            model=model,
+            dimensions=parsed.dimensions,
+            base64=parsed.base64,
+        )
+    elif isinstance(parsed, AskedResponse):
+        stream = parsed.stream
+        resp = ResponsesTemplate(
+            id=f"resp_shardline{sequence}",
+            created=state.created,
+            model=model,
+            prompt_tokens=parsed.prompt_tokens,
+            completion_tokens=parsed.completion_tokens,
+            incomplete=parsed.incomplete,
+            tool_name=parsed.tool_name,
+            reasoning=parsed.reasoning,
+        )
+    else:
+        stream, include_usage = parsed.stream, parsed.include_usage
+        if include_usage and state.no_usage:
+            include_usage = False
+            c.usage_withheld += 1
+        resp = ResponseTemplate(
+            chat=chat,
+            id=f"{'chatcmpl' if chat else 'cmpl'}-shardline{sequence}",
+            created=state.created,
+            model=model,
+            prompt_tokens=parsed.prompt_tokens,
+            completion_tokens=parsed.completion_tokens,
+            finish_reason=parsed.finish_reason,
+            include_usage=include_usage,
+            tool_name=parsed.tool_name,
+            reasoning_key=parsed.reasoning_key,
+            logprobs=parsed.logprobs,
+        )
+    prompt_tokens, completion_tokens = resp.prompt_tokens, resp.completion_tokens
     key = f"item\0{item_id}\0{attempt}" if item_id is not None else f"seq\0{sequence}"
     gate = state.gate
     if gate.requests is not None or gate.tokens is not None:
@@ -149,7 +198,7 @@ class _Answer:
     """Everything needed to answer one admitted completion request."""
 
     conn: Connection
-    resp: ResponseTemplate
+    resp: Template
     stream: bool
     sequence: int
     item_id: str | None
@@ -173,7 +222,12 @@ class _Answer:
         fault = state.faults.choose(
             seed=state.seed, sequence=self.sequence, item_id=self.item_id, attempt=self.attempt
         )
-        if fault is not None and fault.kind is FaultKind.MALFORMED_SHAPE and fault.variant is None:
+        if (
+            fault is not None
+            and fault.kind is FaultKind.MALFORMED_SHAPE
+            and fault.variant is None
+            and isinstance(self.resp, ResponseTemplate)  # the variants name chat fields
+        ):
             variant = draw_variant(seed=state.seed, key=self.key, stream=self.stream)
             fault = attrs.evolve(fault, variant=variant)
         if fault is not None and fault.kind is FaultKind.HTML_PAGE:
@@ -194,6 +248,7 @@ class _Answer:
             await conn.stall(fault.duration)
             fault = None  # a finite stall: carry on as a slow server
         if self.stream:
+            assert not isinstance(self.resp, EmbeddingTemplate)  # embeddings never stream
             await stream_response(conn, self.resp, fault, arrived, first_token_delay=self.delay)
         else:
             await whole_response(conn, self.resp, fault, arrived, first_token_delay=self.delay)

@@ -44,14 +44,15 @@ class FakeServer:
     """A running fake OpenAI-compatible server; get one from `open_fake_server`.
 
     Point any OpenAI-compatible client at `base_url`. The server answers
-    ``POST {base_url}/chat/completions``, ``POST {base_url}/completions`` and
-    ``GET {base_url}/models`` (any path ending in ``/chat/completions`` or
-    ``/completions`` works, so Azure-style deployment URLs do too), with
-    deterministic text and usage, at the speed of its `TimingModel`,
-    misbehaving as its `FaultPlan` says.
+    ``POST {base_url}/chat/completions``, ``POST {base_url}/completions``,
+    ``POST {base_url}/embeddings``, ``POST {base_url}/responses`` and
+    ``GET {base_url}/models`` (any path ending in one of these works, so
+    Azure-style deployment URLs do too), with deterministic text, vectors and
+    usage, at the speed of its `TimingModel`, misbehaving as its `FaultPlan` says.
 
-    It is not a model: the text is a fixed word sequence (`fake_text`),
-    and tools, logprobs and ``n > 1`` are not simulated.
+    It is not a model: the text is a fixed word sequence (`fake_text`), a
+    tool call's arguments are ``{"text": <that text>}``, reasoning is the same
+    text, vectors are `fake_embedding`, and ``n > 1`` is not simulated.
 
     Example::
 

@@ -24,8 +24,8 @@ class FakeServerStatistics:
         connections_accepted: TCP connections accepted since start.
         connections_open: Connections open now.
         requests: HTTP requests received (all endpoints, including bad ones).
-        requests_by_endpoint: ``"chat.completions"``, ``"completions"``, ``"models"``
-            or ``"other"`` to a count.
+        requests_by_endpoint: ``"chat.completions"``, ``"completions"``,
+            ``"embeddings"``, ``"responses"``, ``"models"`` or ``"other"`` to a count.
         in_flight: Requests being answered now (all endpoints; queued and refused
             completion requests included).
         max_in_flight: The most requests ever answered at once.

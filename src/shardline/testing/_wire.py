@@ -135,62 +135,6 @@ def models_body(models: tuple[str, ...], created: int) -> bytes:
     ).encode()
 
 
-def text_chars(content: object) -> int:
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        total = 0
-        for part in content:
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                total += len(part["text"])
-            elif isinstance(part, str):
-                total += len(part)
-        return total
-    return 0
-
-
-def parse_params(
-    params: dict[str, Any], *, chat: bool, default_max_tokens: int
-) -> tuple[int, int, str, bool, bool] | str:
-    """Validate a request body. Returns the response parameters or an error message."""
-    if chat:
-        messages = params.get("messages")
-        if not isinstance(messages, list) or not messages:
-            return "'messages' must be a non-empty list"
-        chars = 0
-        for message in messages:
-            if not isinstance(message, dict):
-                return "each message must be an object"
-            chars += text_chars(message.get("content"))
-        prompt_tokens = count_prompt_tokens(chars)
-    else:
-        prompt = params.get("prompt")
-        if isinstance(prompt, str):
-            prompt_tokens = count_prompt_tokens(len(prompt))
-        elif isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt_tokens = count_prompt_tokens(len(prompt[0]))
-        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-            prompt_tokens = len(prompt)
-        else:
-            return "'prompt' must be a string or a list of token ids (one prompt per request)"
-    n = params.get("n", 1)
-    if n not in (1, None):
-        return "the fake server supports only n=1"
-    limit = params.get("max_completion_tokens", params.get("max_tokens"))
-    if limit is None:
-        completion_tokens, finish_reason = default_max_tokens, "stop"
-    elif isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        return "'max_tokens' must be an integer >= 1"
-    elif limit > MAX_COMPLETION_TOKENS:
-        return f"'max_tokens' must be <= {MAX_COMPLETION_TOKENS}"
-    else:
-        completion_tokens, finish_reason = limit, "length"
-    stream = params.get("stream") is True
-    options = params.get("stream_options")
-    include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
-    return prompt_tokens, completion_tokens, finish_reason, stream, include_usage
-
-
 class ResponseTemplate:
     """Pre-encoded templates for one completion response."""
 
@@ -199,14 +143,18 @@ class ResponseTemplate:
         "_content_suffix",
         "_events",
         "_head",
+        "_tail",
         "chat",
         "completion_tokens",
         "created",
         "finish_reason",
         "id",
         "include_usage",
+        "logprobs",
         "model",
         "prompt_tokens",
+        "reasoning_key",
+        "tool_name",
     )
 
     def __init__(
@@ -220,8 +168,14 @@ class ResponseTemplate:
         completion_tokens: int,
         finish_reason: str,
         include_usage: bool,
+        tool_name: str | None = None,
+        reasoning_key: str | None = None,
+        logprobs: bool = False,
     ) -> None:
         self.chat = chat
+        self.tool_name = tool_name
+        self.reasoning_key = reasoning_key
+        self.logprobs = logprobs
         self.id = id
         self.created = created
         self.model = model
@@ -237,6 +191,7 @@ class ResponseTemplate:
             % (id.encode(), obj.encode(), created, json.dumps(model).encode())
         )
         tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
+        self._tail = tail
         if chat:
             self._content_prefix = self._head + b'[{"index":0,"delta":{"content":"'
             self._content_suffix = b'"},"logprobs":null,"finish_reason":null}]' + tail
@@ -244,7 +199,54 @@ class ResponseTemplate:
             self._content_prefix = self._head + b'[{"index":0,"text":"'
             self._content_suffix = b'","logprobs":null,"finish_reason":null}]' + tail
 
+    @property
+    def reasoning_tokens(self) -> int:
+        """Tokens of reasoning before the content (half, at least one), when reasoning."""
+        return max(1, self.completion_tokens // 2) if self.reasoning_key else 0
+
+    def tool_arguments(self, n_tokens: int | None = None) -> str:
+        """The arguments of the fake tool call: ``{"text": <fake_text(n)>}`` as JSON text."""
+        n = self.completion_tokens if n_tokens is None else n_tokens
+        return _ARGS_HEAD + fake_text(n) + (_ARGS_TAIL if n == self.completion_tokens else "")
+
+    def _rich_event(self, start: int, count: int) -> bytes:
+        """A content event of a tool-call, reasoning or logprobs answer (built as JSON)."""
+        delta: dict[str, Any] = {}
+        end = start + count
+        if self.tool_name is not None:
+            piece = token_bytes(start, count).decode()
+            if start == 0:
+                piece = _ARGS_HEAD + piece
+            if end == self.completion_tokens:
+                piece += _ARGS_TAIL
+            call: dict[str, Any] = {"index": 0}
+            if start == 0:
+                call.update(id=self.call_id, type="function")
+                call["function"] = {"name": self.tool_name, "arguments": piece}
+            else:
+                call["function"] = {"arguments": piece}
+            delta["tool_calls"] = [call]
+        else:
+            r = self.reasoning_tokens
+            if self.reasoning_key is not None and start < r:
+                delta[self.reasoning_key] = token_bytes(start, min(end, r) - start).decode()
+            if end > r:
+                first = max(start, r)
+                delta["content"] = token_bytes(first - r, end - first).decode()
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None}
+        if self.logprobs and "content" in delta:
+            choice["logprobs"] = {"content": _logprobs(delta["content"]), "refusal": None}
+        choice["finish_reason"] = None
+        return b"data: " + encode({**self.chunk_head(), "choices": [choice]})[:-1] + self._tail
+
+    @property
+    def call_id(self) -> str:
+        """The id of the fake tool call."""
+        return "call_" + self.id.rpartition("-")[2]
+
     def content_event(self, start: int, count: int) -> bytes:
+        if self.chat and (self.tool_name or self.reasoning_key or self.logprobs):
+            return self._rich_event(start, count)
         # Token i's text depends only on i % len(_WORDS) (after token 0), so events
         # repeat: build each distinct one once per response.
         if start == 0:
@@ -256,8 +258,16 @@ class ResponseTemplate:
             self._events[key] = event
         return event
 
+    #: What ends the stream after the finish (and usage) events.
+    done_marker: Final = b"data: [DONE]\n\n"
+
+    def error_event(self) -> bytes:
+        """The in-band error event of an ``error_event`` fault."""
+        return error_event()
+
     def empty_event(self) -> bytes:
-        return self.content_event(0, 0)
+        """A chunk with an empty content delta: not progress, whatever the answer holds."""
+        return self._content_prefix + self._content_suffix
 
     def role_event(self) -> bytes:
         tail = b',"usage":null}\n\n' if self.include_usage else b"}\n\n"
@@ -306,12 +316,25 @@ class ResponseTemplate:
         text = fake_text(n)
         reason = self.finish_reason if finish_reason == "default" else finish_reason
         if self.chat:
+            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+            if self.tool_name is not None:
+                message["content"] = None
+                function = {"name": self.tool_name, "arguments": self.tool_arguments(n)}
+                message["tool_calls"] = [
+                    {"id": self.call_id, "type": "function", "function": function}
+                ]
+            elif self.reasoning_key is not None:
+                r = min(n, self.reasoning_tokens)
+                message["content"] = fake_text(n - r)
+                message[self.reasoning_key] = fake_text(r)
             choice: dict[str, Any] = {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": reason,
             }
+            if self.logprobs and message["content"]:
+                choice["logprobs"] = {"content": _logprobs(message["content"]), "refusal": None}
             obj = "chat.completion"
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
@@ -341,6 +364,22 @@ class ResponseTemplate:
             "model": self.model,
             "system_fingerprint": "fp_shardline",
         }
+
+
+_ARGS_HEAD: Final = '{"text": "'
+_ARGS_TAIL: Final = '"}'
+
+
+def _logprobs(text: str) -> list[dict[str, Any]]:
+    """Made-up log probabilities, one entry per word of ``text`` (the fake tokens)."""
+    words = [
+        w if i == 0 and not text.startswith(" ") else " " + w
+        for i, w in enumerate(text.split(" "))
+        if w
+    ]
+    return [
+        {"token": w, "logprob": -0.25, "bytes": list(w.encode()), "top_logprobs": []} for w in words
+    ]
 
 
 def encode(value: object) -> bytes:
