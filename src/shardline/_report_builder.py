@@ -515,9 +515,7 @@ class ReportBuilder:
             ),
             hedges=self._hedges,
             hedge_wins=self._hedge_wins,
-            hedge_rate=_ratio(self._hedges, self._attempts - self._hedges)
-            if self._hedges
-            else None,
+            hedge_rate=_ratio(self._hedges, self._attempts - self._hedges),
         )
 
 
