@@ -121,6 +121,8 @@ def test_input_is_a_directory_exits_2(tmp_path: Path, capsys: pytest.CaptureFixt
         (["--attempt-timeout", "0"], "--attempt-timeout: attempt must be > 0"),
         (["--max-attempts", "0"], "--max-attempts: max_attempts must be >= 1"),
         (["--rpm", "-5"], "--rpm: rpm must be > 0"),
+        (["--hedge-after", "0"], "--hedge-after: after must be > 0 seconds, got 0.0"),
+        (["--hedge-budget", "2"], "--hedge-budget: budget must be <= 1, got 2.0"),
         (["--base-url", "ftp://x"], "--base-url (OPENAI_BASE_URL): base_url must start with"),
     ],
 )

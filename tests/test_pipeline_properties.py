@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from helpers import Transports, run_virtual
 from shardline._backoff import Backoff, RetryPolicy
-from shardline._config import Deadlines, Endpoint, PipelineConfig
+from shardline._config import Deadlines, Endpoint, Hedging, PipelineConfig
 from shardline._events import AttemptStart, ItemEnd
 from shardline._models import ChatRequest, Outcome, Status
 from shardline._pipeline import open_pipeline
@@ -68,6 +68,15 @@ configs = st.builds(
         budget_min_retries=st.integers(0, 5),
     ),
     deadlines=st.just(Deadlines(connect=1.0, ttft=2.0, stall=1.0, attempt=6.0)),
+    hedging=st.one_of(
+        st.none(),
+        st.builds(
+            Hedging,
+            after=st.sampled_from([0.02, 0.5, "p95"]),
+            budget=st.sampled_from([0.05, 1.0]),
+            min_samples=st.integers(1, 5),
+        ),
+    ),
     seed=st.integers(0, 2**16),
 )
 fault_plans = st.dictionaries(

@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "Deadlines": "_config",
     "Endpoint": "_config",
     "FlowControl": "_config",
+    "Hedging": "_config",
     "PipelineConfig": "_config",
     "AttemptError": "_exceptions",
     "Cause": "_exceptions",
@@ -88,6 +89,7 @@ if TYPE_CHECKING:
     from ._config import Deadlines as Deadlines
     from ._config import Endpoint as Endpoint
     from ._config import FlowControl as FlowControl
+    from ._config import Hedging as Hedging
     from ._config import PipelineConfig as PipelineConfig
     from ._exceptions import AttemptError as AttemptError
     from ._exceptions import Cause as Cause
@@ -132,6 +134,7 @@ __all__ = [
     "Endpoint",
     "EventSink",
     "FlowControl",
+    "Hedging",
     "InputError",
     "ItemCancelled",
     "JsonlEventSink",

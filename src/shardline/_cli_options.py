@@ -21,12 +21,14 @@ from ._config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DRAIN_GRACE,
+    DEFAULT_HEDGE_BUDGET,
     DEFAULT_QUEUE_SIZE,
     DEFAULT_SHARD_COUNT,
     DEFAULT_STALL_TIMEOUT,
     DEFAULT_TTFT_TIMEOUT,
     Deadlines,
     Endpoint,
+    Hedging,
     PipelineConfig,
 )
 from ._exceptions import ConfigError
@@ -58,6 +60,8 @@ _OPTION_FOR_PARAM = {
     "stall": "--stall-timeout",
     "attempt": "--attempt-timeout",
     "drain_grace": "--drain-grace",
+    "after": "--hedge-after",
+    "budget": "--hedge-budget",
 }
 
 
@@ -124,10 +128,34 @@ def build_config(
             retry=policy,
             deadlines=deadlines,
             drain_grace=getattr(args, "drain_grace", None),
+            hedging=_hedging(args),
             **overrides,
         )
     except ConfigError as exc:
         raise _config_error(exc) from None
+
+
+def _hedging(args: argparse.Namespace) -> Hedging | None:
+    """The :class:`Hedging` of ``--hedge-after`` / ``--hedge-budget`` (either turns it on)."""
+    after = getattr(args, "hedge_after", None)
+    budget = getattr(args, "hedge_budget", None)
+    if after is None and budget is None:
+        return None
+    return Hedging(
+        after="p95" if after is None else after,
+        budget=DEFAULT_HEDGE_BUDGET if budget is None else budget,
+    )
+
+
+def _hedge_after(text: str) -> float | str:
+    if text.strip().lower() in ("auto", "p95"):
+        return "p95"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or a number of seconds, got {text!r}"
+        ) from None
 
 
 def _seconds(text: str) -> float | None:
@@ -247,6 +275,20 @@ def add_pipeline_options(p: argparse.ArgumentParser, *, demo: bool) -> None:
         help=f"attempts per item, the first included (default: {DEFAULT_MAX_ATTEMPTS})",
     )
     add_deadline_options(p)
+    h = p.add_argument_group("hedged requests (off unless one of these is given)")
+    h.add_argument(
+        "--hedge-after",
+        type=_hedge_after,
+        metavar="auto|S",
+        help="send a second leg of an attempt with no content after S seconds, on another "
+        "shard; the first with content wins ('auto': the endpoint's learned p95 TTFT)",
+    )
+    h.add_argument(
+        "--hedge-budget",
+        type=float,
+        metavar="FRACTION",
+        help=f"hedges per request, at most (default: {DEFAULT_HEDGE_BUDGET:g})",
+    )
     p.add_argument_group("shutdown").add_argument(
         "--drain-grace",
         type=float,

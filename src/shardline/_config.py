@@ -27,6 +27,8 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_DRAIN_GRACE",
+    "DEFAULT_HEDGE_BUDGET",
+    "DEFAULT_HEDGE_MIN_SAMPLES",
     "DEFAULT_QUEUE_SIZE",
     "DEFAULT_SHARD_COUNT",
     "DEFAULT_STALL_TIMEOUT",
@@ -34,6 +36,7 @@ __all__ = [
     "Deadlines",
     "Endpoint",
     "FlowControl",
+    "Hedging",
     "PipelineConfig",
 ]
 
@@ -246,6 +249,53 @@ def _endpoint_tuple(value: Iterable[Endpoint]) -> tuple[Endpoint, ...]:
     return tuple(value)
 
 
+DEFAULT_HEDGE_BUDGET = 0.05
+DEFAULT_HEDGE_MIN_SAMPLES = 20
+_hedge_seconds = number("after", gt=0, unit="seconds")
+
+
+def _hedge_after(inst: object, attr: object, value: object) -> None:
+    if isinstance(value, str):
+        if value != "p95":
+            raise ConfigError(f"after must be 'p95' or a number of seconds, got {value!r}")
+        return
+    _hedge_seconds(inst, attr, value)
+
+
+@attrs.frozen(kw_only=True)
+class Hedging:
+    """Hedged requests: a second leg for an attempt slow to its first token.
+
+    An attempt with no content after ``after`` seconds gets one hedge: the same
+    request, sent on another shard. The first leg with content wins; the other
+    is cancelled at once (its connection closed, so the server can abort it).
+    "The Tail at Scale" reports a p99.9 cut from 1,800 ms to 74 ms this way for
+    2 % more requests. See the hedging how-to.
+
+    Example::
+
+        PipelineConfig(hedging=Hedging())                # after the learned p95 TTFT
+        PipelineConfig(hedging=Hedging(after=2.0))       # after 2 s without content
+
+    Args:
+        after: ``"p95"``: the 95th percentile of the endpoint's recent TTFTs
+            (learned from the last 256, once ``min_samples`` are in), or a
+            number of seconds.
+        budget: Hedges at most this share of requests (a token bucket filled
+            by requests, gRPC retry throttling's shape). Hedges are not retries
+            and do not spend the retry budget.
+        min_samples: TTFTs seen on the endpoint before ``after="p95"`` hedges at all.
+    """
+
+    after: float | Literal["p95"] = attrs.field(default="p95", validator=_hedge_after)
+    budget: float = attrs.field(
+        default=DEFAULT_HEDGE_BUDGET, validator=number("budget", gt=0, le=1)
+    )
+    min_samples: int = attrs.field(
+        default=DEFAULT_HEDGE_MIN_SAMPLES, validator=integer("min_samples", ge=1)
+    )
+
+
 def _routing(_inst: object, _attr: object, value: str) -> None:
     if value not in ("hash", "least_loaded"):
         raise ConfigError(f"routing must be 'hash' or 'least_loaded', got {value!r}")
@@ -286,6 +336,8 @@ class PipelineConfig:
         drain_grace: Seconds in-flight work may take to finish when the
             pipeline is left, before it is cancelled.
         flow: The :class:`FlowControl` (adaptive in-flight limit, header pacing).
+        hedging: The :class:`Hedging` of attempts slow to their first token
+            (``None``, the default: no hedged requests).
         seed: Seeds the jitter of backoff delays, for reproducible runs.
     """
 
@@ -308,6 +360,7 @@ class PipelineConfig:
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     deadlines: Deadlines = attrs.field(factory=Deadlines)
     flow: FlowControl = attrs.field(factory=FlowControl)
+    hedging: Hedging | None = None
     drain_grace: float = attrs.field(
         default=DEFAULT_DRAIN_GRACE, validator=number("drain_grace", ge=0, unit="seconds")
     )

@@ -57,6 +57,8 @@ __all__ = [
     "EventDecodeError",
     "EventFileReader",
     "FirstToken",
+    "HedgeSent",
+    "HedgeWon",
     "ItemAdmitted",
     "ItemEnd",
     "LimitChange",
@@ -224,6 +226,35 @@ class RetryScheduled:
 
 
 @attrs.frozen(kw_only=True)
+class HedgeSent:
+    """Attempt ``attempt`` on ``shard`` had no content after ``after_s`` seconds: a
+    second leg of it was sent on ``hedge_shard`` (its own ``attempt_start`` follows)."""
+
+    kind: ClassVar[str] = "hedge_sent"
+    t: float
+    item_id: ItemId
+    shard: int
+    attempt: int
+    hedge_shard: int
+    after_s: float
+
+
+@attrs.frozen(kw_only=True)
+class HedgeWon:
+    """A leg of a hedged attempt produced content first: ``leg`` is ``first`` or
+    ``hedge``, ``shard`` the winner's; the other leg is cancelled at once.
+    ``ttft_s`` counts from the first leg's send."""
+
+    kind: ClassVar[str] = "hedge_won"
+    t: float
+    item_id: ItemId
+    shard: int
+    attempt: int
+    leg: str
+    ttft_s: float
+
+
+@attrs.frozen(kw_only=True)
 class ItemEnd:
     """An item reached its one terminal status: ``ok``, ``failed`` or ``cancelled``.
 
@@ -310,6 +341,8 @@ Event = (
     | FirstToken
     | AttemptEnd
     | RetryScheduled
+    | HedgeSent
+    | HedgeWon
     | ItemEnd
     | ShardState
     | LimitChange
@@ -327,6 +360,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         FirstToken,
         AttemptEnd,
         RetryScheduled,
+        HedgeSent,
+        HedgeWon,
         ItemEnd,
         ShardState,
         LimitChange,

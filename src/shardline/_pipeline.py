@@ -29,6 +29,7 @@ from ._events import EndpointState, Event, ItemEnd, LimitChange, RunEnd, RunStar
 from ._exceptions import ConfigError, ShardlineError
 from ._flow import AdaptiveLimit, LimitStep
 from ._flow_pacer import HeaderPacer
+from ._hedge import Hedger
 from ._http import make_client
 from ._models import REQUEST_TYPES, ItemId, Outcome, Request, Result, Status
 from ._ratelimit import SlidingWindowLimiter
@@ -433,6 +434,8 @@ async def open_pipeline(
                 if transport is None
                 else httpx.AsyncClient(transport=transport(index), timeout=None)
             )
+        # Hedging sees every shard: the list fills as the shards start.
+        hedger = None if config.hedging is None else Hedger(config.hedging, pipeline._shards)
         with _unwrap_single():
             async with trio.open_nursery() as nursery:
                 for index, client in enumerate(clients):
@@ -445,6 +448,7 @@ async def open_pipeline(
                         queue_size=config.queue_size,
                         rng=random.Random(rng.getrandbits(64)),
                         peers=pipeline._shards,
+                        hedger=hedger,
                     )
                     pipeline._shards.append(shard)
                     await nursery.start(shard.run)

@@ -17,7 +17,8 @@ Definitions (the metrics page of the docs explains them at length):
   with the most tokens in total (the earliest on a tie); ``peak_*`` are that
   one minute's numbers.
 * **TTFT** of an item: from sending its successful attempt to that attempt's
-  first content event (``item_end.ttft_s``). **Latency**: from admission to the
+  first content event (``item_end.ttft_s``); for a hedged attempt, from the
+  send of its first leg, whichever leg won. **Latency**: from admission to the
   item's end (``item_end.latency_s``). Both over successful items only.
 * **Percentiles** interpolate linearly between the two nearest ranks (the
   default of ``numpy.percentile`` and ``pandas.Series.quantile``). The report
@@ -28,6 +29,9 @@ Definitions (the metrics page of the docs explains them at length):
   retried or not. ``retry_rate`` is retries per item (the unit of the retry
   budget), ``success_rate`` succeeded per item; items are all items that
   ended (ok, failed or cancelled).
+* **Hedges** count ``hedge_sent`` events, ``hedge_wins`` the ``hedge_won``
+  events whose winner is the hedge; ``hedge_rate`` is the extra requests
+  hedging sent, ``hedges / (attempts - hedges)`` (the share the budget bounds).
 * **Live limit.** Per endpoint, from ``limit_change`` events: the limit holds
   each value from one change to the next; it starts at the first event's
   ``old`` (its initial value) at the segment's start and holds its last value
@@ -308,6 +312,9 @@ class RunReport:
             ``tool_arguments_invalid`` (calls whose arguments are not a JSON
             object), ``reasoning_items``, ``refusal_items``, ``embeddings``
             (vectors); keys with a zero count are left out.
+        hedges: Hedges sent (``hedge_sent`` events; they are counted in ``attempts``).
+        hedge_wins: Hedged attempts the hedge won (its first content came first).
+        hedge_rate: ``hedges / (attempts - hedges)``: the extra requests, as a share.
     """
 
     run_id: str
@@ -346,6 +353,9 @@ class RunReport:
     limits: tuple[LimitReport, ...] = ()
     items_by_api: dict[str, int] = attrs.field(factory=dict)
     answer_counts: dict[str, int] = attrs.field(factory=dict)
+    hedges: int = 0
+    hedge_wins: int = 0
+    hedge_rate: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The report as a JSON object, keys in field order (the ``--json`` output)."""

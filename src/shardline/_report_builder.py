@@ -21,6 +21,8 @@ from ._events import (
     AttemptStart,
     Event,
     FirstToken,
+    HedgeSent,
+    HedgeWon,
     ItemAdmitted,
     ItemEnd,
     LimitChange,
@@ -183,6 +185,8 @@ class ReportBuilder:
         self._status = dict.fromkeys(Status, 0)
         self._attempts = 0
         self._retries = 0
+        self._hedges = 0
+        self._hedge_wins = 0
         self._retry_causes: dict[str, int] = {}
         self._attempt_failures: dict[str, int] = {}
         self._failure_causes: dict[str, int] = {}
@@ -237,6 +241,10 @@ class ReportBuilder:
                 _count(self._attempt_failures, _cause_key(event.cause))
             elif event.outcome is AttemptOutcome.OK:
                 self._ok_attempt[event.item_id] = event
+        elif isinstance(event, HedgeSent):
+            self._hedges += 1
+        elif isinstance(event, HedgeWon):
+            self._hedge_wins += event.leg == "hedge"
         elif isinstance(event, RetryScheduled):
             self._retries += 1
             self._shard(event.shard).retries += 1
@@ -535,6 +543,9 @@ class ReportBuilder:
             ),
             items_by_api=dict(sorted(self._by_api.items())),
             answer_counts=dict(self._answers),
+            hedges=self._hedges,
+            hedge_wins=self._hedge_wins,
+            hedge_rate=_ratio(self._hedges, self._attempts - self._hedges),
         )
 
 

@@ -100,6 +100,12 @@ def render_text(report: RunReport, *, width: int = 100) -> str:
     summary.add_row("under backlog", backlog)
     summary.add_row("attempts", f"{report.attempts:,}")
     summary.add_row("retries", f"{report.retries:,}  ({report.retry_rate or 0:.3f} per item)")
+    if report.hedges:
+        summary.add_row(
+            "hedges",
+            f"{report.hedges:,} sent ({_fmt_rate(report.hedge_rate)} extra requests), "
+            f"{report.hedge_wins:,} won by the hedge",
+        )
     summary.add_row("tokens_in_total", f"{report.tokens_in_total:,}")
     summary.add_row("tokens_out_total", f"{report.tokens_out_total:,}")
     if report.usage_estimated_items or report.usage_missing_items:

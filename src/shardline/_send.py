@@ -26,7 +26,7 @@ from ._models import Outcome, Result, Status
 from ._ratelimit import Charge
 from ._state import RunState, Upstream, WorkItem
 
-__all__ = ["Sending", "defect", "not_sent", "send_one"]
+__all__ = ["RaceLeg", "Sending", "defect", "not_sent", "send_one"]
 
 log = logging.getLogger("shardline")
 
@@ -41,6 +41,21 @@ class Sending(Protocol):
     in_flight: int
 
 
+class RaceLeg(Protocol):
+    """One leg of a hedged attempt (:mod:`shardline._hedge`), as :func:`send_one` sees it."""
+
+    @property
+    def hedge(self) -> bool:
+        """Whether this leg is the hedge (sent with ``x-shardline-hedge: 1``)."""
+
+    @property
+    def lost(self) -> bool:
+        """Whether the other leg won (then this one is being cancelled)."""
+
+    def on_content(self, ttft_s: float) -> None:
+        """Called at the leg's first content event, right after ``first_token``."""
+
+
 async def send_one(
     shard: Sending,
     item: WorkItem,
@@ -49,10 +64,16 @@ async def send_one(
     estimate_in: int,
     permit: FlowPermit | None,
     ticket: int | None = None,
+    *,
+    race: RaceLeg | None = None,
 ) -> Outcome | AttemptError:
     """Send attempt ``attempt`` of ``item`` (holding a slot and ``permit``): its
     outcome, or its error. Settles ``permit`` however the attempt ends, and
-    gives the header pacer the answer to send ``ticket`` (or says there was none)."""
+    gives the header pacer the answer to send ``ticket`` (or says there was none).
+
+    ``race``: the hedged-attempt leg this send is, told of its first content;
+    a leg cancelled because it lost is charged its prompt (the server may
+    have processed it)."""
     state = shard.state
     upstream = shard.upstream
     flow = upstream.flow if permit is not None else None
@@ -70,6 +91,8 @@ async def send_one(
                 ttft_s=ttft_s,
             )
         )
+        if race is not None:
+            race.on_content(ttft_s)
 
     pacer = upstream.pacer
     got_response = False
@@ -80,6 +103,12 @@ async def send_one(
         if pacer is not None:
             pacer.observe_headers(headers, ticket=ticket)
 
+    headers = {
+        "x-shardline-item-id": quote(str(item.id), safe=""),
+        "x-shardline-attempt": str(attempt),
+    }
+    if race is not None and race.hedge:
+        headers["x-shardline-hedge"] = "1"
     shard.in_flight += 1
     try:
         result: AttemptResult = await send_attempt(
@@ -87,10 +116,7 @@ async def send_one(
             upstream.endpoint,
             item.request,
             state.deadlines,
-            headers={
-                "x-shardline-item-id": quote(str(item.id), safe=""),
-                "x-shardline-attempt": str(attempt),
-            },
+            headers=headers,
             on_first_token=first_token,
             on_response=None if pacer is None else answered,
         )
@@ -122,9 +148,10 @@ async def send_one(
         )
         return err
     except trio.Cancelled:
+        lost = race is not None and race.lost
         if flow is not None and permit is not None:
             flow.on_ignore(permit)
-        _reconcile(state, charge, 0)
+        _reconcile(state, charge, estimate_in if lost else 0)
         _attempt_ended(
             state,
             shard.index,
@@ -133,6 +160,7 @@ async def send_one(
             "cancelled",
             cause=Cause.CANCELLED.value,
             duration_s=state.now() - started,
+            message="lost the hedge race" if lost else None,
         )
         raise
     except Exception as exc:

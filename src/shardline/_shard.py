@@ -42,6 +42,7 @@ from ._events import (
 )
 from ._exceptions import AttemptError, ConnectError, InternalError, ItemCancelled, RateLimited
 from ._flow import FlowPermit
+from ._hedge import Hedger, send_hedged
 from ._models import Outcome, Status, Usage, estimate_tokens
 from ._send import defect, not_sent, send_one
 from ._state import (
@@ -77,6 +78,8 @@ class Shard:
     #: Every shard of the run, this one included (shared with the pipeline):
     #: where an attempt goes when this shard's endpoint is unhealthy.
     peers: list[Shard] = attrs.field(factory=list)
+    #: Hedging of slow first tokens, shared by the pipeline's shards (``None``: off).
+    hedger: Hedger | None = None
     _send: trio.MemorySendChannel[WorkItem] = attrs.field(init=False)
     _recv: trio.MemoryReceiveChannel[WorkItem] = attrs.field(init=False)
     _slots: trio.Semaphore = attrs.field(init=False)
@@ -311,6 +314,33 @@ class Shard:
             self._limiter.release_on_behalf_of(token)
             self._unsend(ticket)
 
+    # -- hedging (see _hedge.py) --------------------------------------------
+
+    @property
+    def cooling(self) -> bool:
+        """Whether the shard is waiting out a server's Retry-After right now."""
+        return trio.current_time() < self._cooling_until
+
+    async def take_slot(self, token: object, tokens: int) -> tuple[FlowPermit | None, int | None]:
+        """Take an in-flight slot and a permit of the live limit for a hedge, waiting
+        as any attempt does (cooldown, announced quota, slot, permit).
+
+        Returns the permit (``None`` without adaptive flow control) and the header
+        pacer's ticket (``None`` without a pacer). Give the slot back with
+        :meth:`release_slot`, after :meth:`abandon` if nothing was sent.
+        """
+        return await self._acquire_slot(token, tokens)
+
+    def abandon(self, permit: FlowPermit | None, ticket: int | None) -> None:
+        """Settle what :meth:`take_slot` took for a send that is not happening."""
+        if permit is not None and self.upstream.flow is not None:
+            self.upstream.flow.on_ignore(permit)
+        self._unsend(ticket)
+
+    def release_slot(self, token: object) -> None:
+        """Give back a slot taken with :meth:`take_slot`."""
+        self._limiter.release_on_behalf_of(token)
+
     def _unsend(self, ticket: int | None) -> None:
         """The header pacer counted a send that is not happening after all."""
         if self.upstream.pacer is not None and ticket is not None:
@@ -376,7 +406,12 @@ class Shard:
                     self.upstream.flow.on_ignore(permit)
                 self._unsend(ticket)
                 raise
-            result = await send_one(self, item, attempt, charge, estimate_in, permit, ticket)
+            if self.hedger is None or probe:
+                result = await send_one(self, item, attempt, charge, estimate_in, permit, ticket)
+            else:
+                result = await send_hedged(
+                    self.hedger, self, item, attempt, charge, estimate_in, estimate, permit, ticket
+                )
         finally:
             self._limiter.release_on_behalf_of(token)
             self._settle_health(result, probe)

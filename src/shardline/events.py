@@ -29,6 +29,8 @@ from ._events import Event as Event
 from ._events import EventDecodeError as EventDecodeError
 from ._events import EventFileReader as EventFileReader
 from ._events import FirstToken as FirstToken
+from ._events import HedgeSent as HedgeSent
+from ._events import HedgeWon as HedgeWon
 from ._events import ItemAdmitted as ItemAdmitted
 from ._events import ItemEnd as ItemEnd
 from ._events import LimitChange as LimitChange
@@ -57,6 +59,8 @@ __all__ = [
     "EventFileReader",
     "EventSink",
     "FirstToken",
+    "HedgeSent",
+    "HedgeWon",
     "ItemAdmitted",
     "ItemEnd",
     "ItemId",

@@ -80,8 +80,8 @@ class LoadModel:
       request that arrives while another is in flight cuts that one (its connection
       is closed mid-response, without a finish reason) and is served instead.
     - ``slow_first_share`` / ``slow_first_delay``: that share of *first attempts*
-      (requests with ``x-shardline-attempt: 1``; drawn by a seeded hash of the item
-      id) waits ``slow_first_delay`` more seconds before its first token, then
+      (requests with ``x-shardline-attempt: 1``, hedges excepted; drawn by a seeded
+      hash of the item id) waits ``slow_first_delay`` more seconds before its first token, then
       answers normally: the TTFT tail that hedged requests cut.
 
     Example::

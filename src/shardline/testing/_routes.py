@@ -179,7 +179,9 @@ async def _completion(
             await _refuse_rate(conn, wait, short, tokens)
             return
     delay = 0.0
-    if attempt == 1 and gate.slow_first(seed=state.seed, key=f"{item_id}"):
+    # A hedge (a second leg of a slow attempt) models another replica: not slow.
+    hedge = (b"x-shardline-hedge", b"1") in request.headers
+    if attempt == 1 and not hedge and gate.slow_first(seed=state.seed, key=f"{item_id}"):
         c.slow_first_tokens += 1
         delay = gate.model.slow_first_delay
     answer = _Answer(conn, resp, stream, sequence, item_id, attempt, key, delay)
