@@ -17,6 +17,7 @@ import shardline.events as ev
 from shardline import ChatRequest, ConfigError, Endpoint, PipelineConfig, open_pipeline
 from shardline._breaker import CircuitBreaker
 from shardline._exceptions import Cause
+from shardline._report_builder import compute_report
 from shardline.testing import FakeTransport
 from test_flow_properties import run_virtual
 
@@ -162,6 +163,19 @@ def test_a_replica_that_answers_503_is_opened_and_the_run_completes_on_the_other
         assert changes[0].t < 1.0  # within the first round trips
         assert not _health(events, 1)
         assert _sent_while_open(events, sent, t0, end) == 0
+        report = compute_report(events, events_sha256=None)
+        dead, live = report.endpoints
+        assert dead.base_url == "http://a.test/v1"
+        assert dead.shards == (0,)
+        assert live.shards == (1, 2, 3)
+        assert dead.opened >= 1
+        assert dead.open_s > 0
+        assert dead.failed_attempts["server_error"] == len(sent[0])
+        assert dead.ok_attempts == 0
+        assert live.ok_attempts == 200
+        assert live.ttft_s.p50 is not None
+        assert report.to_json()["endpoints"][0]["base_url"] == "http://a.test/v1"
+        assert type(report).from_json(report.to_json()) == report
         # The dead replica saw its first failures, then only probes.
         probes = sum(1 for c in changes if c.new == "half_open")
         assert len(sent[0]) <= 3 * 4 + probes + 16  # threshold, in flight, probes

@@ -457,4 +457,5 @@ class PipelineConfig:
         out["endpoint"] = self.all_endpoints()[0].safe_dict()
         if self.endpoints:
             out["endpoints"] = [e.safe_dict() for e in self.endpoints]
+            out["shard_endpoints"] = self.shard_endpoints()
         return out

@@ -58,6 +58,7 @@ import attrs
 from ._exceptions import ShardlineError
 
 __all__ = [
+    "EndpointReport",
     "LimitReport",
     "MinuteTokens",
     "Percentiles",
@@ -213,6 +214,51 @@ class ShardReport:
 
 
 @attrs.frozen(kw_only=True)
+class EndpointReport:
+    """One endpoint of a run with several (``PipelineConfig.endpoints``), by the
+    attempts sent to it; a run with one endpoint has no such rows.
+
+    Attributes:
+        endpoint: The endpoint's number.
+        base_url: Its URL (no credentials are ever in it).
+        shards: The shards that talk to it.
+        attempts: Attempts sent to it (including those sent for other shards' items).
+        ok_attempts: Those that ended with an answer.
+        failed_attempts: Those that failed, by cause.
+        ttft_s: Time to first token of its attempts (``first_token`` events).
+        opened: Times its circuit opened.
+        open_s: Seconds its circuit was not closed.
+    """
+
+    endpoint: int
+    base_url: str
+    shards: tuple[int, ...]
+    attempts: int
+    ok_attempts: int
+    failed_attempts: dict[str, int]
+    ttft_s: Percentiles
+    opened: int
+    open_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The endpoint's figures as a JSON object."""
+        out = {f.name: getattr(self, f.name) for f in attrs.fields(EndpointReport)}
+        out["shards"] = list(self.shards)
+        out["failed_attempts"] = dict(self.failed_attempts)
+        out["ttft_s"] = self.ttft_s.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> EndpointReport:
+        """The inverse of :meth:`to_json`."""
+        kwargs = {f.name: obj[f.name] for f in attrs.fields(EndpointReport)}
+        kwargs["shards"] = tuple(kwargs["shards"])
+        kwargs["failed_attempts"] = dict(kwargs["failed_attempts"])
+        kwargs["ttft_s"] = Percentiles.from_json(kwargs["ttft_s"])
+        return cls(**kwargs)
+
+
+@attrs.frozen(kw_only=True)
 class LimitReport:
     """One endpoint's live in-flight limit over the run, from its ``limit_change`` events.
 
@@ -303,6 +349,7 @@ class RunReport:
         end_reason: ``run_end.reason`` of the last segment, ``None`` if it has none.
         shards: Per-shard breakdown, by shard number.
         tpm_by_minute: Every minute that had a successful item, in order.
+        endpoints: With several endpoints, one :class:`EndpointReport` each.
         limits: Per endpoint, its live in-flight limit (:class:`LimitReport`);
             empty when no ``limit_change`` event was seen.
         items_by_api: Successful items per API (``chat``, ``completions``,
@@ -351,6 +398,7 @@ class RunReport:
     shards: tuple[ShardReport, ...] = ()
     tpm_by_minute: tuple[MinuteTokens, ...] = ()
     limits: tuple[LimitReport, ...] = ()
+    endpoints: tuple[EndpointReport, ...] = ()
     items_by_api: dict[str, int] = attrs.field(factory=dict)
     answer_counts: dict[str, int] = attrs.field(factory=dict)
     hedges: int = 0
@@ -364,7 +412,7 @@ class RunReport:
             value = getattr(self, f.name)
             if isinstance(value, Percentiles):
                 value = value.to_json()
-            elif f.name in ("shards", "tpm_by_minute", "limits"):
+            elif f.name in ("shards", "tpm_by_minute", "limits", "endpoints"):
                 value = [v.to_json() for v in value]
             elif isinstance(value, dict):
                 value = dict(value)
@@ -387,5 +435,7 @@ class RunReport:
                 value = tuple(MinuteTokens.from_json(v) for v in value)
             elif f.name == "limits":
                 value = tuple(LimitReport.from_json(v) for v in value)
+            elif f.name == "endpoints":
+                value = tuple(EndpointReport.from_json(v) for v in value)
             kwargs[f.name] = value
         return cls(**kwargs)

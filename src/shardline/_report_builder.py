@@ -19,6 +19,7 @@ from ._events import (
     AttemptEnd,
     AttemptOutcome,
     AttemptStart,
+    EndpointState,
     Event,
     FirstToken,
     HedgeSent,
@@ -44,6 +45,7 @@ from ._report import (
     minute_iso,
     utc_minute,
 )
+from ._report_endpoints import EndpointAccs
 from ._sketch import QuantileSketch
 
 __all__ = ["ReportBuilder", "compute_report"]
@@ -203,6 +205,7 @@ class ReportBuilder:
         self._shards: dict[int, _ShardAcc] = {}
         self._minutes: dict[int, _MinuteAcc] = {}
         self._limits: dict[int, _LimitAcc] = {}
+        self._endpoints = EndpointAccs()
         # per-item state, bounded by queue and in-flight sizes
         self._queued: set[ItemId] = set()
         self._open: set[ItemId] = set()  # admitted, not ended
@@ -235,8 +238,10 @@ class ReportBuilder:
         elif isinstance(event, AttemptStart):
             self._attempts += 1
             self._shard(event.shard).attempts += 1
+            self._endpoints.attempt_start(event)
             self._dequeue(event.item_id, t)
         elif isinstance(event, AttemptEnd):
+            self._endpoints.attempt_end(event)
             if event.outcome is AttemptOutcome.FAILED:
                 _count(self._attempt_failures, _cause_key(event.cause))
             elif event.outcome is AttemptOutcome.OK:
@@ -261,7 +266,9 @@ class ReportBuilder:
         elif isinstance(event, RunEnd):
             self._end_reason = event.reason.value
         elif isinstance(event, FirstToken):
-            pass  # TTFT is taken from item_end / attempt_end
+            self._endpoints.first_token(event)  # items' TTFT is from item_end / attempt_end
+        elif isinstance(event, EndpointState):
+            self._endpoints.state(event)
 
     def close(self) -> None:
         """Nothing to release; present for the sink protocol."""
@@ -287,6 +294,7 @@ class ReportBuilder:
             self._run_id = event.run_id
             self._first_started_at = event.started_at
         self._shard_count = max(self._shard_count, event.shard_count)
+        self._endpoints.run_start(event.config)
         self._started_at = event.started_at
         self._seg_last_t = event.t
         self._end_reason = None
@@ -541,6 +549,7 @@ class ReportBuilder:
             limits=tuple(
                 acc.report(no, self._seg_last_t) for no, acc in sorted(self._limits.items())
             ),
+            endpoints=self._endpoints.report(self._seg_last_t),
             items_by_api=dict(sorted(self._by_api.items())),
             answer_counts=dict(self._answers),
             hedges=self._hedges,

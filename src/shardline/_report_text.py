@@ -153,6 +153,27 @@ def render_text(report: RunReport, *, width: int = 100) -> str:
             )
         console.print(table)
 
+    if report.endpoints:
+        table = Table(
+            title="endpoints (attempts sent to each)", title_justify="left", box=box.SIMPLE
+        )
+        for name in ("endpoint", "shards", "attempts", "ok", "ttft p50", "ttft p95"):
+            table.add_column(name, justify="right")
+        table.add_column("open", no_wrap=True)
+        table.add_column("failed attempts")
+        for e in report.endpoints:
+            failed = ", ".join(f"{cause} {n}" for cause, n in e.failed_attempts.items())
+            table.add_row(
+                str(e.endpoint),
+                str(len(e.shards)),
+                f"{e.attempts:,}",
+                f"{e.ok_attempts:,}",
+                _ms(e.ttft_s.p50),
+                _ms(e.ttft_s.p95),
+                f"{e.opened}x, {e.open_s:.1f} s" if e.opened else "-",
+                failed or "-",
+            )
+        console.print(table)
     if report.limits:
         table = Table(
             title="live in-flight limit, per endpoint", title_justify="left", box=box.SIMPLE
@@ -200,3 +221,7 @@ def render_text(report: RunReport, *, width: int = 100) -> str:
             )
         console.print(table)
     return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
