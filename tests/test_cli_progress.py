@@ -211,3 +211,37 @@ def test_the_batch_runner_shows_the_live_limit(tmp_path: Path) -> None:
     limit = int(lines[True].split("limit ")[1].split(" of 8,")[0])
     assert 1 <= limit <= 8
     assert "in flight 0, limit fixed, queued 0" in lines[False]
+
+
+def test_the_panel_shows_an_endpoint_whose_circuit_is_open() -> None:
+    """With several endpoints, a shard whose endpoint is open or probing says so."""
+    shards = (
+        row(shard=0, in_flight=8, capacity=8, queued=3, done=50, retries=0, cooling=False),
+        row(
+            shard=1,
+            in_flight=0,
+            capacity=8,
+            queued=0,
+            done=9,
+            retries=4,
+            cooling=False,
+            endpoint=1,
+            circuit="open",
+        ),
+        row(
+            shard=2,
+            in_flight=1,
+            capacity=8,
+            queued=0,
+            done=9,
+            retries=0,
+            cooling=False,
+            endpoint=2,
+            circuit="half_open",
+        ),
+    )
+    console = Console(record=True, width=120, file=io.StringIO())
+    console.print(rich_panel(snap(shards=shards)))
+    text = console.export_text()
+    assert "endpoint 1 open" in text
+    assert "endpoint 2 half-open" in text

@@ -26,6 +26,7 @@ import attrs
 
 if TYPE_CHECKING:  # rich is imported when a terminal shows the panel, not before
     from rich.console import Console, RenderableType
+    from rich.text import Text
 
 from ._state import ShardStatistics
 
@@ -223,7 +224,7 @@ def rich_panel(snap: ProgressSnapshot) -> RenderableType:
             str(row.queued),
             str(row.done),
             str(row.retries),
-            Text("cooling", style="yellow") if row.cooling else Text("ok", style="dim"),
+            _state_text(row),
         )
     if hidden:
         table.add_row(
@@ -333,3 +334,13 @@ def open_progress(*, enabled: bool, stream: IO[str] | None = None) -> ProgressDi
 
         return RichProgress(Console(file=stream))
     return PlainProgress(stream)
+
+
+def _state_text(row: ShardStatistics) -> Text:
+    """A shard's state: its endpoint's circuit when not closed, else cooling or ok."""
+    from rich.text import Text
+
+    if row.circuit != "closed":
+        where = f"endpoint {row.endpoint} {row.circuit.replace('_', '-')}"
+        return Text(where, style="red" if row.circuit == "open" else "yellow")
+    return Text("cooling", style="yellow") if row.cooling else Text("ok", style="dim")

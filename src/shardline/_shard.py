@@ -134,6 +134,10 @@ class Shard:
             cooling=self._cooling,
             done=self.done,
             retries=self.retries,
+            endpoint=self.upstream.index,
+            circuit="closed"
+            if self.upstream.breaker is None
+            else self.upstream.breaker.state.value,
         )
 
     # -- admission side ---------------------------------------------------

@@ -125,6 +125,10 @@ class ShardStatistics:
         cooling: True while the shard waits out a server's Retry-After.
         done: Items that reached a terminal outcome on this shard.
         retries: Retries scheduled on this shard.
+        endpoint: The endpoint this shard talks to (its index in
+            ``PipelineConfig.all_endpoints()``).
+        circuit: Its endpoint's circuit: ``closed``, ``open`` or ``half_open``
+            (always ``closed`` with one endpoint).
     """
 
     shard: int
@@ -136,6 +140,8 @@ class ShardStatistics:
     cooling: bool
     done: int
     retries: int
+    endpoint: int = 0
+    circuit: str = "closed"
 
 
 @attrs.define(eq=False)
