@@ -12,9 +12,9 @@ Only the causes in :data:`HEALTH_CAUSES` count: a 429 is the endpoint's flow
 control speaking (the adaptive limit and the pacer handle it), a 4xx is the
 request's fault, a cancellation says nothing. Any success closes the count.
 
-The breaker decides nothing about where an item goes; the shard asks
-:meth:`CircuitBreaker.admits` before sending through the endpoint and
-:meth:`CircuitBreaker.claim_probe` when every endpoint is open.
+The breaker decides nothing about where an item goes: a shard sends new
+attempts to an endpoint while :attr:`CircuitBreaker.closed`, and an open one
+gets a single attempt, its probe, once :meth:`CircuitBreaker.claim_probe` allows.
 """
 
 from __future__ import annotations
@@ -95,7 +95,6 @@ class CircuitBreaker:
     _opened_at: float | None = attrs.field(init=False, default=None)
     #: Seconds spent not closed, over the closed-open cycles that ended.
     time_open: float = attrs.field(init=False, default=0.0)
-    _changed: trio.Event = attrs.field(init=False, factory=trio.Event)
 
     def __attrs_post_init__(self) -> None:
         if self.max_cooldown < self.cooldown:
@@ -140,10 +139,6 @@ class CircuitBreaker:
             self._move(BreakerState.HALF_OPEN, "cooldown passed: one probe")
         return True
 
-    async def wait_changed(self) -> None:
-        """Wait until the circuit changes state or its probe is free again."""
-        await self._changed.wait()
-
     def on_success(self, *, probe: bool = False) -> None:
         """An attempt sent here succeeded (or got an answer that is not a health failure)."""
         self._failures = 0
@@ -173,12 +168,10 @@ class CircuitBreaker:
         """An attempt sent here ended without saying anything (cancelled)."""
         if probe:
             self._probing = False
-            self._wake()
 
     def _move(self, new: BreakerState, reason: str) -> None:
         old = self._state
         if old is new:
-            self._wake()
             return
         now = trio.current_time()
         if old is BreakerState.CLOSED:
@@ -189,8 +182,3 @@ class CircuitBreaker:
         self._state = new
         if self.on_change is not None:
             self.on_change(old, new, reason)
-        self._wake()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()

@@ -168,8 +168,8 @@ def render_text(report: RunReport, *, width: int = 100) -> str:
                 str(len(e.shards)),
                 f"{e.attempts:,}",
                 f"{e.ok_attempts:,}",
-                _ms(e.ttft_s.p50),
-                _ms(e.ttft_s.p95),
+                _fmt_s(e.ttft_s.p50),
+                _fmt_s(e.ttft_s.p95),
                 f"{e.opened}x, {e.open_s:.1f} s" if e.opened else "-",
                 failed or "-",
             )
@@ -221,7 +221,3 @@ def render_text(report: RunReport, *, width: int = 100) -> str:
             )
         console.print(table)
     return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
-
-
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"

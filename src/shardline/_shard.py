@@ -313,10 +313,8 @@ class Shard:
             if trio.current_time() >= self._cooling_until:
                 return permit, ticket
             # A 429 cooled the shard while we waited: give all back and wait again.
-            if permit is not None and upstream.flow is not None:
-                upstream.flow.on_ignore(permit)
+            self.abandon(permit, ticket)
             self._limiter.release_on_behalf_of(token)
-            self._unsend(ticket)
 
     # -- hedging (see _hedge.py) --------------------------------------------
 
@@ -406,9 +404,7 @@ class Shard:
                     await state.rpm.acquire(1)
                 charge = None if state.tpm is None else await state.tpm.acquire(estimate)
             except BaseException:
-                if permit is not None and self.upstream.flow is not None:
-                    self.upstream.flow.on_ignore(permit)
-                self._unsend(ticket)
+                self.abandon(permit, ticket)
                 raise
             if self.hedger is None or probe:
                 result = await send_one(self, item, attempt, charge, estimate_in, permit, ticket)
@@ -420,13 +416,6 @@ class Shard:
             self._limiter.release_on_behalf_of(token)
             self._settle_health(result, probe)
         return result
-
-    def _give_back(self, token: object, permit: FlowPermit | None, ticket: int | None) -> None:
-        """Return what :meth:`_acquire_slot` took, for an attempt not sent after all."""
-        if permit is not None and self.upstream.flow is not None:
-            self.upstream.flow.on_ignore(permit)
-        self._limiter.release_on_behalf_of(token)
-        self._unsend(ticket)
 
     def _settle_health(self, result: Outcome | AttemptError | None, probe: bool) -> None:
         """Tell this shard's endpoint breaker how an attempt ended (``None``: it said nothing)."""
@@ -492,7 +481,8 @@ class Shard:
                             raise
                     if not probe and not target.upstream.healthy():
                         # Its circuit opened while we waited for the slot: choose again.
-                        target._give_back(token, permit, ticket)
+                        target.abandon(permit, ticket)
+                        target.release_slot(token)
                         attempt -= 1
                         continue
                     if attempt == 1:
