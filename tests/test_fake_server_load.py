@@ -284,6 +284,28 @@ async def test_preempt_cuts_the_stream_in_flight(autojump_clock: trio.testing.Mo
     assert stats.completed == 1
 
 
+async def test_a_write_that_sent_every_byte_is_not_undone_by_a_cancel() -> None:
+    """The last write of an answer, then a cancel: the bytes are gone, so no Cancelled.
+
+    A one-at-a-time server counted such an answer as preempted although the client
+    had all of it (a CI flake: the server said 9 cuts, the client saw 8).
+    """
+    from shardline.testing._connection import Connection
+    from shardline.testing._state import ServerState
+
+    state = ServerState(
+        timing=TimingModel(), seed=0, default_max_tokens=8, models=("m",), faults=FaultPlan()
+    )
+    left, right = trio.socket.socketpair()
+    with left, right:
+        conn = Connection(state, trio.SocketStream(left))
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await conn.write(bytearray(b"0\r\n\r\n"), checkpoint=True)
+        assert not scope.cancelled_caught
+        assert await right.recv(16) == b"0\r\n\r\n"
+
+
 async def test_preempt_cuts_a_non_streamed_request(autojump_clock: trio.testing.MockClock) -> None:
     """A non-streamed request in flight is cut too: its connection closes with no answer."""
     async with (

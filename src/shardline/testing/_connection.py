@@ -82,7 +82,10 @@ class Connection:
                 raise trio.BrokenResourceError(f"client connection failed: {exc}") from exc
             if sent == len(data):
                 if checkpoint:
-                    await trio.lowlevel.checkpoint()
+                    # The bytes are gone: like trio's own send, a schedule point
+                    # that cannot raise Cancelled for an operation that happened
+                    # (a one-at-a-time server would count a whole answer as cut).
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return
             del data[:sent]
         await self.stream.send_all(data)
