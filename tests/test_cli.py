@@ -454,3 +454,8 @@ def test_cli_defaults_are_the_library_defaults(tmp_path: Path) -> None:
         library.deadlines,
     )
     assert config.retry.max_attempts == library.retry.max_attempts
+    assert config.routing == library.routing == "least_loaded"
+    hashed = build_parser().parse_args(
+        ["run", str(tmp_path / "in.jsonl"), "--base-url", "http://x", "--routing", "hash"]
+    )
+    assert resolve_run_settings(hashed, {}).config.routing == "hash"

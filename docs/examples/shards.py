@@ -43,6 +43,7 @@ async def main() -> None:
             shard_count=3,
             concurrency=4,  # per shard: 12 requests in flight at most
             queue_size=16,  # per shard: 16 queued, plus 2 x 4 in progress at most
+            routing="hash",  # the same id, the same shard (the default: least_loaded)
             retry=RetryPolicy(
                 backoff=Backoff(initial=0.05, jitter=0.05), retry_after_jitter=0.05
             ),

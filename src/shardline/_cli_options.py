@@ -123,6 +123,7 @@ def build_config(
             shard_count=shard_count,
             concurrency=getattr(args, "concurrency", None),
             queue_size=getattr(args, "queue_size", None),
+            routing=getattr(args, "routing", None),
             rpm=getattr(args, "rpm", None),
             tpm=getattr(args, "tpm", None),
             retry=policy,
@@ -265,6 +266,11 @@ def add_pipeline_options(p: argparse.ArgumentParser, *, demo: bool) -> None:
         type=int,
         metavar="N",
         help=f"queue bound per shard (default: {DEFAULT_QUEUE_SIZE})",
+    )
+    g.add_argument(
+        "--routing",
+        choices=("least_loaded", "hash"),
+        help="item to shard: the least loaded shard (the default), or a stable hash of the id",
     )
     g.add_argument("--rpm", type=float, metavar="N", help="requests per minute, all shards")
     g.add_argument("--tpm", type=float, metavar="N", help="tokens per minute, all shards")

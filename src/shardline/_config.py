@@ -324,8 +324,11 @@ class PipelineConfig:
         concurrency: Per-shard in-flight cap (and connection pool size).
         queue_size: Per-shard queue bound. Memory held by queued items is at
             most ``shard_count * queue_size`` requests.
-        routing: ``"hash"`` (stable hash of the item id: the same id always
-            lands on the same shard) or ``"least_loaded"``.
+        routing: ``"least_loaded"`` (the default: each item goes to the shard
+            with the fewest items queued or taken, so no slot idles while
+            another shard has a backlog) or ``"hash"`` (a stable hash of the
+            item id: the same id always lands on the same shard, reproducible
+            placement at the price of uneven queues).
         rpm: Requests per minute over any 60 s window, all shards together
             (``None``: no limit). Retries count.
         tpm: Tokens per minute over any 60 s window (``None``: no limit). Each
@@ -350,7 +353,9 @@ class PipelineConfig:
         default=DEFAULT_CONCURRENCY, validator=integer("concurrency", ge=1)
     )
     queue_size: int = attrs.field(default=DEFAULT_QUEUE_SIZE, validator=integer("queue_size", ge=1))
-    routing: Literal["hash", "least_loaded"] = attrs.field(default="hash", validator=_routing)
+    routing: Literal["hash", "least_loaded"] = attrs.field(
+        default="least_loaded", validator=_routing
+    )
     rpm: float | None = attrs.field(
         default=None, validator=number("rpm", gt=0, unit="requests per minute", optional=True)
     )

@@ -214,6 +214,9 @@ class Shard:
                 self._active.release_on_behalf_of(token)
                 nursery.start_soon(self._end_unsent, item)
             else:
+                # Busy from the moment it leaves the queue, not from when its task
+                # first runs: least-loaded routing must not see it nowhere.
+                self.busy += 1
                 nursery.start_soon(self._run_item, item, token)
 
     def _end_queued(self, nursery: trio.Nursery) -> None:
@@ -234,7 +237,6 @@ class Shard:
         await self._finish(item, self._unfinished(item, ItemCancelled(reason, item_id=item.id)))
 
     async def _run_item(self, item: WorkItem, token: object) -> None:
-        self.busy += 1
         try:
             try:
                 outcome = await self._attempts(item)
