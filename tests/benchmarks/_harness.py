@@ -105,6 +105,8 @@ class ClientRun:
     summary: dict[str, Any] = field(default_factory=dict)
     server_cpu_s: float = 0.0
     client_proc_cpu_s: float = 0.0
+    #: From spawning the process to the end of its output: imports and start-up included.
+    process_s: float = 0.0
     stderr_tail: str = ""
 
     @property
@@ -187,6 +189,7 @@ def run_client(
                 elif "summary" in msg:
                     run.summary = msg["summary"]
     end = time.monotonic()
+    run.process_s = end - launch
     run.server_cpu_s = sum(s.cpu() - c0 for s, c0 in zip(servers, server_cpu0, strict=True))
     run.client_proc_cpu_s = proc_cpu_seconds(proc.pid)
     if open_streams:  # the cap was hit
