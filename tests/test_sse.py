@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import split_at
@@ -412,3 +412,107 @@ def test_one_event_chunk_fails_as_the_general_path_does(
     with pytest.raises(ProtocolError) as general:
         decode_chunks([event[:-1], event[-1:]], **kwargs)
     assert str(fast.value) == str(general.value)
+
+
+class _CheckedOnly(StreamAccumulator):
+    """The accumulator without its fast path: every chunk takes the checked one."""
+
+    __slots__ = ()
+
+    def _plain(self, chunk: dict[str, object]) -> bool | None:
+        return None
+
+
+_odd = st.one_of(
+    st.none(), st.booleans(), st.integers(-1, 2), st.text(max_size=2), st.just([]), st.just({})
+)
+
+
+@st.composite
+def _chunk_st(draw: st.DrawFn) -> dict[str, object]:
+    """A usual chunk (the fast path's shape), often with one thing changed."""
+    delta: dict[str, object] = {}
+    if draw(st.booleans()):
+        delta["role"] = "assistant"
+    if draw(st.booleans()):
+        delta["content"] = draw(st.one_of(st.none(), st.text(max_size=3)))
+    choice: dict[str, object] = {"index": 0, "delta": delta}
+    if draw(st.booleans()):
+        choice["finish_reason"] = draw(st.sampled_from([None, "stop", "length", ""]))
+    chunk: dict[str, object] = {"object": "chat.completion.chunk", "choices": [choice]}
+    change = draw(
+        st.sampled_from(
+            [
+                None,
+                "usage",
+                "error",
+                "object",
+                "choices",
+                "two choices",
+                "index",
+                "no index",
+                "delta",
+                "no delta",
+                "delta key",
+                "content",
+                "finish_reason",
+                "logprobs",
+            ]
+        )
+    )
+    if change == "usage":
+        chunk["usage"] = draw(st.one_of(st.none(), st.just({"prompt_tokens": 3}), _odd))
+    elif change == "error":
+        chunk["error"] = draw(st.one_of(st.none(), st.just({"message": "boom"}), _odd))
+    elif change == "object":
+        chunk["object"] = draw(st.sampled_from(["error", "chat.completion"]))
+    elif change == "choices":
+        chunk["choices"] = draw(_odd)
+    elif change == "two choices":
+        chunk["choices"] = [choice, {**choice, "index": draw(st.sampled_from([0, 1]))}]
+    elif change == "index":
+        choice["index"] = draw(st.one_of(st.sampled_from([False, 0.0, "0", 1, -1]), _odd))
+    elif change == "no index":
+        del choice["index"]
+    elif change == "delta":
+        choice["delta"] = draw(_odd)
+    elif change == "no delta":
+        del choice["delta"]
+        choice["text"] = draw(st.text(max_size=2))
+    elif change == "delta key":
+        delta[draw(st.sampled_from(["refusal", "reasoning_content", "tool_calls"]))] = draw(
+            st.one_of(st.text(max_size=2), _odd)
+        )
+    elif change == "content":
+        delta["content"] = draw(_odd)
+    elif change == "finish_reason":
+        choice["finish_reason"] = draw(_odd)
+    elif change == "logprobs":
+        choice["logprobs"] = draw(st.one_of(st.none(), st.just({"content": []}), _odd))
+    return chunk
+
+
+def _feed_all(acc: StreamAccumulator, chunks: list[dict[str, object]]) -> list[object]:
+    seen: list[object] = []
+    for chunk in chunks:
+        try:
+            seen.append(acc.feed(SSEEvent(json.dumps(chunk))))
+        except Exception as exc:
+            seen.append((type(exc).__name__, str(exc)))
+            break
+    seen.append((acc.text, acc.finish_reason, acc.usage, acc.progress_events, acc.position))
+    try:
+        answer = acc.answer()
+        seen.append({name: getattr(answer, name) for name in answer.__slots__})
+    except Exception as exc:
+        seen.append((type(exc).__name__, str(exc)))
+    return seen
+
+
+@settings(max_examples=300)  # about 0.3 s; the odd cases are one change in fourteen
+@given(st.lists(_chunk_st(), max_size=6))
+def test_the_fast_path_accounts_for_a_chunk_as_the_checked_path_does(
+    chunks: list[dict[str, object]],
+) -> None:
+    """Progress, text, finish reason, usage and every error (type and message) agree."""
+    assert _feed_all(StreamAccumulator(), chunks) == _feed_all(_CheckedOnly(), chunks)

@@ -162,6 +162,11 @@ class StreamAccumulator:
                 payload = data
             raise error_from_payload(payload, partial=where.partial)
         chunk = loads_object(self._loads, data, where)
+        plain = self._plain(chunk)
+        if plain is not None:
+            if plain:
+                self.progress_events += 1
+            return plain
         check_error(chunk, where)
         usage = read_usage(chunk, where)
         if usage is not None:
@@ -175,6 +180,47 @@ class StreamAccumulator:
         if progress:
             self.progress_events += 1
         return progress
+
+    def _plain(self, chunk: dict[str, Any]) -> bool | None:
+        """Account for the usual chunk without naming a field: whether it was progress.
+
+        The usual chunk has no error and no usage, and one choice of index 0
+        whose delta holds only ``content`` and ``role``, whose content and
+        finish reason are strings or null, and which carries no logprobs. For
+        anything else this returns ``None`` and :meth:`feed` takes the checked
+        path, which names the field at fault; both paths account for a chunk
+        alike (a hypothesis property in ``tests/test_sse.py`` compares them).
+        """
+        if chunk.get("error") is not None or chunk.get("usage") is not None:
+            return None
+        choices = chunk.get("choices")
+        if type(choices) is not list or len(choices) != 1 or chunk.get("object") == "error":
+            return None
+        choice = choices[0]
+        if type(choice) is not dict or 0 in self._finished:
+            return None
+        index = choice.get("index")
+        delta = choice.get("delta")
+        if (
+            (index is not None and (type(index) is not int or index != 0))
+            or type(delta) is not dict
+            or not delta.keys() <= _PLAIN_DELTA
+            or choice.get("logprobs") is not None
+        ):
+            return None
+        content = delta.get("content")
+        reason = choice.get("finish_reason")
+        if (content is not None and type(content) is not str) or (
+            reason is not None and type(reason) is not str
+        ):
+            return None
+        if content:
+            self._parts.text.append(content)
+        if reason:
+            self._finished.add(0)
+            self.finish_reason = reason
+            return True
+        return bool(content)
 
     def _choice(self, choice: object, field: str, where: Where) -> bool:
         if not isinstance(choice, dict):
