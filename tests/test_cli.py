@@ -459,3 +459,21 @@ def test_cli_defaults_are_the_library_defaults(tmp_path: Path) -> None:
         ["run", str(tmp_path / "in.jsonl"), "--base-url", "http://x", "--routing", "hash"]
     )
     assert resolve_run_settings(hashed, {}).config.routing == "hash"
+
+
+def test_python_dash_m_runs_the_same_command() -> None:
+    """``python -m shardline`` is the console script (for environments without it on PATH)."""
+    import subprocess
+    import sys
+
+    from shardline import __version__
+
+    done = subprocess.run(
+        [sys.executable, "-m", "shardline", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"shardline {__version__}"

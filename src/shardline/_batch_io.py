@@ -27,7 +27,6 @@ from ._exit import ExitStatus
 from ._jsonl import count_lines
 from ._jsonl_output import OutputWriter, ResumeState, prepare_resume
 from ._models import ItemId, Outcome, Status
-from ._report_html import render_html, report_and_series
 from ._sinks import EventSink
 from .report import ReportBuilder, RunReport, render_text
 
@@ -321,6 +320,9 @@ def write_html_report(settings: BatchSettings, err: IO[str]) -> None:
     ``shardline report EVENTS --html FILE`` makes it; a problem is one error line.
     """
     assert settings.html is not None
+    # Imported when asked for: the charts' modules are not on the way to the first request.
+    from ._report_html import render_html, report_and_series
+
     try:
         with EventFileReader(settings.events) as reader:
             report, series = report_and_series(reader)

@@ -21,7 +21,9 @@ class _Version(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
         from . import __version__
 
-        parser.exit(message=f"shardline {__version__}\n")
+        # On stdout, as argparse's own version action prints it.
+        print(f"shardline {__version__}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,6 @@ import attrs
 
 from ._events import EventDecodeError, EventFileReader
 from ._exit import ExitStatus
-from ._report_html import render_html, report_and_series
 from .report import ReportError, render_text
 
 __all__ = ["register", "run_report"]
@@ -78,6 +77,8 @@ def run_report(
     def fail(message: str) -> int:
         print(f"shardline report: {message}", file=err)
         return ExitStatus.USAGE
+
+    from ._report_html import render_html, report_and_series  # not for other commands
 
     try:
         reader = EventFileReader(path)
