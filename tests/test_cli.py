@@ -437,6 +437,56 @@ def test_run_check_then_runs(
     assert len(read_jsonl(tmp_path / "in.out.jsonl")) == 5
 
 
+def test_check_probes_every_endpoint_and_names_the_dead_one(
+    plain_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Several --base-url: one line per endpoint, in order; one dead endpoint is exit 2."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    argv = ["check", "--base-url", plain_server, "--base-url", dead, "--model", "m"]
+    assert main([*argv, "--connect-timeout", "2"]) == 2
+    captured = capsys.readouterr()
+    out = captured.out.strip().splitlines()
+    assert len(out) == 1
+    assert out[0].startswith(f"shardline check: ok: {plain_server} (model m) answered")
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"shardline check: error: failed: {dead} (model m): connect_error")
+
+
+def test_check_speaks_the_api_asked_for(
+    plain_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--api embeddings (and the others) probe that API; the choices are the probes'."""
+    from shardline._cli_run import _PROBE_APIS
+    from shardline._endpoint_check import PROBES
+
+    assert tuple(PROBES) == _PROBE_APIS
+    for api in _PROBE_APIS:
+        assert main(["check", "--base-url", plain_server, "--model", "m", "--api", api]) == 0
+        out = capsys.readouterr().out
+        suffix = "" if api == "chat" else f", {api}"
+        assert out.startswith(f"shardline check: ok: {plain_server} (model m{suffix}) answered")
+
+
+def test_run_check_probes_the_api_of_the_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], plain_server: str
+) -> None:
+    """An embeddings batch is checked with an embeddings request, not a chat one."""
+    inp = tmp_path / "in.jsonl"
+    lines = [json.dumps({"id": f"v{i}", "api": "embeddings", "input": f"t {i}"}) for i in range(3)]
+    inp.write_text("\n".join(["not json", *lines]) + "\n")
+    status = main(["run", str(inp), "--base-url", plain_server, "--check", *FAST])
+    assert status == 1  # the bad first line fails alone
+    assert f"shardline run: check ok: {plain_server} (no model set, embeddings)" in (
+        capsys.readouterr().err
+    )
+    assert len(read_jsonl(tmp_path / "in.out.jsonl")) == 4
+
+
 def test_cli_defaults_are_the_library_defaults(tmp_path: Path) -> None:
     """One default per setting: what the CLI builds without options is PipelineConfig()'s."""
     from shardline._cli import build_parser

@@ -21,6 +21,7 @@ exit statuses, are documented where they are implemented.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Mapping
@@ -137,8 +138,8 @@ def register(subparsers: Any) -> None:
     s.add_argument(
         "--check",
         action="store_true",
-        help="first send one tiny request (max_tokens 1) to the endpoint and model; "
-        "stop with exit 2 if it fails",
+        help="first send one tiny request (max_tokens 1) to each endpoint, in the API of the "
+        "input's first request; stop with exit 2 if one fails",
     )
     s.add_argument(
         "--no-fail-fast",
@@ -154,34 +155,71 @@ def register(subparsers: Any) -> None:
         "check",
         help="send one tiny request to the endpoint and model, report ok or the cause",
         description=(
-            "Send one chat request with max_tokens 1 (one attempt, no retry) to the endpoint "
-            "and model a run would use, and print one line: ok with the latency, or the "
-            "cause of the failure (connect_error, HTTP 401, 404, ...). Takes the endpoint "
-            "options and variables of 'shardline run'; 'shardline run --check' does the same "
-            "before a run."
+            "Send one tiny request (max_tokens 1, one attempt, no retry) to each endpoint "
+            "a run would use, with its model, and print one line per endpoint: ok with the "
+            "latency, or the cause of the failure (connect_error, HTTP 401, 404, ...). "
+            "Takes the endpoint options and variables of 'shardline run'; 'shardline run "
+            "--check' does the same before a run, in the API of the input's first request."
         ),
-        epilog=f"exit status: {ExitStatus.OK} ok, {ExitStatus.USAGE} the check failed or a "
-        "usage error.",
+        epilog=f"exit status: {ExitStatus.OK} every endpoint ok, {ExitStatus.USAGE} a check "
+        "failed or a usage error.",
     )
     add_endpoint_options(check)
+    check.add_argument(
+        "--api",
+        choices=tuple(_PROBE_APIS),
+        default="chat",
+        help="the API to probe (default: chat)",
+    )
     add_deadline_options(check, stall=False)
     check.set_defaults(func=check_command)
 
 
+#: What ``shardline check --api`` takes (the keys of ``_endpoint_check.PROBES``,
+#: named here so that ``--help`` imports neither trio nor httpx; a test keeps them equal).
+_PROBE_APIS = ("chat", "completions", "embeddings", "responses")
+
+
 def run_check(
-    config: PipelineConfig, title: str, out: IO[str], err: IO[str], *, label: str = "check "
+    config: PipelineConfig,
+    title: str,
+    out: IO[str],
+    err: IO[str],
+    *,
+    api: str = "chat",
+    label: str = "check ",
 ) -> bool:
-    """Probe the endpoint once; print one line (ok on ``out``, a failure on ``err``)."""
+    """Probe every endpoint once; one line each (ok on ``out``, a failure on ``err``).
+
+    Returns whether every endpoint answered.
+    """
     import trio  # here, not at the top: ``shardline --help`` imports neither trio nor httpx
 
-    from ._endpoint_check import check_endpoint
+    from ._endpoint_check import check_endpoints
 
-    result = trio.run(check_endpoint, config)
-    if result.ok:
-        print(f"{title}: {label}{result.describe()}", file=out, flush=True)
-    else:
-        print(f"{title}: error: {label}{result.describe()}", file=err, flush=True)
-    return result.ok
+    results = trio.run(functools.partial(check_endpoints, config, api=api))
+    for result in results:
+        if result.ok:
+            print(f"{title}: {label}{result.describe()}", file=out, flush=True)
+        else:
+            print(f"{title}: error: {label}{result.describe()}", file=err, flush=True)
+    return all(result.ok for result in results)
+
+
+def input_api(path: Path) -> str:
+    """The API of the input's first usable request (``chat`` when it has none)."""
+    from ._jsonl import read_input
+
+    entries = read_input(path)
+    try:
+        for entry in entries:
+            if entry.request is not None:
+                return entry.request.api
+    except OSError:
+        pass  # the run itself reports an unreadable input, naming the file
+    finally:
+        entries.close()
+    return "chat"
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -193,7 +231,9 @@ def run_command(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print_error(sys.stderr, title, str(exc))
         return ExitStatus.USAGE
-    if args.check and not run_check(settings.config, title, sys.stderr, sys.stderr):
+    if args.check and not run_check(
+        settings.config, title, sys.stderr, sys.stderr, api=input_api(settings.input)
+    ):
         return ExitStatus.USAGE
     if on_ray is not None:
         from .ray import run_on_ray  # Ray itself is imported only when a run uses it
@@ -213,5 +253,5 @@ def check_command(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print_error(sys.stderr, title, str(exc))
         return ExitStatus.USAGE
-    ok = run_check(config, title, sys.stdout, sys.stderr, label="")
+    ok = run_check(config, title, sys.stdout, sys.stderr, api=args.api, label="")
     return ExitStatus.OK if ok else ExitStatus.USAGE

@@ -12,7 +12,10 @@ This module owns the two ways the batch runner finds out early:
   none succeeded, it calls back with a :class:`DeadEndpoint`. One success or
   one other failure first, and it stays silent for the rest of the run.
 * :func:`check_endpoint`, one tiny request (``max_tokens`` 1, one attempt)
-  before a run: ``shardline run --check`` and ``shardline check``.
+  before a run, and :func:`check_endpoints`, the same for every endpoint of a
+  run at once: ``shardline run --check`` and ``shardline check``. The probe
+  speaks the run's API (chat, completions, embeddings or responses), so an
+  embeddings-only server is not judged by a chat request it cannot serve.
 
 Messages name the base URL (without any user:password part) and the cause;
 they never contain the API key (attempt messages are scrubbed of it where
@@ -27,19 +30,22 @@ import attrs
 import httpx
 import trio
 
-from ._config import PipelineConfig
+from ._config import Endpoint, PipelineConfig
 from ._events import AttemptEnd, Event, ItemAdmitted
 from ._exceptions import AttemptError, Cause
 from ._models import ChatRequest, ItemId
 from ._pipeline import open_pipeline
+from ._requests import CompletionRequest, EmbeddingRequest, Request, ResponsesRequest
 from ._sinks import EventSink
 
 __all__ = [
     "FIRST_ATTEMPTS",
+    "PROBES",
     "CheckResult",
     "DeadEndpoint",
     "FirstAttemptsWatch",
     "check_endpoint",
+    "check_endpoints",
     "public_url",
 ]
 
@@ -216,6 +222,7 @@ class CheckResult:
     Attributes:
         base_url: The endpoint's base URL (without credentials).
         model: The model asked for (``None``: the server's default).
+        api: The API probed: ``chat``, ``completions``, ``embeddings`` or ``responses``.
         ok: The request succeeded.
         latency_s: Seconds from sending to the end of the answer (or the failure).
         cause: The failure's cause (``None`` when ok).
@@ -227,14 +234,16 @@ class CheckResult:
     model: str | None
     ok: bool
     latency_s: float
+    api: str = "chat"
     cause: str | None = None
     status_code: int | None = None
     detail: str | None = None
 
     def describe(self) -> str:
-        """One line: ``ok: URL model m answered in 0.12 s`` or the cause and a hint."""
+        """One line: ``ok: URL (model m) answered in 0.12 s`` or the cause and a hint."""
         model = f"model {self.model}" if self.model else "no model set"
-        where = f"{self.base_url} ({model})"
+        api = "" if self.api == "chat" else f", {self.api}"
+        where = f"{self.base_url} ({model}{api})"
         if self.ok:
             return f"ok: {where} answered in {self.latency_s:.2f} s"
         assert self.cause is not None
@@ -245,45 +254,94 @@ class CheckResult:
         )
 
 
-#: The probe's prompt: as small as a chat request gets.
-_PROBE = ChatRequest(messages=[{"role": "user", "content": "Say ok."}], params={"max_tokens": 1})
+#: The probe of each API: as small as a request to it gets.
+PROBES: dict[str, Request] = {
+    "chat": ChatRequest(
+        messages=[{"role": "user", "content": "Say ok."}], params={"max_tokens": 1}
+    ),
+    "completions": CompletionRequest(prompt="Say ok.", params={"max_tokens": 1}),
+    "embeddings": EmbeddingRequest(input="ok"),
+    # 16 is the least max_output_tokens OpenAI's Responses API accepts.
+    "responses": ResponsesRequest(input="Say ok.", params={"max_output_tokens": 16}),
+}
 
 
 async def check_endpoint(
     config: PipelineConfig,
     *,
+    api: str = "chat",
     transport: Callable[[int], httpx.AsyncBaseTransport] | None = None,
 ) -> CheckResult:
-    """Send one tiny request (``max_tokens`` 1, one attempt) to ``config``'s endpoint and model.
+    """Send one tiny request (one attempt) to ``config``'s endpoint and model.
 
     Not a health check of the server's capacity: one answer says the URL, the
     key and the model work, nothing more. Rate limits and the retry budget do
-    not apply; the config's deadlines do.
+    not apply; the config's deadlines do. With several endpoints, this probes
+    the first; :func:`check_endpoints` probes them all.
 
     Args:
         config: The run's config; only its endpoint and deadlines are used.
+        api: Which API to probe (a key of :data:`PROBES`): the run's own, so a
+            server that only embeds is not asked for a chat completion.
         transport: As for :func:`~shardline.open_pipeline` (tests).
 
     Returns:
         A :class:`CheckResult`; a failed request is a result, not an exception.
+
+    Raises:
+        ValueError: ``api`` is not one of :data:`PROBES`.
     """
+    return await _probe(config, config.all_endpoints()[0], api, transport)
+
+
+async def check_endpoints(
+    config: PipelineConfig,
+    *,
+    api: str = "chat",
+    transport: Callable[[int], httpx.AsyncBaseTransport] | None = None,
+) -> list[CheckResult]:
+    """:func:`check_endpoint` for every endpoint of ``config`` at once, in their order."""
+    endpoints = config.all_endpoints()
+    results: list[CheckResult | None] = [None] * len(endpoints)
+
+    async def one(i: int, endpoint: Endpoint) -> None:
+        results[i] = await _probe(config, endpoint, api, transport)
+
+    async with trio.open_nursery() as nursery:
+        for i, endpoint in enumerate(endpoints):
+            nursery.start_soon(one, i, endpoint)
+    return [r for r in results if r is not None]
+
+
+async def _probe(
+    config: PipelineConfig,
+    endpoint: Endpoint,
+    api: str,
+    transport: Callable[[int], httpx.AsyncBaseTransport] | None,
+) -> CheckResult:
+    if api not in PROBES:
+        raise ValueError(f"api must be one of {', '.join(PROBES)}, got {api!r}")
     probe = attrs.evolve(
         config,
+        endpoint=endpoint,
+        endpoints=(),
         shard_count=1,
         concurrency=1,
         rpm=None,
         tpm=None,
+        hedging=None,
         retry=attrs.evolve(config.retry, max_attempts=1),
     )
-    base_url = public_url(config.endpoint.base_url)
+    base_url = public_url(endpoint.base_url)
     started = trio.current_time()
     async with open_pipeline(probe, run_id="check", transport=transport) as pipeline:
         try:
-            await pipeline.complete(_PROBE)
+            await pipeline.complete(PROBES[api])
         except AttemptError as exc:
             return CheckResult(
                 base_url=base_url,
-                model=config.endpoint.model,
+                model=endpoint.model,
+                api=api,
                 ok=False,
                 latency_s=trio.current_time() - started,
                 cause=str(exc.cause),
@@ -292,7 +350,8 @@ async def check_endpoint(
             )
     return CheckResult(
         base_url=base_url,
-        model=config.endpoint.model,
+        model=endpoint.model,
+        api=api,
         ok=True,
         latency_s=trio.current_time() - started,
     )
