@@ -5,7 +5,7 @@ Not a timed test: it prints a table. Run it from the repository root::
     uv run python tests/benchmarks/bench_many_streams.py                 # 512 and 4,096 streams
     uv run python tests/benchmarks/bench_many_streams.py --streams 256,1024,4096
 
-For each number of streams ``N`` (as ``N / 64`` shards x 64), shardline
+For each number of streams ``N`` (as ``N / 64`` shards x 64; ``--per-shard`` changes 64), shardline
 (``open_pipeline``, JSONL events, adaptive flow control off so the in-flight
 limit stays ``N``) sends ``2 N`` requests to one fake-server process that is
 paced slowly enough not to be the limit: TTFT 0.5 s, then 0.5 s per token, 10
@@ -46,7 +46,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--streams", default="512,4096", help="comma-separated N (multiples of 64)")
+    ap.add_argument(
+        "--streams", default="512,4096", help="comma-separated N (multiples of --per-shard)"
+    )
     ap.add_argument(
         "--routing",
         default="least_loaded",
@@ -55,6 +57,12 @@ def main() -> int:
     )
     ap.add_argument(
         "--client", default="shardline", help="a _clients.py kind (httpx-sharded: the floor)"
+    )
+    ap.add_argument(
+        "--per-shard",
+        type=int,
+        default=CONCURRENCY,
+        help=f"streams per shard, each shard one connection pool ({CONCURRENCY})",
     )
     ap.add_argument("--ttft", type=float, default=0.5, help="server TTFT, s (0.5)")
     ap.add_argument("--itl", type=float, default=0.5, help="server seconds per token (0.5)")
@@ -66,7 +74,7 @@ def main() -> int:
     print(f"# bench_many_streams: {machine()}")
     print(
         f"# one fake server: TTFT {ttft} s, {itl} s/token, {TOKENS} tokens; {args.client}, "
-        f"N/{CONCURRENCY} shards x {CONCURRENCY}, adaptive flow control off, "
+        f"N/{args.per_shard} shards x {args.per_shard}, adaptive flow control off, "
         f"routing {args.routing}, {args.rounds} N requests\n"
     )
     t0 = time.monotonic()
@@ -80,8 +88,8 @@ def main() -> int:
             requests = args.rounds * n
             params: dict[str, Any] = {
                 "urls": [s.base_url for s in servers],
-                "shards": max(1, n // CONCURRENCY),
-                "concurrency": min(n, CONCURRENCY),
+                "shards": max(1, n // args.per_shard),
+                "concurrency": min(n, args.per_shard),
                 "tokens": workload(requests, min_tokens=TOKENS, max_tokens=TOKENS),
                 "prompt": PROMPT,
                 "model": "shardline-fake",
