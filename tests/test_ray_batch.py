@@ -168,6 +168,44 @@ def test_pyarrow_batch_comes_back_with_explicit_types(batch_fn: ShardlineBatch) 
     assert out.schema.field("prompt_tokens").type == pa.int64()
 
 
+def test_answer_columns_hold_tool_calls_reasoning_and_vectors(batch_fn: ShardlineBatch) -> None:
+    """Tool calls (JSON text), reasoning and embeddings have columns, null where absent."""
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+    rows = [
+        {**chat("tc"), "tools": [tool]},
+        {**chat("th"), "reasoning_effort": "low"},
+        {"id": "vec", "api": "embeddings", "input": ["one", "two"]},
+        chat("plain"),
+    ]
+    out = batch_fn({"request": [json.dumps(r) for r in rows]})
+    assert out["status"] == ["ok"] * 4
+    calls = json.loads(out["tool_calls"][0])
+    assert [c["function"]["name"] for c in calls] == ["get_weather"]
+    assert calls[0]["arguments_valid"] is True
+    assert isinstance(out["reasoning"][1], str)
+    assert out["reasoning"][1]
+    vectors = out["embeddings"][2]
+    assert len(vectors) == 2
+    assert all(isinstance(x, float) for x in vectors[0])
+    assert out["tool_calls"][3] is None
+    assert out["reasoning"][3] is None
+    assert out["embeddings"][3] is None
+
+
+def test_pyarrow_embeddings_are_lists_of_floats(batch_fn: ShardlineBatch) -> None:
+    """In Arrow, the embeddings column is list<list<double>> whatever the batch holds."""
+    pa = pytest.importorskip("pyarrow")
+    rows = [{"id": "v1", "api": "embeddings", "input": "x"}, chat("c1")]
+    out = batch_fn(pa.table({"request": [json.dumps(r) for r in rows]}))
+    assert out.schema.field("embeddings").type == pa.list_(pa.list_(pa.float64()))
+    assert out.schema.field("tool_calls").type == pa.string()
+    column = out.column("embeddings").to_pylist()
+    assert len(column[0]) == 1
+    assert column[1] is None
+    plain = batch_fn(pa.table(requests_column(["c2"])))
+    assert plain.schema.field("embeddings").type == pa.list_(pa.list_(pa.float64()))
+
+
 def test_records_output_is_the_run_output_line(fake: FakeServerProcess) -> None:
     """output='records' gives the exact `shardline run` output line of each item."""
     with ShardlineBatch(config=make_config(fake.base_url), output="records") as fn:

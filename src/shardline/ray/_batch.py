@@ -231,9 +231,11 @@ class ShardlineBatch:
     Output rows (``output="columns"``): ``id``, ``status`` (``ok``/``failed``/
     ``cancelled``), ``text``, ``finish_reason``, ``prompt_tokens``,
     ``completion_tokens``, ``usage_estimated``, ``attempts``, ``cause``,
-    ``message``, ``shard``, ``ttft_s``, ``latency_s``. With
-    ``output="records"`` one ``record`` column holds the ``shardline run``
-    output line of each item (JSON text), which keeps mixed id types intact.
+    ``message``, ``shard``, ``ttft_s``, ``latency_s``, ``tool_calls`` (JSON
+    text), ``reasoning``, ``refusal`` and ``embeddings`` (null where the answer
+    has none). With ``output="records"`` one ``record`` column holds the
+    ``shardline run`` output line of each item (JSON text), which keeps mixed id
+    types intact and carries logprobs too.
 
     Events: every event is written tagged with the actor, the batch identity
     (a digest of the batch's rows, so a batch Ray re-runs after a failure has

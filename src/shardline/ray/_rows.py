@@ -50,6 +50,10 @@ COLUMNS = (
     "shard",
     "ttft_s",
     "latency_s",
+    "tool_calls",
+    "reasoning",
+    "refusal",
+    "embeddings",
 )
 _INT_COLUMNS = frozenset({"prompt_tokens", "completion_tokens", "attempts", "shard"})
 
@@ -202,6 +206,7 @@ def row_of(outcome: Outcome) -> dict[str, Any]:
             "shard": result.shard,
             "ttft_s": result.ttft_s,
             "latency_s": result.latency_s,
+            **_answer_columns(outcome),
         }
     cause = outcome.cause
     return {
@@ -218,6 +223,25 @@ def row_of(outcome: Outcome) -> dict[str, Any]:
         "shard": outcome.shard,
         "ttft_s": None,
         "latency_s": outcome.latency_s,
+        "tool_calls": None,
+        "reasoning": None,
+        "refusal": None,
+        "embeddings": None,
+    }
+
+
+def _answer_columns(outcome: Outcome) -> dict[str, Any]:
+    """Tool calls (as the output line's JSON text), reasoning, refusal and vectors."""
+    record = outcome_to_json(outcome)
+    calls = record.get("tool_calls")
+    vectors = record.get("embeddings")
+    return {
+        "tool_calls": None
+        if calls is None
+        else json.dumps(calls, ensure_ascii=False, separators=(",", ":")),
+        "reasoning": record.get("reasoning"),
+        "refusal": record.get("refusal"),
+        "embeddings": None if vectors is None else [list(v) for v in vectors],
     }
 
 
@@ -254,6 +278,7 @@ def build_batch(like: Any, columns: dict[str, list[Any]]) -> Any:
             "usage_estimated": pa.bool_(),
             "ttft_s": pa.float64(),
             "latency_s": pa.float64(),
+            "embeddings": pa.list_(pa.list_(pa.float64())),
             **dict.fromkeys(_INT_COLUMNS, pa.int64()),
         }
         # Explicit types, so that a column that is all null in one batch (``cause``
