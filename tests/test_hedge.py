@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Callable
 
@@ -18,6 +19,7 @@ from shardline._config import Deadlines, Endpoint, FlowControl, Hedging, Pipelin
 from shardline._events import (
     AttemptEnd,
     AttemptStart,
+    EndpointState,
     HedgeSent,
     HedgeWon,
     ItemEnd,
@@ -437,3 +439,49 @@ def test_cli_hedge_after_must_be_auto_or_seconds(capsys: pytest.CaptureFixture[s
     assert "--hedge-after: expected 'auto' or a number of seconds, got 'soon'" in (
         capsys.readouterr().err
     )
+
+
+class _SlowHereFailingThere:
+    """Shard 0 (endpoint A): first legs answer after 2 s. Shard 1 (endpoint B): every
+    request gets a 503."""
+
+    def __init__(self) -> None:
+        self.slow = SlowFirst(slow=lambda _item: True, delay=2.0)
+        self.failing = FakeTransport(plan=lambda _item, _attempt: "http_503")
+
+    def __call__(self, shard: int) -> httpx.AsyncBaseTransport:
+        return self.slow(shard) if shard == 0 else self.failing
+
+
+async def test_a_hedge_leg_tells_its_own_endpoint_how_it_went(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Hedges that fail on endpoint B open B's circuit (then no hedge goes there), and
+    the races A's first legs win count for A, not for B."""
+    a = Endpoint(base_url="http://a.invalid/v1", model="m")
+    b = Endpoint(base_url="http://b.invalid/v1", model="m")
+    on_a = [str(i) for i in range(200) if zlib.crc32(str(i).encode()) % 2 == 0][:12]
+    cfg = config(
+        Hedging(after=1.0, budget=1.0),
+        endpoint=Endpoint(),
+        endpoints=(a, b),
+        routing="hash",  # every item on shard 0 (endpoint A)
+    )
+    transports = _SlowHereFailingThere()
+    sink = MemoryEventSink()
+    send, recv = trio.open_memory_channel[Outcome](8)
+    async with open_pipeline(cfg, sink=sink, transport=transports) as pipeline:
+        async with trio.open_nursery() as nursery:
+            requests = [ChatRequest(messages=[{"role": "user", "content": i}], id=i) for i in on_a]
+            nursery.start_soon(pipeline.map, requests, send)
+            got = [outcome async for outcome in recv]
+    assert sorted(o.id for o in got) == sorted(on_a)
+    assert all(o.status is Status.OK and o.attempts == 1 for o in got)
+    changes = [(e.endpoint, e.new) for e in kinds(sink, EndpointState)]
+    assert (1, "open") in changes
+    assert all(endpoint == 1 for endpoint, _ in changes)
+    opened = next(e.t for e in kinds(sink, EndpointState) if e.new == "open")
+    sent = kinds(sink, HedgeSent)
+    assert len(sent) >= 5  # the breaker's threshold
+    assert all(e.t <= opened for e in sent)
+    assert transports.failing.requests == len(sent)

@@ -93,6 +93,8 @@ class HedgeShard(Sending, Protocol):
 
     def release_slot(self, token: object) -> None: ...
 
+    def settle_health(self, result: Outcome | AttemptError | None, probe: bool = False) -> None: ...
+
 
 @attrs.define(eq=False)
 class TtftWindow:
@@ -379,7 +381,11 @@ async def send_hedged(
     delay = hedger.delay(shard)
     if delay is None:
         first.started = shard.state.now()
-        return await send_one(shard, item, attempt, charge, estimate_in, permit, ticket, race=first)
+        result = await send_one(
+            shard, item, attempt, charge, estimate_in, permit, ticket, race=first
+        )
+        shard.settle_health(result)
+        return result
     second = _Leg(race=race, hedge=True)
     race.legs.append(second)
     first.started = shard.state.now()
@@ -405,7 +411,15 @@ async def _first_leg(
         leg.result = await send_one(
             leg.shard, race.item, race.attempt, charge, estimate_in, permit, ticket, race=leg
         )
+    _settle(leg)
     race.ended(leg)
+
+
+def _settle(leg: _Leg) -> None:
+    """Tell the leg's endpoint how it went; a leg cancelled because the other won
+    said nothing about its endpoint's health."""
+    assert leg.shard is not None
+    leg.shard.settle_health(None if leg.lost else leg.result)
 
 
 async def _hedge_leg(race: _Race, leg: _Leg, delay: float, estimate_in: int, estimate: int) -> None:
@@ -448,6 +462,7 @@ async def _hedge_leg(race: _Race, leg: _Leg, delay: float, estimate_in: int, est
             )
         finally:
             target.release_slot(token)
+        _settle(leg)
     race.ended(leg)
 
 

@@ -400,6 +400,7 @@ class Shard:
         ``permit``; give the slot back and tell the endpoint's health how it went."""
         state = self.state
         result: Outcome | AttemptError | None = None
+        hedged = self.hedger is not None and not probe
         try:
             try:
                 if state.rpm is not None:
@@ -408,7 +409,7 @@ class Shard:
             except BaseException:
                 self.abandon(permit, ticket)
                 raise
-            if self.hedger is None or probe:
+            if self.hedger is None or not hedged:
                 result = await send_one(self, item, attempt, charge, estimate_in, permit, ticket)
             else:
                 result = await send_hedged(
@@ -416,11 +417,18 @@ class Shard:
                 )
         finally:
             self._limiter.release_on_behalf_of(token)
-            self._settle_health(result, probe)
+            if not hedged:  # a hedged attempt's legs settle their own shards' health
+                self.settle_health(result, probe)
         return result
 
-    def _settle_health(self, result: Outcome | AttemptError | None, probe: bool) -> None:
-        """Tell this shard's endpoint breaker how an attempt ended (``None``: it said nothing)."""
+    def settle_health(self, result: Outcome | AttemptError | None, probe: bool = False) -> None:
+        """Tell this shard's endpoint breaker how an attempt ended (``None``: it said nothing).
+
+        A hedged attempt's legs each tell their own shard's endpoint (see
+        :func:`~shardline._hedge.send_hedged`): a hedge that failed on one
+        endpoint counts against that one, and a race another endpoint won says
+        nothing about this one's health.
+        """
         breaker = self.upstream.breaker
         if breaker is None:
             return
@@ -467,7 +475,7 @@ class Shard:
                             finally:
                                 self._unsent.discard(unsent)
                                 if not acquired:
-                                    target._settle_health(None, probe)
+                                    target.settle_health(None, probe)
                         if not acquired:
                             return self._unfinished(
                                 item,
@@ -479,7 +487,7 @@ class Shard:
                         try:
                             permit, ticket = await target._acquire_slot(token, estimate)
                         except BaseException:
-                            target._settle_health(None, probe)
+                            target.settle_health(None, probe)
                             raise
                     if not probe and not target.upstream.healthy():
                         # Its circuit opened while we waited for the slot: choose again.
