@@ -46,7 +46,7 @@ class NumberedServer:
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://localhost:{self.port}/v1"
+        return f"{self.scheme}://127.0.0.1:{self.port}/v1"
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         number = self.accepted
@@ -113,7 +113,7 @@ async def numbered_server(
         if tls is not None:
             server.scheme = "https"
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            tls.issue_cert("localhost").configure_cert(context)
+            tls.issue_cert("127.0.0.1").configure_cert(context)
 
             async def handler(stream: trio.abc.Stream) -> None:
                 await server.handle(trio.SSLStream(stream, context, server_side=True))
@@ -337,15 +337,15 @@ async def test_aclose_closes_every_connection() -> None:
 
 def test_transport_arguments_are_validated() -> None:
     """max_connections and keepalive_expiry name themselves when wrong."""
-    with pytest.raises(ConfigError, match="^max_connections must be >= 1, got 0$"):
+    with pytest.raises(ConfigError, match=r"^max_connections must be >= 1, got 0$"):
         LeanTransport(ssl_context=_no_tls_context(), max_connections=0, keepalive_expiry=1.0)
-    with pytest.raises(ConfigError, match="^keepalive_expiry must be >= 0 seconds, got -1$"):
+    with pytest.raises(ConfigError, match=r"^keepalive_expiry must be >= 0 seconds, got -1$"):
         LeanTransport(ssl_context=_no_tls_context(), max_connections=1, keepalive_expiry=-1)
 
 
 def test_endpoint_transport_is_validated() -> None:
     """transport is 'httpx' or 'lean'; 'lean' refuses HTTP/2; the environment can set it."""
-    with pytest.raises(ConfigError, match="^transport must be 'httpx' or 'lean', got 'h3'$"):
+    with pytest.raises(ConfigError, match=r"^transport must be 'httpx' or 'lean', got 'h3'$"):
         Endpoint(transport="h3")  # type: ignore[arg-type]
     with pytest.raises(
         ConfigError,

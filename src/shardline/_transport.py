@@ -46,6 +46,7 @@ import h11
 import httpx
 import trio
 
+from ._transport_body import Body, body_for
 from ._validate import integer, number
 
 __all__ = ["LeanTransport", "LeanTransportStatistics"]
@@ -89,7 +90,7 @@ class _Connection:
         self.origin = origin
         self.stream = stream
         self.socket = sock
-        self.h11 = h11.Connection(h11.CLIENT)
+        self.h11 = h11.Connection(h11.CLIENT)  # a fresh one for each request
         self.idle_since = 0.0
         # A plain socket is read directly: trio's SocketStream adds a conflict
         # detector and an error-translating context manager to every read.
@@ -268,13 +269,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     def _release(self, conn: _Connection, *, reusable: bool) -> None:
         """Called once per request, by its body's ``aclose``: keep or close, free the slot."""
-        if (
-            reusable
-            and not self._closed
-            and conn.h11.our_state is h11.DONE
-            and conn.h11.their_state is h11.DONE
-        ):
-            conn.h11.start_next_cycle()
+        if reusable and not self._closed:
             conn.idle_since = trio.current_time()
             self._idle.append(conn)
         else:
@@ -286,7 +281,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
     async def _send(
         self, conn: _Connection, request: httpx.Request, timeouts: dict[str, float | None]
     ) -> httpx.Response:
-        state = conn.h11
+        state = conn.h11 = h11.Connection(h11.CLIENT)
         try:
             content = request.content
         except httpx.RequestNotRead:
@@ -328,11 +323,25 @@ class LeanTransport(httpx.AsyncBaseTransport):
             raise httpx.RemoteProtocolError(  # pragma: no cover - h11 sends no other
                 f"unexpected {type(event).__name__} before the response", request=request
             )
+        # h11 parsed and validated the head; the body is decoded without it.
+        body, keep_alive = body_for(request.method.encode(), event)
+        leftover = state.trailing_data[0]
         return httpx.Response(
             status_code=event.status_code,
             headers=event.headers.raw_items(),
-            stream=_Body(self, conn, request, read_timeout),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": event.reason},
+            stream=_Body(
+                self,
+                conn,
+                body,
+                leftover,
+                keep_alive=keep_alive and state.our_state is h11.DONE,
+                request=request,
+                read_timeout=read_timeout,
+            ),
+            extensions={
+                "http_version": b"HTTP/" + event.http_version,
+                "reason_phrase": event.reason,
+            },
         )
 
 
@@ -366,28 +375,45 @@ async def _read(conn: _Connection, read_timeout: float | None, request: httpx.Re
 
 
 class _Body(httpx.AsyncByteStream):
-    """A response body: the bytes of every h11 ``Data`` event, as they arrive.
+    """A response body: the payload bytes of each read, as they arrive.
 
-    The events of one read are joined into one chunk (a fast stream delivers
-    many SSE events per read; each chunk costs a trip through httpx's
-    iterators). ``aclose`` returns the connection to the stack only when the
-    body was read to its end; otherwise it closes the socket.
+    One read gives one chunk, however many HTTP chunks (SSE events) it holds:
+    each chunk costs a trip through httpx's iterators. ``aclose`` returns the
+    connection to the stack only when the body was read to its end and the
+    connection can be kept; otherwise it closes the socket.
     """
 
-    __slots__ = ("_complete", "_conn", "_done", "_read_timeout", "_request", "_transport")
+    __slots__ = (
+        "_complete",
+        "_conn",
+        "_decoder",
+        "_keep_alive",
+        "_pending",
+        "_read_timeout",
+        "_request",
+        "_transport",
+    )
 
     def __init__(
         self,
         transport: LeanTransport,
         conn: _Connection,
+        decoder: Body,
+        pending: bytes,
+        *,
+        keep_alive: bool,
         request: httpx.Request,
         read_timeout: float | None,
     ) -> None:
         self._transport: LeanTransport | None = transport
         self._conn = conn
+        self._decoder = decoder
+        #: Body bytes that came with the head.
+        self._pending = pending
+        self._keep_alive = keep_alive
         self._request = request
         self._read_timeout = read_timeout
-        self._complete = False
+        self._complete = decoder.done
 
     def __aiter__(self) -> _Body:
         return self
@@ -395,38 +421,33 @@ class _Body(httpx.AsyncByteStream):
     async def __anext__(self) -> bytes:
         if self._complete or self._transport is None:
             raise StopAsyncIteration
-        conn = self._conn
-        next_event = conn.h11.next_event
-        parts: list[bytes | bytearray] = []
+        decoder = self._decoder
         while True:
+            if self._pending:
+                data, self._pending = self._pending, b""
+            else:
+                data = await _read(self._conn, self._read_timeout, self._request)
             try:
-                event = next_event()
+                if not data:
+                    decoder.eof()
+                    self._complete = True
+                    raise StopAsyncIteration
+                out = decoder.feed(data)
             except h11.RemoteProtocolError as exc:
                 raise httpx.RemoteProtocolError(str(exc), request=self._request) from exc
-            kind = type(event)
-            if kind is h11.Data:
-                parts.append(event.data)  # type: ignore[union-attr]
-            elif event is h11.NEED_DATA:
-                if parts:
-                    break
-                conn.h11.receive_data(await _read(conn, self._read_timeout, self._request))
-            elif kind is h11.EndOfMessage:
+            if decoder.done:
                 self._complete = True
-                if parts:
-                    break
+            if out:
+                return out
+            if decoder.done:
                 raise StopAsyncIteration
-            else:  # pragma: no cover - h11 sends nothing else mid-body
-                raise httpx.RemoteProtocolError(
-                    f"unexpected {kind.__name__} in a response body", request=self._request
-                )
-        # h11 hands out bytearrays; httpx and its users expect bytes.
-        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
 
     async def aclose(self) -> None:
         transport = self._transport
         if transport is not None:
             self._transport = None
-            transport._release(self._conn, reusable=self._complete)
+            reusable = self._complete and self._keep_alive and self._decoder.reusable
+            transport._release(self._conn, reusable=reusable)
 
 
 def _seconds(timeout: float | None) -> float:
