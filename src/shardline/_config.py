@@ -49,8 +49,10 @@ DEFAULT_BREAKER_COOLDOWN = 5.0
 DEFAULT_BREAKER_MAX_COOLDOWN = 60.0
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+#: What carries an endpoint's requests under httpx (``Endpoint.transport``).
+Transport = Literal["httpx", "lean"]
 #: The values of ``Endpoint.transport``.
-TRANSPORTS = ("httpx", "lean")
+TRANSPORTS: tuple[Transport, ...] = ("httpx", "lean")
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_TTFT_TIMEOUT = 60.0
 DEFAULT_STALL_TIMEOUT = 30.0
@@ -136,7 +138,7 @@ class Endpoint:
     headers: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
     azure_api_version: str | None = None
     http2: bool = False
-    transport: Literal["httpx", "lean"] = attrs.field(default="httpx")
+    transport: Transport = attrs.field(default="httpx")
     stream: bool = True
     weight: float = attrs.field(default=1.0, validator=number("weight", gt=0))
 

@@ -423,7 +423,7 @@ class _Body(httpx.AsyncByteStream):
             raise StopAsyncIteration
         decoder = self._decoder
         while True:
-            if self._pending:
+            if self._pending or decoder.error is not None:
                 data, self._pending = self._pending, b""
             else:
                 data = await _read(self._conn, self._read_timeout, self._request)
