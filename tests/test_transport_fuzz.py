@@ -4,8 +4,11 @@ A server on a real socket sends a chat stream (chunked, with a Content-Length,
 or ending at close), maybe cut short or with bytes flipped, in pieces split at
 arbitrary points; :func:`send_attempt` reads it once through httpx's own
 transport and once through the lean one. The outcomes must be the same: the
-same text, or the same cause with the same ``partial`` flag. Virtual time, so
-the pauses between pieces cost nothing.
+same text, or the same cause. (Not always the same ``partial`` flag: that one
+depends on read boundaries, which differ. httpx hands up each HTTP chunk, the
+lean transport each read; the SSE decoder decodes a whole chunk before
+yielding its events, so a bad byte late in a read hides the content before
+it.) Virtual time, so the pauses between pieces cost nothing.
 
 ``HYPOTHESIS_PROFILE=thorough`` runs 1,000 examples instead of CI's 30-60.
 """
@@ -73,7 +76,7 @@ async def outcome(wire: bytes, cuts: list[int], transport: str) -> tuple[Any, ..
             try:
                 result = await send_attempt(client, endpoint, REQUEST, DEADLINES)
             except AttemptError as exc:
-                found: tuple[Any, ...] = ("error", exc.cause, exc.partial)
+                found: tuple[Any, ...] = ("error", exc.cause)
             else:
                 found = ("ok", result.text, result.finish_reason, result.usage.completion_tokens)
         nursery.cancel_scope.cancel()
