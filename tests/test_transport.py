@@ -379,3 +379,35 @@ async def test_make_client_picks_the_transport(
     async with make_client(proxied, max_connections=3, deadlines=Deadlines()) as client:
         assert isinstance(client._transport, httpx.AsyncHTTPTransport)
     assert "a proxy is set in the environment" in caplog.text
+
+
+def test_the_command_line_chooses_the_transport() -> None:
+    """--transport wins over SHARDLINE_TRANSPORT; a bad variable names option and variable."""
+    from shardline._cli import build_parser
+    from shardline._cli_options import UsageError, build_config
+
+    parser = build_parser()
+    args = parser.parse_args(["run", "in.jsonl", "--transport", "lean"])
+    assert build_config(args, {}).endpoint.transport == "lean"
+    args = parser.parse_args(["run", "in.jsonl"])
+    assert build_config(args, {}).endpoint.transport == "httpx"
+    assert build_config(args, {"SHARDLINE_TRANSPORT": "lean"}).endpoint.transport == "lean"
+    several = parser.parse_args(
+        [
+            "run",
+            "in.jsonl",
+            "--transport",
+            "lean",
+            "--base-url",
+            "http://a/v1",
+            "--base-url",
+            "http://b/v1",
+        ]
+    )
+    assert {e.transport for e in build_config(several, {}).all_endpoints()} == {"lean"}
+    with pytest.raises(
+        UsageError,
+        match=r"^invalid value for --transport \(SHARDLINE_TRANSPORT\): "
+        r"transport must be 'httpx' or 'lean', got 'fast'$",
+    ):
+        build_config(args, {"SHARDLINE_TRANSPORT": "fast"})
