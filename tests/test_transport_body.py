@@ -91,6 +91,24 @@ def h11_error_at_eof(head: bytes, body: bytes) -> str | None:
 
 
 @given(
+    chunks=st.lists(st.binary(min_size=1, max_size=40), max_size=8),
+    extension=st.sampled_from([b"", b";x=1"]),
+)
+def test_reads_of_exactly_one_chunk_decode_as_h11_decodes_them(
+    chunks: list[bytes], extension: bytes
+) -> None:
+    """A paced server's reads hold one chunk each (the decoder's fast path): same payload."""
+    wire = encode_chunked(chunks, extension, [])
+    expected, ended = h11_body(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", wire)
+    assert ended
+    decoder = ChunkedBody()
+    reads = [b"%x%s\r\n%s\r\n" % (len(c), extension, c) for c in chunks] + [b"0\r\n\r\n"]
+    assert [decoder.feed(read) for read in reads] == [*chunks, b""]
+    assert b"".join(chunks) == expected
+    assert decoder.done
+
+
+@given(
     body=st.binary(max_size=200),
     cuts=st.lists(st.integers(0, 10_000), max_size=6),
     drop=st.integers(1, 50),

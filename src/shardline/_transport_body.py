@@ -106,6 +106,16 @@ class ChunkedBody:
             if data:
                 self.reusable = False
             return b""
+        if self._need == _SIZE_LINE and not self._buffer:
+            # The hot path of a paced stream: a read that is exactly one chunk.
+            eol = data.find(b"\r\n")
+            if eol > 0:
+                start = eol + 2
+                match = _CHUNK_SIZE.fullmatch(data, 0, eol)
+                if match is not None:
+                    size = int(match.group(1), 16)
+                    if size and len(data) == start + size + 2 and data.endswith(b"\r\n"):
+                        return data[start : start + size]
         buf = self._buffer + data if self._buffer else data
         out: list[bytes] = []
         try:
