@@ -175,6 +175,13 @@ class ChunkedBody:
             need = int(match.group(1), 16)
             if need == 0:
                 need = _TRAILERS
+                continue
+            stop = pos + need
+            if buf[stop : stop + 2] == b"\r\n":
+                # The whole chunk and its CRLF are here (the usual case): one step.
+                out.append(buf[pos:stop])
+                pos = stop + 2
+                need = _SIZE_LINE
         self._need = need
         self._buffer = buf[pos:] if pos < end else b""
         if len(self._buffer) > MAX_LINE_BYTES:
