@@ -43,6 +43,8 @@ class NumberedServer:
     stall_body: bool = False
     gzip: bool = False
     chunked: bool = False
+    #: Answer with ``Connection: close`` (and close).
+    close_header: bool = False
 
     @property
     def url(self) -> str:
@@ -72,7 +74,7 @@ class NumberedServer:
                         pass
                     return
                 await stream.send_all(self.response(conn, number))
-                if self.close_after_response:
+                if self.close_after_response or self.close_header:
                     return
                 conn.start_next_cycle()
         except trio.BrokenResourceError:
@@ -83,6 +85,8 @@ class NumberedServer:
     def response(self, conn: h11.Connection, number: int) -> bytes:
         body = str(number).encode()
         headers = [("content-type", "text/plain")]
+        if self.close_header:
+            headers.append(("connection", "close"))
         if self.gzip:
             body = gzip.compress(body)
             headers.append(("content-encoding", "gzip"))
@@ -198,6 +202,27 @@ async def test_a_body_closed_early_is_not_reused() -> None:
         assert stats(client).connections_open == 0
         assert (await client.get(server.url)).text == "1"
         assert stats(client).idle == 1
+
+
+async def test_connection_close_is_honoured() -> None:
+    """A response with Connection: close is read whole, and its socket is not kept."""
+    async with numbered_server(close_header=True) as server, lean_client() as client:
+        assert (await client.get(server.url)).text == "0"
+        assert stats(client).connections_open == 0
+        assert (await client.get(server.url)).text == "1"
+        assert stats(client).discarded_stale == 0
+
+
+async def test_read_and_write_timeouts_of_httpx_are_honoured(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """httpx.Timeout(read=...) bounds each read: a silent body ends in ReadTimeout."""
+    async with numbered_server(stall_body=True) as server, lean_client() as client:
+        start = trio.current_time()
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(server.url, timeout=httpx.Timeout(5.0, read=2.0))
+        assert trio.current_time() - start == pytest.approx(2.0)
+        assert stats(client).connections_open == 0
 
 
 async def test_at_most_max_connections_then_pool_timeout(

@@ -12,12 +12,16 @@ put back when its response was read to the end.
 
 What it does, and what it is not:
 
-* HTTP/1.1 only, parsed by h11 (as httpcore does); TLS through
+* HTTP/1.1 only: h11 writes the request and parses the response head (as
+  in httpcore); the body's framing (``Content-Length``, chunked, until close)
+  is decoded by :mod:`shardline._transport_body` with h11's rules and
+  messages, at a fraction of the CPU per chunk. TLS through
   :class:`trio.SSLStream` with the caller's :class:`ssl.SSLContext`. No
   HTTP/2, no proxies: keep httpx's own transport for those.
 * A connection goes back to the stack only when its response was read to the
-  end and h11 says it can be reused; a response closed early (cancelled,
-  abandoned, failed) closes its socket, so the server sees the client go.
+  end and allows keep-alive (HTTP/1.1, no ``Connection: close``, nothing after
+  the body); a response closed early (cancelled, abandoned, failed) closes its
+  socket, so the server sees the client go.
 * An idle connection is checked before reuse: if the server closed it (the
   socket is readable: EOF or stray bytes) it is dropped and another one taken
   or opened, before any byte of the request is sent. A connection that fails
