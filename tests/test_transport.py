@@ -273,6 +273,23 @@ async def test_connect_timeout_on_virtual_time(
         )
 
 
+async def test_hosts_are_connected_to_by_their_ascii_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An internationalised host name is resolved (and sent as SNI) in its IDNA form."""
+    asked: list[tuple[str, int]] = []
+
+    async def refuse(host: str, port: int, **_kwargs: object) -> trio.SocketStream:
+        asked.append((host, port))
+        raise OSError("refused")
+
+    monkeypatch.setattr(trio, "open_tcp_stream", refuse)
+    async with lean_client() as client:
+        with pytest.raises(httpx.ConnectError, match="^refused$"):
+            await client.get("https://münchen.example/v1")
+    assert asked == [("xn--mnchen-3ya.example", 443)]
+
+
 async def test_connection_refused_is_a_connect_error() -> None:
     """A port nobody listens on: httpx.ConnectError, and the slot is free again."""
     with trio.socket.socket() as probe:

@@ -177,7 +177,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 f"the lean transport speaks http and https, not {url.scheme!r}", request=request
             )
         port = url.port or (443 if scheme == b"https" else 80)
-        origin: _Origin = (scheme, url.host, port)
+        # The ASCII host (IDNA-encoded; httpx's `url.host` is the unicode form).
+        origin: _Origin = (scheme, url.raw_host.decode("ascii"), port)
         # Requests of a shard are bounded by its limiter already: a wait here is rare.
         with trio.move_on_after(_seconds(timeouts.get("pool"))) as waiting:
             await self._slots.acquire()
