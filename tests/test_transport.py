@@ -285,7 +285,7 @@ async def test_hosts_are_connected_to_by_their_ascii_name(
 
     monkeypatch.setattr(trio, "open_tcp_stream", refuse)
     async with lean_client() as client:
-        with pytest.raises(httpx.ConnectError, match="^refused$"):
+        with pytest.raises(httpx.ConnectError, match=r"^refused$"):
             await client.get("https://münchen.example/v1")
     assert asked == [("xn--mnchen-3ya.example", 443)]
 
