@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from shardline._attempt import AttemptResult, send_attempt
-from shardline._config import Deadlines, Endpoint
+from shardline._config import TRANSPORTS, Deadlines, Endpoint, Transport
 from shardline._exceptions import (
     AttemptError,
     Cause,
@@ -29,6 +29,7 @@ from shardline._exceptions import (
 )
 from shardline._http import make_client
 from shardline._models import ChatRequest
+from shardline._transport import LeanTransport
 from shardline.testing import (
     FAULT_KINDS,
     FakeServer,
@@ -44,8 +45,16 @@ REQUEST = ChatRequest(messages=[{"role": "user", "content": "hello"}], params={"
 SECRET = "sk-integration-secret-value"
 
 
-def endpoint_for(server: FakeServer, *, stream: bool = True) -> Endpoint:
-    return Endpoint(base_url=server.base_url, api_key=SECRET, model="fake", stream=stream)
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> Transport:
+    """Each test that takes it runs on httpx's own transport and on the lean one."""
+    return request.param  # type: ignore[no-any-return]
+
+
+def endpoint_for(server: FakeServer, transport: Transport, *, stream: bool = True) -> Endpoint:
+    return Endpoint(
+        base_url=server.base_url, api_key=SECRET, model="fake", stream=stream, transport=transport
+    )
 
 
 def headers(item: str, attempt: int) -> dict[str, str]:
@@ -54,6 +63,11 @@ def headers(item: str, attempt: int) -> dict[str, str]:
 
 def assert_pool_clean(client: httpx.AsyncClient) -> None:
     """No request is queued or in flight, and every pooled connection is idle or closed."""
+    if isinstance(client._transport, LeanTransport):
+        stats = client._transport.statistics()
+        assert stats.in_use == 0, stats
+        assert stats.connections_open == stats.idle, stats
+        return
     pool = client._transport._pool  # type: ignore[attr-defined]
     assert pool._requests == []
     for connection in pool.connections:
@@ -68,11 +82,11 @@ def deadline_for(cause: Cause) -> float:
 
 
 async def fault_then_success(
-    server: FakeServer, fault: Fault, *, stream: bool, item: str
+    server: FakeServer, fault: Fault, *, stream: bool, item: str, transport: Transport = "httpx"
 ) -> tuple[AttemptError, float, AttemptResult]:
     """Attempt 1 meets ``fault``; attempt 2 on the same client must succeed."""
     server.set_faults(FaultPlan(items={(item, 1): fault}))
-    endpoint = endpoint_for(server, stream=stream)
+    endpoint = endpoint_for(server, transport, stream=stream)
     async with make_client(endpoint, max_connections=2, deadlines=DEADLINES) as client:
         start = trio.current_time()
         with pytest.raises(AttemptError) as info:
@@ -87,11 +101,13 @@ async def fault_then_success(
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
 @pytest.mark.parametrize("kind", FAULT_KINDS)
 async def test_each_fault_ends_in_its_cause_then_the_pool_serves_again(
-    fake_server: FakeServer, kind: str, stream: bool
+    fake_server: FakeServer, kind: str, stream: bool, transport: Transport
 ) -> None:
     """Every fault kind ends in its expected cause within its deadline; a retry then succeeds."""
     fault = Fault(kind=kind)
-    error, elapsed, result = await fault_then_success(fake_server, fault, stream=stream, item=kind)
+    error, elapsed, result = await fault_then_success(
+        fake_server, fault, stream=stream, item=kind, transport=transport
+    )
     cause = expected_cause(fault, stream=stream)
     assert error.cause is cause, f"{kind}: {error!r}"
     assert elapsed <= deadline_for(cause) + TOLERANCE, f"{kind} took {elapsed:.3f}s"
@@ -104,10 +120,14 @@ async def test_each_fault_ends_in_its_cause_then_the_pool_serves_again(
 
 
 @pytest.mark.parametrize("kind", ["stall_mid", "drip"])
-async def test_stalls_after_content_are_stall_timeouts(fake_server: FakeServer, kind: str) -> None:
+async def test_stalls_after_content_are_stall_timeouts(
+    fake_server: FakeServer, kind: str, transport: Transport
+) -> None:
     """After some content, silence or a keep-alive drip ends in stall_timeout, partial."""
     fault = Fault(kind=kind, after_events=2, interval=0.05)
-    error, elapsed, _ = await fault_then_success(fake_server, fault, stream=True, item=f"{kind}-2")
+    error, elapsed, _ = await fault_then_success(
+        fake_server, fault, stream=True, item=f"{kind}-2", transport=transport
+    )
     assert error.cause is Cause.STALL_TIMEOUT
     assert error.partial
     assert SHORT - 0.01 <= elapsed <= SHORT + TOLERANCE
@@ -121,9 +141,9 @@ async def test_rate_limit_carries_retry_after(fake_server: FakeServer) -> None:
     assert error.retry_after == 2.5
 
 
-async def test_success_reuses_the_connection(fake_server: FakeServer) -> None:
+async def test_success_reuses_the_connection(fake_server: FakeServer, transport: Transport) -> None:
     """Sequential requests on one client share one keep-alive connection."""
-    endpoint = endpoint_for(fake_server)
+    endpoint = endpoint_for(fake_server, transport)
     async with make_client(endpoint, max_connections=4, deadlines=DEADLINES) as client:
         for i in range(5):
             result = await send_attempt(
@@ -135,11 +155,13 @@ async def test_success_reuses_the_connection(fake_server: FakeServer) -> None:
     assert fake_server.statistics().connections_accepted == 1
 
 
-async def test_concurrent_faults_do_not_exhaust_the_pool(fake_server: FakeServer) -> None:
+async def test_concurrent_faults_do_not_exhaust_the_pool(
+    fake_server: FakeServer, transport: Transport
+) -> None:
     """Cap-many stalled attempts at once all end, then cap-many requests succeed at once."""
     cap = 3
     fake_server.set_faults(FaultPlan(items={(f"s{i}", 1): "stall_mid" for i in range(cap)}))
-    endpoint = endpoint_for(fake_server)
+    endpoint = endpoint_for(fake_server, transport)
     causes: list[Cause] = []
     ok: list[AttemptResult] = []
     async with make_client(endpoint, max_connections=cap, deadlines=DEADLINES) as client:
@@ -171,10 +193,12 @@ async def test_concurrent_faults_do_not_exhaust_the_pool(fake_server: FakeServer
         assert_pool_clean(client)
 
 
-async def test_pool_timeout_when_the_pool_is_held(fake_server: FakeServer) -> None:
+async def test_pool_timeout_when_the_pool_is_held(
+    fake_server: FakeServer, transport: Transport
+) -> None:
     """With every pooled connection busy, another request ends in pool_timeout, not a hang."""
     fake_server.set_faults(FaultPlan(items={("hold", 1): "stall_headers"}))
-    endpoint = endpoint_for(fake_server)
+    endpoint = endpoint_for(fake_server, transport)
     holding = Deadlines(connect=0.2, ttft=2.0, stall=2.0, attempt=3.0)
     async with make_client(endpoint, max_connections=1, deadlines=holding) as client:
         async with trio.open_nursery() as nursery:
@@ -197,10 +221,12 @@ async def test_pool_timeout_when_the_pool_is_held(fake_server: FakeServer) -> No
         assert result.finish_reason is not None
 
 
-async def test_caller_cancellation_leaves_the_pool_clean(fake_server: FakeServer) -> None:
+async def test_caller_cancellation_leaves_the_pool_clean(
+    fake_server: FakeServer, transport: Transport
+) -> None:
     """Cancelling mid-stream from outside raises Cancelled and the next request works."""
     fake_server.set_faults(FaultPlan(items={("c", 1): Fault(kind="stall_mid", after_events=1)}))
-    endpoint = endpoint_for(fake_server)
+    endpoint = endpoint_for(fake_server, transport)
     slow = Deadlines(connect=1.0, ttft=5.0, stall=5.0, attempt=10.0)
     async with make_client(endpoint, max_connections=1, deadlines=slow) as client:
         with trio.move_on_after(0.2) as scope:
@@ -211,12 +237,12 @@ async def test_caller_cancellation_leaves_the_pool_clean(fake_server: FakeServer
         assert result.finish_reason is not None
 
 
-async def test_connection_refused_is_connect_error() -> None:
+async def test_connection_refused_is_connect_error(transport: Transport) -> None:
     """Nothing listening: connect_error, quickly."""
     with trio.socket.socket() as sock:  # find a free port, then close it
         await sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    endpoint = Endpoint(base_url=f"http://127.0.0.1:{port}/v1", api_key=SECRET)
+    endpoint = Endpoint(base_url=f"http://127.0.0.1:{port}/v1", api_key=SECRET, transport=transport)
     async with make_client(endpoint, max_connections=1, deadlines=DEADLINES) as client:
         with pytest.raises(ConnectError) as info:
             await send_attempt(client, endpoint, REQUEST, DEADLINES)
@@ -224,7 +250,7 @@ async def test_connection_refused_is_connect_error() -> None:
         assert isinstance(info.value.__cause__, httpx.ConnectError)
 
 
-async def test_full_accept_queue_is_connect_timeout() -> None:
+async def test_full_accept_queue_is_connect_timeout(transport: Transport) -> None:
     """A listener whose accept queue is full drops our SYN: connect_timeout at the deadline."""
     listener = socket.socket()
     fillers: list[socket.socket] = []
@@ -239,7 +265,9 @@ async def test_full_accept_queue_is_connect_timeout() -> None:
                 filler.connect(("127.0.0.1", port))
             fillers.append(filler)
         await trio.sleep(0.05)
-        endpoint = Endpoint(base_url=f"http://127.0.0.1:{port}/v1", api_key=SECRET)
+        endpoint = Endpoint(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key=SECRET, transport=transport
+        )
         deadlines = Deadlines(connect=0.2, ttft=2.0, stall=1.0, attempt=3.0)
         async with make_client(endpoint, max_connections=1, deadlines=deadlines) as client:
             start = trio.current_time()
@@ -262,7 +290,7 @@ async def test_a_read_timeout_never_fires_on_a_drip_but_the_stall_deadline_does(
     """
     drip = Fault(kind="drip", after_events=1, interval=0.05)
     fake_server.set_faults(FaultPlan(items={("drip", None): drip}))
-    endpoint = endpoint_for(fake_server)
+    endpoint = endpoint_for(fake_server, "httpx")
     body = REQUEST.body(model="fake", stream=True)
     read_timeout = httpx.Timeout(5.0, read=SHORT)
     async with httpx.AsyncClient(timeout=read_timeout) as plain:

@@ -10,7 +10,10 @@ import pytest
 import trio
 import trio.testing
 
+from shardline._config import TRANSPORTS, Transport
 from shardline._exceptions import Cause
+from shardline._http import _no_tls_context
+from shardline._transport import LeanTransport
 from shardline.testing import (
     EXPECTED_CAUSE,
     EXPECTED_CAUSE_NON_STREAMING,
@@ -30,8 +33,17 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_t
 STREAM = {**CHAT, "stream": True}
 
 
-def client(server: FakeServer) -> httpx.AsyncClient:
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> Transport:
+    """Each test that takes it runs on httpx's own transport and on the lean one."""
+    return request.param  # type: ignore[no-any-return]
+
+
+def client(server: FakeServer, transport: Transport = "httpx") -> httpx.AsyncClient:
     """An httpx client for ``server`` with no timeouts: the tests bound time themselves."""
+    if transport == "lean":
+        lean = LeanTransport(ssl_context=_no_tls_context(), max_connections=8, keepalive_expiry=5)
+        return httpx.AsyncClient(base_url=server.base_url, timeout=None, transport=lean)
     return httpx.AsyncClient(base_url=server.base_url, timeout=None)
 
 
@@ -75,11 +87,12 @@ def contents(lines: list[str]) -> list[str]:
 
 async def test_stall_headers_sends_nothing_and_ends_when_client_leaves(
     autojump_clock: trio.testing.MockClock,
+    transport: Transport,
 ) -> None:
     """stall_headers: no response at all; the handler ends once the client disconnects."""
     async with (
         open_fake_server(faults=plan("stall_headers")) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
         async with trio.open_nursery() as nursery:
 
@@ -101,12 +114,13 @@ async def test_stall_headers_sends_nothing_and_ends_when_client_leaves(
 
 async def test_stall_headers_with_duration_is_a_slow_answer(
     autojump_clock: trio.testing.MockClock,
+    transport: Transport,
 ) -> None:
     """A finite stall_headers delays the answer by its duration, then answers normally."""
     fault = Fault(kind="stall_headers", duration=3.0)
     async with (
         open_fake_server(faults=plan(fault)) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
         start = trio.current_time()
         response = await c.post("/chat/completions", json=CHAT)
@@ -117,11 +131,12 @@ async def test_stall_headers_with_duration_is_a_slow_answer(
 
 async def test_stall_after_headers_sends_headers_then_nothing(
     autojump_clock: trio.testing.MockClock,
+    transport: Transport,
 ) -> None:
     """stall_after_headers: 200 and headers arrive, then not one body byte."""
     async with (
         open_fake_server(faults=plan("stall_after_headers")) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
         async with c.stream("POST", "/chat/completions", json=STREAM) as response:
             assert response.status_code == 200
@@ -135,12 +150,12 @@ async def test_stall_after_headers_sends_headers_then_nothing(
         assert server.statistics().faults == {"stall_after_headers": 1}
 
 
-async def test_rate_limit_sends_429_with_retry_after_headers() -> None:
+async def test_rate_limit_sends_429_with_retry_after_headers(transport: Transport) -> None:
     """rate_limit: 429 with retry-after in whole seconds and retry-after-ms."""
     fault = Fault(kind="rate_limit", retry_after=2.5)
     async with (
         open_fake_server(faults=plan(fault)) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
         response = await c.post("/chat/completions", json=STREAM)
     assert response.status_code == 429
@@ -153,11 +168,11 @@ async def test_rate_limit_sends_429_with_retry_after_headers() -> None:
 @pytest.mark.parametrize(
     ("kind", "status"), [("http_500", 500), ("http_502", 502), ("http_503", 503)]
 )
-async def test_http_5xx_faults(kind: str, status: int) -> None:
+async def test_http_5xx_faults(kind: str, status: int, transport: Transport) -> None:
     """http_500/502/503 answer that status with an OpenAI-style error body."""
     async with (
         open_fake_server(faults=plan(kind)) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
         response = await c.post("/chat/completions", json=CHAT)
         again = await c.post("/chat/completions", json=STREAM)
@@ -172,12 +187,13 @@ async def test_http_5xx_faults(kind: str, status: int) -> None:
 
 async def test_stall_mid_stops_after_n_content_events(
     autojump_clock: trio.testing.MockClock,
+    transport: Transport,
 ) -> None:
     """stall_mid: exactly after_events content events arrive, then silence."""
     fault = Fault(kind="stall_mid", after_events=2)
     async with (
         open_fake_server(faults=plan(fault)) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
         lines: list[str] = []
         async with c.stream("POST", "/chat/completions", json=STREAM) as response:
@@ -190,12 +206,13 @@ async def test_stall_mid_stops_after_n_content_events(
 
 async def test_drip_keeps_bytes_flowing_without_content(
     autojump_clock: trio.testing.MockClock,
+    transport: Transport,
 ) -> None:
     """drip: keep-alive comments and empty deltas keep coming; no content ever does."""
     fault = Fault(kind="drip", interval=0.5)
     async with (
         open_fake_server(faults=plan(fault)) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
         lines: list[str] = []
         async with c.stream("POST", "/chat/completions", json=STREAM) as response:
@@ -208,12 +225,14 @@ async def test_drip_keeps_bytes_flowing_without_content(
         assert server.statistics().in_flight == 0
 
 
-async def test_drip_after_content(autojump_clock: trio.testing.MockClock) -> None:
+async def test_drip_after_content(
+    autojump_clock: trio.testing.MockClock, transport: Transport
+) -> None:
     """drip with after_events=3: three content events, then only keep-alive traffic."""
     fault = Fault(kind="drip", after_events=3)
     async with (
         open_fake_server(faults=plan(fault)) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
         lines: list[str] = []
         async with c.stream("POST", "/chat/completions", json=STREAM) as response:
@@ -223,12 +242,12 @@ async def test_drip_after_content(autojump_clock: trio.testing.MockClock) -> Non
         await settle(server)
 
 
-async def test_reset_aborts_the_connection_mid_stream() -> None:
+async def test_reset_aborts_the_connection_mid_stream(transport: Transport) -> None:
     """reset: content arrives, then the TCP connection is reset (a read error)."""
     fault = Fault(kind="reset", after_events=2)
     async with (
         open_fake_server(faults=plan(fault)) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
         lines: list[str] = []
         async with c.stream("POST", "/chat/completions", json=STREAM) as response:
@@ -240,12 +259,12 @@ async def test_reset_aborts_the_connection_mid_stream() -> None:
         assert server.statistics().faults == {"reset": 1}
 
 
-async def test_truncate_ends_cleanly_without_finish_or_done() -> None:
+async def test_truncate_ends_cleanly_without_finish_or_done(transport: Transport) -> None:
     """truncate: the body ends cleanly with no finish_reason and no [DONE]; keep-alive holds."""
     fault = Fault(kind="truncate", after_events=3)
     async with (
         open_fake_server(faults=FaultPlan(requests={1: fault})) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
         lines: list[str] = []
         async with c.stream("POST", "/chat/completions", json=STREAM) as response:
@@ -255,17 +274,19 @@ async def test_truncate_ends_cleanly_without_finish_or_done() -> None:
         assert not any('"finish_reason":"' in line for line in lines)
         after = await c.post("/chat/completions", json=CHAT)
         assert after.status_code == 200
+        # The client may hold the whole answer before the server's task counts it.
+        await trio.testing.wait_all_tasks_blocked()
         stats = server.statistics()
     assert stats.connections_accepted == 1
     assert stats.faults == {"truncate": 1}
     assert stats.completed == 1
 
 
-async def test_malformed_sends_one_broken_json_line() -> None:
+async def test_malformed_sends_one_broken_json_line(transport: Transport) -> None:
     """malformed: exactly one data line is not JSON; the rest of the stream looks normal."""
     async with (
         open_fake_server(faults=plan(Fault(kind="malformed", after_events=2))) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
         lines: list[str] = []
         async with c.stream("POST", "/chat/completions", json=STREAM) as response:
@@ -282,11 +303,11 @@ async def test_malformed_sends_one_broken_json_line() -> None:
     assert server.statistics().faults == {"malformed": 1}
 
 
-async def test_error_event_is_in_band() -> None:
+async def test_error_event_is_in_band(transport: Transport) -> None:
     """error_event: a data event with an "error" object, then [DONE], no finish_reason."""
     async with (
         open_fake_server(faults=plan("error_event")) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
         lines: list[str] = []
         async with c.stream("POST", "/chat/completions", json=STREAM) as response:
@@ -299,12 +320,12 @@ async def test_error_event_is_in_band() -> None:
     assert contents(lines) == ["the"]
 
 
-async def test_legacy_completions_get_faults_too() -> None:
+async def test_legacy_completions_get_faults_too(transport: Transport) -> None:
     """Legacy /completions streams are faulted the same way (here: truncate)."""
     body = {"prompt": "hi", "max_tokens": 4, "stream": True}
     async with (
         open_fake_server(faults=plan(Fault(kind="truncate", after_events=1))) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
         lines: list[str] = []
         async with c.stream("POST", "/completions", json=body) as response:
@@ -316,12 +337,12 @@ async def test_legacy_completions_get_faults_too() -> None:
 # -- non-streamed requests ------------------------------------------------------------
 
 
-async def test_non_stream_truncate_malformed_error() -> None:
+async def test_non_stream_truncate_malformed_error(transport: Transport) -> None:
     """Non-streamed: truncate has finish_reason null, malformed is not JSON, error_event is 200."""
     faults = FaultPlan(requests={1: "truncate", 2: "malformed", 3: "error_event"})
     async with (
         open_fake_server(faults=faults) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
         truncated = await c.post("/chat/completions", json=CHAT)
         malformed = await c.post("/chat/completions", json=CHAT)
@@ -336,12 +357,14 @@ async def test_non_stream_truncate_malformed_error() -> None:
     assert server.statistics().completed == 0
 
 
-async def test_non_stream_stalls_and_reset(autojump_clock: trio.testing.MockClock) -> None:
+async def test_non_stream_stalls_and_reset(
+    autojump_clock: trio.testing.MockClock, transport: Transport
+) -> None:
     """Non-streamed: stall_mid sends half a body then stalls; drip sends spaces; reset aborts."""
     faults = FaultPlan(requests={1: "stall_mid", 2: "drip", 3: "reset"})
     async with (
         open_fake_server(faults=faults) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
         for expected in ("half", "spaces"):
             received = bytearray()
@@ -388,11 +411,11 @@ async def test_stalled_handlers_end_with_the_server(
     assert isinstance(errors[0], httpx.RemoteProtocolError)
 
 
-async def test_set_faults_heals_the_server() -> None:
+async def test_set_faults_heals_the_server(transport: Transport) -> None:
     """set_faults(None) makes later requests succeed."""
     async with (
         open_fake_server(faults=plan("http_503")) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
         assert (await c.post("/chat/completions", json=CHAT)).status_code == 503
         server.set_faults(None)
@@ -403,12 +426,12 @@ async def test_set_faults_heals_the_server() -> None:
 # -- plans --------------------------------------------------------------------------------
 
 
-async def test_items_script_by_item_and_attempt() -> None:
+async def test_items_script_by_item_and_attempt(transport: Transport) -> None:
     """(item, attempt) keys fault one attempt; a bare item id faults every attempt."""
     faults = FaultPlan(items={("a", 1): "http_500", "b": "http_502"})
     async with (
         open_fake_server(faults=faults) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
 
         async def status(item: str, attempt: int) -> int:
@@ -422,11 +445,11 @@ async def test_items_script_by_item_and_attempt() -> None:
         assert (await c.post("/chat/completions", json=CHAT)).status_code == 200
 
 
-async def test_requests_script_without_headers() -> None:
+async def test_requests_script_without_headers(transport: Transport) -> None:
     """requests={2: ...} faults the second completion request of a header-less client."""
     async with (
         open_fake_server(faults=FaultPlan(requests={2: "http_500"})) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
         await c.get("/models")  # not a completion request: not counted
         codes = [(await c.post("/completions", json={"prompt": "x"})).status_code for _ in range(3)]
@@ -459,13 +482,14 @@ def test_rates_are_seeded_and_order_independent() -> None:
     assert len(second) < len(first)
 
 
-async def test_rate_faults_are_counted_by_kind() -> None:
+async def test_rate_faults_are_counted_by_kind(transport: Transport) -> None:
     """statistics().faults counts rate-drawn faults by kind; completed counts the rest."""
     async with (
         open_fake_server(faults="http_500=0.5", seed=3) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
         codes = [(await c.post("/chat/completions", json=CHAT)).status_code for _ in range(40)]
+        await trio.testing.wait_all_tasks_blocked()  # the server counts its last answer
         stats = server.statistics()
     assert stats.faults == {"http_500": codes.count(500)}
     assert stats.completed == codes.count(200)
@@ -547,12 +571,14 @@ def test_expected_causes_cover_every_kind() -> None:
     assert expected_cause("reset") is Cause.CONNECTION_LOST
 
 
-async def test_timing_applies_after_a_finite_stall(autojump_clock: trio.testing.MockClock) -> None:
+async def test_timing_applies_after_a_finite_stall(
+    autojump_clock: trio.testing.MockClock, transport: Transport
+) -> None:
     """A finite stall_mid delays the rest of the stream, which then completes normally."""
     fault = Fault(kind="stall_mid", after_events=1, duration=5.0)
     async with (
         open_fake_server(faults=plan(fault), timing=TimingModel(itl=1.0)) as server,
-        client(server) as c,
+        client(server, transport) as c,
     ):
         start = trio.current_time()
         lines: list[str] = []
@@ -564,10 +590,12 @@ async def test_timing_applies_after_a_finite_stall(autojump_clock: trio.testing.
     assert lines[-1] == "data: [DONE]"
 
 
-async def test_unparsable_attempt_header_matches_every_attempt_rules_only() -> None:
+async def test_unparsable_attempt_header_matches_every_attempt_rules_only(
+    transport: Transport,
+) -> None:
     """A non-integer x-shardline-attempt counts as no attempt: only bare item rules match."""
     faults = FaultPlan(items={("a", 1): "http_500", "b": "http_502"})
-    async with open_fake_server(faults=faults) as server, client(server) as c:
+    async with open_fake_server(faults=faults) as server, client(server, transport) as c:
         a = await c.post(
             "/chat/completions",
             json=CHAT,

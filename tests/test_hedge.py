@@ -15,7 +15,15 @@ from shardline._backoff import Backoff, RetryPolicy
 from shardline._budget import RetryBudget
 from shardline._cli import build_parser
 from shardline._cli_options import build_config
-from shardline._config import Deadlines, Endpoint, FlowControl, Hedging, PipelineConfig
+from shardline._config import (
+    TRANSPORTS,
+    Deadlines,
+    Endpoint,
+    FlowControl,
+    Hedging,
+    PipelineConfig,
+    Transport,
+)
 from shardline._events import (
     AttemptEnd,
     AttemptStart,
@@ -379,17 +387,19 @@ def test_hedge_budget_is_a_capped_token_bucket() -> None:
     assert banked == 2
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_the_fake_servers_slow_first_attempts_are_hedged(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, transport: Transport
 ) -> None:
     """Against the fake server with slow first attempts (hedges are not slow there),
-    `Hedging()` cuts the worst latency from the 6 s delay to about the p95 TTFT."""
+    `Hedging()` cuts the worst latency from the 6 s delay to about the p95 TTFT, on
+    either transport (the lean one must close a losing leg's socket too)."""
     load = LoadModel(slow_first_share=0.04, slow_first_delay=6.0)
     timing = TimingModel(ttft=0.1, itl=0.001)
     async with open_fake_server(load=load, timing=timing, seed=3) as server:
         cfg = config(
             Hedging(),
-            endpoint=Endpoint(base_url=server.base_url, model="m"),
+            endpoint=Endpoint(base_url=server.base_url, model="m", transport=transport),
             flow=FlowControl(),
         )
         sink = MemoryEventSink()

@@ -114,6 +114,8 @@ BELOW_THE_PIPELINE = (
     "shardline._state",
     "shardline._attempt",
     "shardline._http",
+    "shardline._transport",
+    "shardline._transport_body",
     "shardline._openai",
     "shardline._openai_apis",
     "shardline._wirecheck",

@@ -26,6 +26,7 @@ from ._config import (
     DEFAULT_SHARD_COUNT,
     DEFAULT_STALL_TIMEOUT,
     DEFAULT_TTFT_TIMEOUT,
+    TRANSPORTS,
     Deadlines,
     Endpoint,
     Hedging,
@@ -49,6 +50,7 @@ class UsageError(Exception):
 #: Which option sets the parameter a ConfigError message starts with.
 _OPTION_FOR_PARAM = {
     "base_url": "--base-url (OPENAI_BASE_URL)",
+    "transport": "--transport (SHARDLINE_TRANSPORT)",
     "shard_count": "--shards (SHARD_COUNT)",
     "concurrency": "--concurrency (LLM_CONCURRENCY)",
     "queue_size": "--queue-size",
@@ -95,7 +97,10 @@ def build_config(
     try:
         urls: list[str] = getattr(args, "base_url", None) or []
         endpoint = Endpoint.from_env(
-            environ, base_url=urls[0] if urls else None, model=getattr(args, "model", None)
+            environ,
+            base_url=urls[0] if urls else None,
+            model=getattr(args, "model", None),
+            transport=getattr(args, "transport", None),
         )
         shard_count = getattr(args, "shards", None)
         if len(urls) > 1:
@@ -183,6 +188,13 @@ def add_endpoint_options(p: argparse.ArgumentParser) -> None:
         ),
     )
     e.add_argument("--model", metavar="NAME", help="default model (env OPENAI_MODEL)")
+    e.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        help="what carries requests under httpx: httpx's own transport, or 'lean', "
+        "shardline's HTTP/1.1 transport (less CPU per streamed event; no HTTP/2 or proxy) "
+        "(env SHARDLINE_TRANSPORT; default: httpx)",
+    )
 
 
 def add_deadline_options(p: argparse.ArgumentParser, *, stall: bool = True) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import ssl
 from collections.abc import Callable, Iterator
@@ -37,6 +38,7 @@ from ._exceptions import (
     StallTimeout,
     TTFTTimeout,
 )
+from ._transport import LeanTransport
 from ._validate import integer
 
 __all__ = [
@@ -60,6 +62,8 @@ DEFAULT_KEEPALIVE_EXPIRY = 30.0
 
 _USER_AGENT = "shardline (httpx; trio)"
 
+log = logging.getLogger("shardline")
+
 
 def make_client(
     endpoint: Endpoint, *, max_connections: int, deadlines: Deadlines
@@ -72,6 +76,13 @@ def make_client(
     the pool and never opens a socket per request. Use it with
     ``async with client:`` and close it when the shard ends.
 
+    ``endpoint.transport`` picks what is under the client: httpx's own
+    transport (httpcore's pool), or ``"lean"``, shardline's
+    :class:`~shardline._transport.LeanTransport` (HTTP/1.1, one LIFO stack of
+    idle sockets, less CPU per event). With a proxy variable in the
+    environment, ``"lean"`` falls back to httpx's transport, which applies the
+    proxy (and ``NO_PROXY``); a log line says so.
+
     Timeouts: ``connect`` and ``pool`` come from ``deadlines.connect``;
     ``read`` is ``None`` on purpose. A read timeout restarts at every byte, so a
     server that drips keep-alive comments never trips it (openai-python's
@@ -82,7 +93,7 @@ def make_client(
 
     Args:
         endpoint: Where to connect; ``endpoint.http2`` selects HTTP/2 (needs
-            the ``shardline[http2]`` extra).
+            the ``shardline[http2]`` extra), ``endpoint.transport`` the transport.
         max_connections: The shard's in-flight cap (>= 1).
         deadlines: Supplies the connect/pool timeout.
 
@@ -90,25 +101,49 @@ def make_client(
         ConfigError: for a bad ``max_connections``, or HTTP/2 without ``h2``.
     """
     integer("max_connections", ge=1)(None, None, max_connections)
+    timeout = httpx.Timeout(
+        connect=deadlines.connect, read=None, write=None, pool=deadlines.connect
+    )
+    verify = _ssl_context(endpoint.base_url)
+    if endpoint.transport == "lean":
+        if not _proxy_in_environment():
+            return httpx.AsyncClient(
+                transport=LeanTransport(
+                    ssl_context=verify,
+                    max_connections=max_connections,
+                    keepalive_expiry=DEFAULT_KEEPALIVE_EXPIRY,
+                ),
+                timeout=timeout,
+                follow_redirects=False,
+                headers={"user-agent": _USER_AGENT},
+            )
+        _log_proxy_fallback(endpoint.base_url)
     limits = httpx.Limits(
         max_connections=max_connections,
         max_keepalive_connections=max_connections,
         keepalive_expiry=DEFAULT_KEEPALIVE_EXPIRY,
     )
-    timeout = httpx.Timeout(
-        connect=deadlines.connect, read=None, write=None, pool=deadlines.connect
-    )
     try:
         return httpx.AsyncClient(
             limits=limits,
             timeout=timeout,
-            verify=_ssl_context(endpoint.base_url),
+            verify=verify,
             http2=endpoint.http2,
             follow_redirects=False,
             headers={"user-agent": _USER_AGENT},
         )
     except ImportError as exc:  # http2=True without the h2 package
         raise ConfigError("http2=True needs the h2 package: install shardline[http2]") from exc
+
+
+@functools.cache
+def _log_proxy_fallback(base_url: str) -> None:
+    """Say once per endpoint that ``transport="lean"`` gave way to a proxy."""
+    log.warning(
+        "transport='lean' for %s: a proxy is set in the environment, so httpx's own"
+        " transport is used (the lean transport speaks to servers directly)",
+        base_url,
+    )
 
 
 #: Environment variables that can send a plain-http endpoint's traffic through a
@@ -125,11 +160,14 @@ def _ssl_context(base_url: str) -> ssl.SSLContext:
     and start-up does not load the bundle. Everything else gets
     :func:`_default_ssl_context`.
     """
-    if base_url.startswith("http://") and not any(
-        name.lower() in _PROXY_VARIABLES for name in os.environ
-    ):
+    if base_url.startswith("http://") and not _proxy_in_environment():
         return _no_tls_context()
     return _default_ssl_context()
+
+
+def _proxy_in_environment() -> bool:
+    """Whether a proxy variable is set (httpx would read it with ``trust_env``)."""
+    return any(name.lower() in _PROXY_VARIABLES for name in os.environ)
 
 
 @functools.cache

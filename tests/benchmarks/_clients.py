@@ -4,6 +4,8 @@ KIND is one of:
 
 * ``shardline`` -- ``open_pipeline`` + ``Pipeline.map``, events to a JSONL sink, report
   computed from the events file with ``compute_report`` (our own TPM).
+* ``shardline-lean`` -- the same with ``Endpoint(transport="lean")``: shardline's own
+  HTTP/1.1 transport under httpx instead of httpcore's pool.
 * ``semaphore`` -- the pattern common in production pipelines: asyncio + the official
   ``openai.AsyncOpenAI`` client (one per shard, default timeouts and retries) + one
   ``asyncio.Semaphore`` per shard + doubling backoff capped at 30 s, all items
@@ -108,9 +110,20 @@ def run_shardline(p: dict[str, Any], out: Out) -> dict[str, Any]:
         class _Rewrite(httpx.AsyncBaseTransport):
             def __init__(self, port: int, limit: int) -> None:
                 self.port = port
-                self.inner = httpx.AsyncHTTPTransport(
-                    limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
-                )
+                self.inner: httpx.AsyncBaseTransport
+                if p.get("transport") == "lean":
+                    from shardline._http import DEFAULT_KEEPALIVE_EXPIRY, _no_tls_context
+                    from shardline._transport import LeanTransport
+
+                    self.inner = LeanTransport(
+                        ssl_context=_no_tls_context(),
+                        max_connections=limit,
+                        keepalive_expiry=DEFAULT_KEEPALIVE_EXPIRY,
+                    )
+                else:
+                    self.inner = httpx.AsyncHTTPTransport(
+                        limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
+                    )
 
             async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
                 request.url = request.url.copy_with(port=self.port)
@@ -127,7 +140,12 @@ def run_shardline(p: dict[str, Any], out: Out) -> dict[str, Any]:
 
     deadlines = Deadlines(**p.get("deadlines", {}))
     config = PipelineConfig(
-        endpoint=Endpoint(base_url=urls[0], api_key="sk-bench", model=p["model"]),
+        endpoint=Endpoint(
+            base_url=urls[0],
+            api_key="sk-bench",
+            model=p["model"],
+            transport=p.get("transport", "httpx"),
+        ),
         shard_count=shards,
         concurrency=p["concurrency"],
         deadlines=deadlines,
@@ -468,6 +486,11 @@ def run_shardline_opt(p: dict[str, Any], out: Out) -> dict[str, Any]:
     return run_shardline({**p, "opt": p.get("opt") or list(PATCHES)}, out)
 
 
+def run_shardline_lean(p: dict[str, Any], out: Out) -> dict[str, Any]:
+    """shardline on its lean transport (``Endpoint(transport="lean")``)."""
+    return run_shardline({**p, "transport": "lean"}, out)
+
+
 def run_shardline_nosink(p: dict[str, Any], out: Out) -> dict[str, Any]:
     """shardline with a sink that drops every event (what the JSONL events cost)."""
     return run_shardline({**p, "sink": "null"}, out)
@@ -616,6 +639,7 @@ def run_raw(p: dict[str, Any], out: Out) -> dict[str, Any]:
 KINDS = {
     "shardline": run_shardline,
     "shardline-opt": run_shardline_opt,
+    "shardline-lean": run_shardline_lean,
     "shardline-nosink": run_shardline_nosink,
     "semaphore": run_semaphore,
     "httpx": run_httpx,

@@ -15,6 +15,7 @@ Clients (see ``_clients.py``):
 
 * ``shardline``: ``open_pipeline`` + ``Pipeline.map``, events written to a JSONL
   file, TPM from ``compute_report`` on that file;
+* ``shardline-lean``: the same on ``Endpoint(transport="lean")``;
 * ``semaphore``: asyncio + ``openai.AsyncOpenAI`` (one per shard) + one
   ``asyncio.Semaphore`` per shard + doubling backoff capped at 30 s;
 * ``httpx``: one ``httpx.AsyncClient`` + one ``trio.CapacityLimiter``, no pipeline
@@ -27,10 +28,11 @@ events arrive one or a few per read, as from a real server).
 
 Columns: completion tokens/s and requests/s over the load phase; client CPU
 milliseconds per request (``resource.getrusage`` of the client process over the
-load phase); server CPU as a fraction of one core (``/proc``: near 1.0 means
+load phase) and microseconds per streamed event (one content event per
+completion token); server CPU as a fraction of one core (``/proc``: near 1.0 means
 the server, not the client, is the limit); for shardline, the peak completion
-TPM of its own report. Ratios are of requests/s, against the semaphore pattern
-and against raw httpx, measured in the same run.
+TPM of its own report. Ratios are of requests/s (and CPU per request), against
+the semaphore pattern, raw httpx and httpx-sharded, measured in the same run.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from _harness import (
 
 KINDS = (
     "shardline",
+    "shardline-lean",
     "shardline-opt",
     "shardline-nosink",
     "semaphore",
@@ -104,6 +107,8 @@ def summarize(runs: list[ClientRun]) -> dict[str, Any]:
         "tok_s": med(lambda r: r.completion_tokens / r.wall_s),
         "req_s": med(lambda r: r.ok / r.wall_s),
         "cpu_ms": med(lambda r: 1000 * r.summary["cpu_s"] / max(1, r.ok)),
+        # One content event per completion token: client CPU per streamed event.
+        "cpu_us_event": med(lambda r: 1e6 * r.summary["cpu_s"] / max(1, r.completion_tokens)),
         "client_util": med(lambda r: r.summary["cpu_s"] / r.wall_s),
         "server_util": med(lambda r: r.server_cpu_s / r.wall_s),
         "ok": sum(r.ok for r in done),
@@ -127,29 +132,34 @@ def summarize(runs: list[ClientRun]) -> dict[str, Any]:
 def render(results: dict[str, dict[str, Any]], label: str) -> str:
     base = results.get("semaphore", {})
     floor = results.get("httpx", {})
+    sharded = results.get("httpx-sharded", {})
     rows = []
     for kind in KINDS:
         r = results.get(kind)
         if r is None:
             continue
         if not r["finished"]:
-            rows.append([kind, "not finished", *["-"] * 9])
+            rows.append([kind, "not finished", *["-"] * 11])
             continue
         vs_sem = r["req_s"] / base["req_s"] if base.get("finished") else None
         vs_httpx = r["req_s"] / floor["req_s"] if floor.get("finished") else None
         cpu_vs_sem = base["cpu_ms"] / r["cpu_ms"] if base.get("finished") else None
         cpu_vs_httpx = floor["cpu_ms"] / r["cpu_ms"] if floor.get("finished") else None
+        vs_sharded = r["req_s"] / sharded["req_s"] if sharded.get("finished") else None
+        cpu_vs_sharded = sharded["cpu_ms"] / r["cpu_ms"] if sharded.get("finished") else None
         rows.append(
             [
                 kind,
                 fmt(r["tok_s"], ",.0f"),
                 fmt(r["req_s"], ",.1f"),
                 fmt(r["cpu_ms"], ".2f"),
+                fmt(r["cpu_us_event"], ".1f"),
                 fmt(r["client_util"], ".2f"),
                 fmt(r["server_util"], ".2f"),
                 fmt(r["tpm"], ",.0f") if r["tpm"] is not None else "-",
                 f"{fmt(vs_sem)}x / {fmt(cpu_vs_sem)}x",
                 f"{fmt(vs_httpx)}x / {fmt(cpu_vs_httpx)}x",
+                f"{fmt(vs_sharded)}x / {fmt(cpu_vs_sharded)}x",
                 f"{r['ok']}/{r['requests']}",
             ]
         )
@@ -158,11 +168,13 @@ def render(results: dict[str, dict[str, Any]], label: str) -> str:
         "completion tok/s",
         "req/s",
         "client CPU ms/req",
+        "client CPU µs/event",
         "client CPU (cores)",
         "server CPU (cores)",
         "TPM out (own report)",
         "vs semaphore (req/s / CPU)",
         "vs raw httpx (req/s / CPU)",
+        "vs httpx-sharded (req/s / CPU)",
         "ok/requests",
     ]
     return f"### {label}\n\n" + table(headers, rows)

@@ -42,6 +42,7 @@ AREAS: list[tuple[str, str]] = [
     ),
     ("metrics/report", r"[(/]shardline/(_report|_report_builder|_report_text|_live)\.py"),
     ("h11 (HTTP/1.1 parsing)", r"[(/]h11/"),
+    ("lean transport (shardline._transport*)", r"[(/]shardline/_transport(_body)?\.py"),
     ("httpcore (pool, connection)", r"[(/]httpcore/"),
     ("httpx (client, models, decoders)", r"[(/]httpx/"),
     ("trio socket send/recv (syscalls)", r"_nonblocking_helper \(trio/"),
