@@ -22,7 +22,7 @@ from shardline._flow import (
     classify,
 )
 from shardline._flow_latency import GradientSignal, NoLoadMin, VegasSignal, make_latency_signal
-from test_flow_sim import CutServer, run_workload
+from test_flow_sim import CapacityServer, CutServer, NoisyServer, run_workload
 
 
 def test_validation_names_the_parameter_and_bound() -> None:
@@ -407,3 +407,31 @@ async def test_random_losses_below_the_tolerance_do_not_lower_the_limit(
     for permit in permits:  # now every request is refused
         flow.on_overload(permit, "rate_limited")
     assert flow.limit < 32
+
+
+@pytest.mark.parametrize(("capacity", "expected"), [(1000, (28, 32)), (16, (9, 20))])
+async def test_background_loss_is_learned_and_does_not_hold_the_limit_down(
+    autojump_clock: trio.testing.MockClock, capacity: int, expected: tuple[int, int]
+) -> None:
+    """15 % of requests fail at random whatever the load: the limit learns it from
+    requests that were alone in flight, then climbs to the ceiling (or to the
+    server's capacity, still found by its refusals) instead of sitting near 1."""
+    rng = random.Random(5)
+    server = NoisyServer(inner=CapacityServer(capacity=capacity, rng=rng), loss=0.15, rng=rng)
+    flow = AdaptiveLimit(ceiling=32, latency=None)
+    result = await run_workload(server, flow, workers=48, duration=600.0, rng=rng)
+    assert flow.statistics().noise == pytest.approx(0.15, abs=0.1)
+    low, high = expected
+    assert low <= result.mean_limit(since=300.0) <= high
+    assert server.peak <= max(capacity, 32) + 1
+    assert result.limit_violations == 0
+
+
+async def test_a_server_without_background_loss_learns_none(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Refusals beyond capacity and cut streams never reach a request alone in flight."""
+    rng = random.Random(2)
+    flow = AdaptiveLimit(ceiling=8)
+    await run_workload(CutServer(rng=rng), flow, workers=16, duration=600.0, rng=rng)
+    assert flow.statistics().noise == 0.0

@@ -121,7 +121,31 @@ class CutServer:
                 self._current = None
 
 
-Server = CapacityServer | QueueServer | CutServer
+@attrs.define(eq=False)
+class NoisyServer:
+    """Background loss: a share ``loss`` of requests fails at random whatever the load
+    (resets, 503s, stalls of a flaky gateway), on top of ``inner`` (its capacity)."""
+
+    inner: CapacityServer
+    loss: float
+    rng: random.Random
+
+    @property
+    def in_server(self) -> int:
+        return self.inner.in_server
+
+    @property
+    def peak(self) -> int:
+        return self.inner.peak
+
+    async def serve(self) -> Served:
+        if self.rng.random() < self.loss:
+            await trio.sleep(self.rng.uniform(0.05, 0.5))
+            return self.rng.choice([Cause.CONNECTION_LOST, Cause.SERVER_ERROR]), 503, None
+        return await self.inner.serve()
+
+
+Server = CapacityServer | QueueServer | CutServer | NoisyServer
 
 
 @attrs.define(eq=False)

@@ -24,7 +24,14 @@ its own :class:`trio.CapacityLimiter` as its own ceiling.
   request is probed ever more rarely, the way CUBIC plateaus near its last
   loss; a server that grew is found again as probes succeed;
 * **braked** by a latency signal (:mod:`shardline._flow_latency`) on servers
-  that queue instead of refusing: TTFT above its no-load minimum caps the limit.
+  that queue instead of refusing: TTFT above its no-load minimum caps the limit;
+* **not fooled by background loss**: a request that was alone in flight from
+  send to end measures the server's loss without load. Once
+  :data:`NOISE_SAMPLES` such requests show a share of overload signals of at
+  least :data:`NOISE_MIN` (a flaky gateway, a fault mix), that share plus
+  :data:`NOISE_MARGIN` becomes the tolerance at every level, the limit stops
+  treating single signals as answers, and it starts over from slow start:
+  what lowered it was noise, and only overload beyond it lowers it again.
 
 Nothing in flight is cancelled when the limit drops; new acquires wait.
 
@@ -57,6 +64,7 @@ __all__ = [
     "DEFAULT_LOSS_TOLERANCE",
     "DEFAULT_PROBE_INTERVAL",
     "MAX_PROBE_STRIKES",
+    "NOISE_MIN",
     "OVERLOAD_STATUS_CODES",
     "AdaptiveLimit",
     "FlowPermit",
@@ -97,6 +105,15 @@ SLOW_START_EXIT = 1.5
 #: Failed probes at one level double the successes the next probe costs, up to
 #: ``2**MAX_PROBE_STRIKES`` times the limit.
 MAX_PROBE_STRIKES = 6
+#: Background loss: the last NOISE_WINDOW load signals of requests alone in flight
+#: (from send to end) measure it, once there are NOISE_SAMPLES of them; from a share
+#: of NOISE_MIN it is the server's, not the load's, and overload must exceed it by
+#: NOISE_MARGIN to count. A server that refuses beyond its capacity, or cuts a stream
+#: when another arrives, loses nothing of a request that is alone.
+NOISE_WINDOW = 50
+NOISE_SAMPLES = 20
+NOISE_MIN = 0.05
+NOISE_MARGIN = 0.05
 
 
 @attrs.frozen(kw_only=True)
@@ -114,6 +131,9 @@ class FlowStatistics:
     refused_at: int | None
     #: Failed probes at that level.
     strikes: int
+    #: The server's background loss: the share of overload signals of requests
+    #: alone in flight (0 until :data:`NOISE_SAMPLES` of them were seen).
+    noise: float = 0.0
 
 
 @attrs.define(eq=False)
@@ -122,6 +142,9 @@ class FlowPermit:
 
     epoch: int
     acquired_at: float
+    #: Granted while nothing else was in flight (a sample of background loss if
+    #: nothing else is in flight when it ends either).
+    alone: bool = False
     released: bool = False
 
 
@@ -185,6 +208,8 @@ class AdaptiveLimit:
         default=DEFAULT_LOSS_TOLERANCE, validator=number("loss_tolerance", ge=0, lt=1)
     )
     _recent: deque[bool] = attrs.field(init=False, factory=lambda: deque(maxlen=LOSS_WINDOW))
+    _alone: deque[bool] = attrs.field(init=False, factory=lambda: deque(maxlen=NOISE_WINDOW))
+    _noise: float = attrs.field(init=False, default=0.0)
     _estimate: float = attrs.field(init=False, default=0.0)
     _in_flight: int = attrs.field(init=False, default=0)
     _epoch: int = attrs.field(init=False, default=0)
@@ -249,13 +274,15 @@ class AdaptiveLimit:
             last_reason=self._last_reason,
             refused_at=self._refused_at,
             strikes=self._strikes,
+            noise=self._noise,
         )
 
     # -- acquiring -------------------------------------------------------------------
 
     def _grant(self) -> FlowPermit:
+        alone = self._in_flight == 0
         self._in_flight += 1
-        return FlowPermit(epoch=self._epoch, acquired_at=trio.current_time())
+        return FlowPermit(epoch=self._epoch, acquired_at=trio.current_time(), alone=alone)
 
     def acquire_nowait(self) -> FlowPermit:
         """Take a permit without blocking.
@@ -328,6 +355,7 @@ class AdaptiveLimit:
         now = trio.current_time()
         self._last_answer = now
         self._recent.append(False)
+        self._sample(permit, held, loss=False)
         try:  # even if on_change raises, the freed slot goes to a waiter
             measuring, change = self._measure(permit, ttft_s, now)
             if not measuring:
@@ -344,13 +372,19 @@ class AdaptiveLimit:
         """
         held = self._release(permit)
         self._recent.append(True)
-        if (
-            permit.epoch == self._epoch
-            and self.limit >= LOSS_TOLERANCE_FROM
-            and not self._probing()
-            and not self._overloaded()
+        if self._sample(permit, held, loss=True):
+            self._wake()  # the limit started over: more may go now
+            return None
+        if not self._overloaded() and (
+            self._noise >= NOISE_MIN
+            or (
+                permit.epoch == self._epoch
+                and self.limit >= LOSS_TOLERANCE_FROM
+                and not self._probing()
+            )
         ):
-            # Noise at a level the server has been taking: nothing to learn.
+            # Noise at a level the server has been taking: nothing to learn. On a
+            # server with background loss, no single signal is an answer, at any level.
             self._wake()
             return None
         self._slow_start = False
@@ -369,9 +403,37 @@ class AdaptiveLimit:
     def _overloaded(self) -> bool:
         """Whether the recent overload signals are more than noise."""
         losses = sum(self._recent)
-        if self.loss_tolerance == 0:
+        tolerance = self.loss_tolerance
+        noise = self._noise
+        if noise >= NOISE_MIN:
+            # Three standard deviations of the background loss over the window:
+            # its own ups and downs are not overload.
+            spread = 3.0 * math.sqrt(noise * (1.0 - noise) / LOSS_WINDOW)
+            tolerance = max(tolerance, noise + max(NOISE_MARGIN, spread))
+        if tolerance == 0:
             return losses > 0
-        return losses >= max(2, math.ceil(self.loss_tolerance * len(self._recent)))
+        return losses >= max(2, math.ceil(tolerance * len(self._recent)))
+
+    def _sample(self, permit: FlowPermit, held: int, *, loss: bool) -> bool:
+        """Record a request that was alone from send to end as a sample of background
+        loss. Returns whether the background loss was just found: the limit then
+        starts over from slow start (what lowered it was the server's loss, not load).
+        """
+        if not (permit.alone and held == 1):
+            return False
+        alone = self._alone
+        alone.append(loss)
+        if len(alone) < NOISE_SAMPLES:
+            return False
+        was = self._noise
+        self._noise = sum(alone) / len(alone)
+        if was >= NOISE_MIN or self._noise < NOISE_MIN:
+            return False
+        self._refused_at = None
+        self._strikes = 0
+        self._credit = 0.0
+        self._slow_start = True
+        return True
 
     def on_ignore(self, permit: FlowPermit) -> None:
         """Give back ``permit`` after an attempt that says nothing about load (or was cancelled)."""

@@ -374,13 +374,13 @@ async def send_hedged(
     Cancellation: cancelling the caller cancels both legs; each settles its
     permit, charge and events as any cancelled attempt does.
     """
-    hedger.budget.record_request()
     race = _Race(hedger=hedger, item=item, attempt=attempt, origin=shard)
     first = _Leg(race=race, hedge=False, shard=shard)
     race.legs.append(first)
     delay = hedger.delay(shard)
     if delay is None:
         first.started = shard.state.now()
+        hedger.budget.record_request()  # with no await before its attempt_start
         result = await send_one(
             shard, item, attempt, charge, estimate_in, permit, ticket, race=first
         )
@@ -408,6 +408,9 @@ async def _first_leg(
 ) -> None:
     assert leg.shard is not None
     with leg.scope:
+        # Counted here, with no await before the attempt_start it emits: the
+        # budget's requests are exactly the first legs sent so far.
+        race.hedger.budget.record_request()
         leg.result = await send_one(
             leg.shard, race.item, race.attempt, charge, estimate_in, permit, ticket, race=leg
         )
