@@ -28,10 +28,11 @@ its own :class:`trio.CapacityLimiter` as its own ceiling.
 * **not fooled by background loss**: a request that was alone in flight from
   send to end measures the server's loss without load. Once
   :data:`NOISE_SAMPLES` such requests show a share of overload signals of at
-  least :data:`NOISE_MIN` (a flaky gateway, a fault mix), that share plus
-  :data:`NOISE_MARGIN` becomes the tolerance at every level, the limit stops
-  treating single signals as answers, and it starts over from slow start:
-  what lowered it was noise, and only overload beyond it lowers it again.
+  least :data:`NOISE_MIN` (a flaky gateway, a fault mix), overload must
+  exceed that share by its own spread (at least :data:`NOISE_MARGIN`) at every
+  level, single signals are no answer, and the limit starts over from slow
+  start with its window of recent signals cleared: what lowered it was noise,
+  and only overload beyond it lowers it again.
 
 Nothing in flight is cancelled when the limit drops; new acquires wait.
 
@@ -406,9 +407,14 @@ class AdaptiveLimit:
         tolerance = self.loss_tolerance
         noise = self._noise
         if noise >= NOISE_MIN:
-            # Three standard deviations of the background loss over the window:
-            # its own ups and downs are not overload.
-            spread = 3.0 * math.sqrt(noise * (1.0 - noise) / LOSS_WINDOW)
+            if len(self._recent) < NOISE_SAMPLES:
+                return False  # too few signals since the limit started over
+            # Three standard deviations of the background loss over the window, and
+            # two of its estimate: their ups and downs are not overload.
+            variance = noise * (1.0 - noise)
+            spread = 3.0 * math.sqrt(variance / LOSS_WINDOW) + 2.0 * math.sqrt(
+                variance / len(self._alone)
+            )
             tolerance = max(tolerance, noise + max(NOISE_MARGIN, spread))
         if tolerance == 0:
             return losses > 0
@@ -433,6 +439,7 @@ class AdaptiveLimit:
         self._strikes = 0
         self._credit = 0.0
         self._slow_start = True
+        self._recent.clear()  # the losses that lowered it were misread
         return True
 
     def on_ignore(self, permit: FlowPermit) -> None:
