@@ -30,7 +30,7 @@ from ._report import RunReport
 from ._report_builder import ReportBuilder
 from ._report_series import RunSeries, SeriesBuilder
 from ._report_svg import PALETTE, Band, Bars, Line, Marker, histogram, stacked_bars, step_lines
-from ._report_text import _fmt_duration, _fmt_rate, _fmt_s
+from ._report_text import _fmt_duration, _fmt_rate, _fmt_s, proof_rows
 
 __all__ = ["render_html", "report_and_series"]
 
@@ -111,16 +111,7 @@ def _figure(svg: str, caption: str) -> str:
 
 
 def _proof(report: RunReport) -> str:
-    rows = [
-        ("run_id", report.run_id),
-        ("shard_count", str(report.shard_count)),
-        ("proof_minute_utc", report.proof_minute_utc or "-"),
-        ("peak_aggregate_tpm_total", f"{report.peak_aggregate_tpm_total:,}"),
-        ("peak_completion_tpm_out", f"{report.peak_completion_tpm_out:,}"),
-        ("peak_prompt_tpm_in", f"{report.peak_prompt_tpm_in:,}"),
-        ("events_sha256", report.events_sha256 or "- (not from a file)"),
-    ]
-    return f'<div class="proof">{_kv(rows, name="proof")}</div>'
+    return f'<div class="proof">{_kv(proof_rows(report), name="proof")}</div>'
 
 
 def _summary(report: RunReport) -> str:

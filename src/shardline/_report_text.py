@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ._report import RunReport
 
-__all__ = ["render_text"]
+__all__ = ["proof_rows", "render_text"]
 
 
 def _fmt_s(value: float | None) -> str:
@@ -45,6 +45,19 @@ _ANSWER_LABELS = {
 }
 
 
+def proof_rows(report: RunReport) -> list[tuple[str, str]]:
+    """The proof block's rows, as the text and HTML reports both show them."""
+    return [
+        ("run_id", report.run_id),
+        ("shard_count", str(report.shard_count)),
+        ("proof_minute_utc", report.proof_minute_utc or "-"),
+        ("peak_aggregate_tpm_total", f"{report.peak_aggregate_tpm_total:,}"),
+        ("peak_completion_tpm_out", f"{report.peak_completion_tpm_out:,}"),
+        ("peak_prompt_tpm_in", f"{report.peak_prompt_tpm_in:,}"),
+        ("events_sha256", report.events_sha256 or "- (not from a file)"),
+    ]
+
+
 def render_text(report: RunReport, *, width: int = 100) -> str:
     """A readable, plain-text report (rich tables, no colour), for terminals and logs.
 
@@ -65,16 +78,7 @@ def render_text(report: RunReport, *, width: int = 100) -> str:
     proof = Table(title="proof", title_justify="left", show_header=False, box=None, pad_edge=False)
     proof.add_column(style="bold", no_wrap=True)
     proof.add_column(no_wrap=True)
-    rows: list[tuple[str, str]] = [
-        ("run_id", report.run_id),
-        ("shard_count", str(report.shard_count)),
-        ("proof_minute_utc", report.proof_minute_utc or "-"),
-        ("peak_aggregate_tpm_total", f"{report.peak_aggregate_tpm_total:,}"),
-        ("peak_completion_tpm_out", f"{report.peak_completion_tpm_out:,}"),
-        ("peak_prompt_tpm_in", f"{report.peak_prompt_tpm_in:,}"),
-        ("events_sha256", report.events_sha256 or "- (not from a file)"),
-    ]
-    for name, value in rows:
+    for name, value in proof_rows(report):
         proof.add_row(name, value)
     console.print(proof)
     console.print()
