@@ -47,7 +47,7 @@ from typing import IO, Any
 import attrs
 
 from ._jsonl import CHUNK, IdSet, peek_id
-from ._models import Outcome, Status
+from ._models import Outcome, Result, Status
 
 __all__ = [
     "OutputWriter",
@@ -56,6 +56,27 @@ __all__ = [
     "prepare_resume",
     "repair_torn_tail",
 ]
+
+
+def answer_fields(result: Result) -> dict[str, Any]:
+    """The parts of an answer beyond its text that it has, as an output record holds them:
+    ``tool_calls`` (each with ``arguments_valid``), ``reasoning``, ``refusal``,
+    ``logprobs`` and ``embeddings``."""
+    fields: dict[str, Any] = {}
+    if result.tool_calls:
+        fields["tool_calls"] = [
+            {**call.to_json(), "arguments_valid": call.arguments_valid}
+            for call in result.tool_calls
+        ]
+    if result.reasoning is not None:
+        fields["reasoning"] = result.reasoning
+    if result.refusal is not None:
+        fields["refusal"] = result.refusal
+    if result.logprobs is not None:
+        fields["logprobs"] = list(result.logprobs)
+    if result.embeddings is not None:
+        fields["embeddings"] = result.embeddings
+    return fields
 
 
 def outcome_to_json(outcome: Outcome, *, line: int | None = None) -> dict[str, Any]:
@@ -76,19 +97,7 @@ def outcome_to_json(outcome: Outcome, *, line: int | None = None) -> dict[str, A
             ttft_s=_round(result.ttft_s),
             latency_s=_round(result.latency_s),
         )
-        if result.tool_calls:
-            record["tool_calls"] = [
-                {**call.to_json(), "arguments_valid": call.arguments_valid}
-                for call in result.tool_calls
-            ]
-        if result.reasoning is not None:
-            record["reasoning"] = result.reasoning
-        if result.refusal is not None:
-            record["refusal"] = result.refusal
-        if result.logprobs is not None:
-            record["logprobs"] = list(result.logprobs)
-        if result.embeddings is not None:
-            record["embeddings"] = result.embeddings
+        record.update(answer_fields(result))
         return record
     error = outcome.error
     cause = outcome.cause

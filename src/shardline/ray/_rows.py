@@ -20,8 +20,8 @@ from typing import Any
 import attrs
 
 from .._exceptions import InputError
-from .._jsonl_output import outcome_to_json
-from .._models import ItemId, Outcome, Request, request_from_json
+from .._jsonl_output import answer_fields, outcome_to_json
+from .._models import ItemId, Outcome, Request, Result, request_from_json
 
 __all__ = [
     "COLUMNS",
@@ -206,7 +206,7 @@ def row_of(outcome: Outcome) -> dict[str, Any]:
             "shard": result.shard,
             "ttft_s": result.ttft_s,
             "latency_s": result.latency_s,
-            **_answer_columns(outcome),
+            **_answer_columns(result),
         }
     cause = outcome.cause
     return {
@@ -230,9 +230,9 @@ def row_of(outcome: Outcome) -> dict[str, Any]:
     }
 
 
-def _answer_columns(outcome: Outcome) -> dict[str, Any]:
+def _answer_columns(result: Result) -> dict[str, Any]:
     """Tool calls (as the output line's JSON text), reasoning, refusal and vectors."""
-    record = outcome_to_json(outcome)
+    record = answer_fields(result)
     calls = record.get("tool_calls")
     vectors = record.get("embeddings")
     return {
