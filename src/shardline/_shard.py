@@ -400,7 +400,7 @@ class Shard:
         ``permit``; give the slot back and tell the endpoint's health how it went."""
         state = self.state
         result: Outcome | AttemptError | None = None
-        hedged = self.hedger is not None and not probe
+        hedger = None if probe else self.hedger  # a probe is never hedged
         try:
             try:
                 if state.rpm is not None:
@@ -409,15 +409,15 @@ class Shard:
             except BaseException:
                 self.abandon(permit, ticket)
                 raise
-            if self.hedger is None or not hedged:
+            if hedger is None:
                 result = await send_one(self, item, attempt, charge, estimate_in, permit, ticket)
             else:
                 result = await send_hedged(
-                    self.hedger, self, item, attempt, charge, estimate_in, estimate, permit, ticket
+                    hedger, self, item, attempt, charge, estimate_in, estimate, permit, ticket
                 )
         finally:
             self._limiter.release_on_behalf_of(token)
-            if not hedged:  # a hedged attempt's legs settle their own shards' health
+            if hedger is None:  # a hedged attempt's legs settle their own shards' health
                 self.settle_health(result, probe)
         return result
 
