@@ -113,7 +113,7 @@ MAX_PROBE_STRIKES = 6
 #: when another arrives, loses nothing of a request that is alone.
 NOISE_WINDOW = 50
 NOISE_SAMPLES = 20
-NOISE_MIN = 0.05
+NOISE_MIN = 0.1
 NOISE_MARGIN = 0.05
 
 
