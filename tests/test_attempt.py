@@ -14,6 +14,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -29,7 +30,7 @@ from shardline._attempt import (
     AttemptResult,
     send_attempt,
 )
-from shardline._config import Deadlines, Endpoint
+from shardline._config import Deadlines, Endpoint, Transport
 from shardline._exceptions import (
     AttemptError,
     AttemptTimeout,
@@ -46,8 +47,14 @@ from shardline._exceptions import (
     Truncated,
     TTFTTimeout,
 )
-from shardline._http import ERROR_BODY_GRACE, make_client, map_exceptions
+from shardline._http import (
+    DEFAULT_KEEPALIVE_EXPIRY,
+    ERROR_BODY_GRACE,
+    make_client,
+    map_exceptions,
+)
 from shardline._models import ChatRequest, CompletionRequest, Usage
+from shardline._transport import LeanTransport
 
 SECRET = "sk-test-0123456789abcdef"
 ENDPOINT = Endpoint(base_url="http://fake.test/v1", api_key=SECRET, model="m")
@@ -657,15 +664,27 @@ async def test_non_streamed_reset_is_connection_lost(
 # The client --------------------------------------------------------------------
 
 
-async def test_make_client_sizes_the_pool_and_disables_read_timeout() -> None:
+@pytest.mark.parametrize("transport", ["lean", "httpx"])
+async def test_make_client_sizes_the_pool_and_disables_read_timeout(
+    transport: Transport, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The pool holds cap connections, all kept alive; read timeout is off, connect/pool set."""
+    for name in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
     deadlines = Deadlines(connect=3.0, ttft=10, stall=5, attempt=60)
-    client = make_client(ENDPOINT, max_connections=7, deadlines=deadlines)
+    endpoint = attrs.evolve(ENDPOINT, transport=transport)
+    client = make_client(endpoint, max_connections=7, deadlines=deadlines)
     async with client:
         assert client.timeout == httpx.Timeout(connect=3.0, read=None, write=None, pool=3.0)
-        pool = client._transport._pool  # type: ignore[attr-defined]
-        assert pool._max_connections == 7
-        assert pool._max_keepalive_connections == 7
+        if transport == "lean":
+            assert isinstance(client._transport, LeanTransport)
+            assert client._transport._max == 7
+            assert client._transport._expiry == DEFAULT_KEEPALIVE_EXPIRY
+        else:
+            pool = client._transport._pool  # type: ignore[attr-defined]
+            assert pool._max_connections == 7
+            assert pool._max_keepalive_connections == 7
         assert not client.follow_redirects
 
 
@@ -705,7 +724,10 @@ async def test_make_client_loads_the_ca_bundle_only_when_tls_may_happen(
         monkeypatch.setenv(name, value)
     endpoint = Endpoint(base_url=base_url)
     async with make_client(endpoint, max_connections=1, deadlines=DEADLINES) as client:
-        context = client._transport._pool._ssl_context  # type: ignore[attr-defined]
+        if isinstance(client._transport, LeanTransport):
+            context = client._transport._ssl_context
+        else:  # httpx's transport, under a proxy
+            context = client._transport._pool._ssl_context  # type: ignore[attr-defined]
     assert (context.cert_store_stats()["x509_ca"] > 0) is loads_the_ca_bundle
     assert context.verify_mode is ssl.CERT_REQUIRED
     assert context.check_hostname

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import logging
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -395,7 +396,9 @@ def test_endpoint_transport_is_validated() -> None:
     ):
         Endpoint(transport="lean", http2=True)
     assert Endpoint.from_env({"SHARDLINE_TRANSPORT": " Lean "}).transport == "lean"
-    assert Endpoint.from_env({}).transport == "httpx"
+    assert Endpoint.from_env({}).transport == "lean"
+    assert Endpoint(http2=True).transport == "httpx"
+    assert Endpoint.from_env({"SHARDLINE_TRANSPORT": "httpx"}).transport == "httpx"
     assert Endpoint(transport="lean").safe_dict()["transport"] == "lean"
 
 
@@ -403,6 +406,7 @@ async def test_make_client_picks_the_transport(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """transport='lean' builds a LeanTransport, unless a proxy is set: then httpx's, logged."""
+    caplog.set_level(logging.INFO, logger="shardline")
     for name in (
         "http_proxy",
         "https_proxy",
@@ -432,8 +436,10 @@ def test_the_command_line_chooses_the_transport() -> None:
     args = parser.parse_args(["run", "in.jsonl", "--transport", "lean"])
     assert build_config(args, {}).endpoint.transport == "lean"
     args = parser.parse_args(["run", "in.jsonl"])
-    assert build_config(args, {}).endpoint.transport == "httpx"
-    assert build_config(args, {"SHARDLINE_TRANSPORT": "lean"}).endpoint.transport == "lean"
+    assert build_config(args, {}).endpoint.transport == "lean"
+    assert build_config(args, {"SHARDLINE_TRANSPORT": "httpx"}).endpoint.transport == "httpx"
+    chosen = parser.parse_args(["run", "in.jsonl", "--transport", "httpx"])
+    assert build_config(chosen, {"SHARDLINE_TRANSPORT": "lean"}).endpoint.transport == "httpx"
     several = parser.parse_args(
         [
             "run",

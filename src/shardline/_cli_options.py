@@ -191,9 +191,9 @@ def add_endpoint_options(p: argparse.ArgumentParser) -> None:
     e.add_argument(
         "--transport",
         choices=TRANSPORTS,
-        help="what carries requests under httpx: httpx's own transport, or 'lean', "
-        "shardline's HTTP/1.1 transport (less CPU per streamed event; no HTTP/2 or proxy) "
-        "(env SHARDLINE_TRANSPORT; default: httpx)",
+        help="what carries requests under httpx: 'lean', shardline's HTTP/1.1 transport "
+        "(less CPU per streamed event; no HTTP/2, gives way to a proxy), or 'httpx', httpx's "
+        "own (env SHARDLINE_TRANSPORT; default: lean, httpx with HTTP/2)",
     )
 
 

@@ -104,6 +104,11 @@ class Deadlines:
     )
 
 
+def _default_transport(endpoint: Endpoint) -> Transport:
+    """``"lean"``, or httpx's own transport where HTTP/2 needs it."""
+    return "httpx" if endpoint.http2 else "lean"
+
+
 def _redacted_repr(value: str | None) -> str:
     return "None" if value is None else "'***'"
 
@@ -121,12 +126,13 @@ class Endpoint:
         azure_api_version: When set, use Azure OpenAI conventions: an
             ``api-key`` header and an ``api-version`` query parameter.
         http2: Use HTTP/2 (needs the ``shardline[http2]`` extra).
-        transport: What carries the requests under httpx: ``"httpx"``
-            (httpx's own transport, the default) or ``"lean"``, shardline's
-            HTTP/1.1 transport on trio sockets, with one LIFO stack of idle
-            connections per shard and less client CPU per streamed event.
-            ``"lean"`` does not speak HTTP/2; with a proxy set in the
-            environment it gives way to httpx's transport.
+        transport: What carries the requests under httpx: ``"lean"``,
+            shardline's HTTP/1.1 transport on trio sockets, with one LIFO stack
+            of idle connections per shard and less client CPU per streamed
+            event (the default), or ``"httpx"``, httpx's own transport
+            (httpcore's pool; the default with ``http2=True``). ``"lean"`` does
+            not speak HTTP/2; with a proxy set in the environment it gives way
+            to httpx's transport.
         stream: Stream responses (the default): TTFT and stall deadlines need it.
         weight: This endpoint's share of the shards when a pipeline has
             several (``PipelineConfig.endpoints``); relative, > 0.
@@ -138,7 +144,7 @@ class Endpoint:
     headers: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
     azure_api_version: str | None = None
     http2: bool = False
-    transport: Transport = attrs.field(default="httpx")
+    transport: Transport = attrs.field(default=attrs.Factory(_default_transport, takes_self=True))
     stream: bool = True
     weight: float = attrs.field(default=1.0, validator=number("weight", gt=0))
 

@@ -138,8 +138,11 @@ def make_client(
 
 @functools.cache
 def _log_proxy_fallback(base_url: str) -> None:
-    """Say once per endpoint that ``transport="lean"`` gave way to a proxy."""
-    log.warning(
+    """Say once per endpoint that ``transport="lean"`` gave way to a proxy.
+
+    At INFO: the lean transport is the default, and a proxy is a normal setup.
+    """
+    log.info(
         "transport='lean' for %s: a proxy is set in the environment, so httpx's own"
         " transport is used (the lean transport speaks to servers directly)",
         base_url,

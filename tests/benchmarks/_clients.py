@@ -4,8 +4,10 @@ KIND is one of:
 
 * ``shardline`` -- ``open_pipeline`` + ``Pipeline.map``, events to a JSONL sink, report
   computed from the events file with ``compute_report`` (our own TPM).
-* ``shardline-lean`` -- the same with ``Endpoint(transport="lean")``: shardline's own
-  HTTP/1.1 transport under httpx instead of httpcore's pool.
+  On the default transport, shardline's own HTTP/1.1 transport (``"lean"``).
+* ``shardline-lean`` -- the same with ``Endpoint(transport="lean")`` named explicitly.
+* ``shardline-httpx`` -- the same with ``Endpoint(transport="httpx")``: httpcore's pool
+  under httpx, the default before the lean transport.
 * ``semaphore`` -- the pattern common in production pipelines: asyncio + the official
   ``openai.AsyncOpenAI`` client (one per shard, default timeouts and retries) + one
   ``asyncio.Semaphore`` per shard + doubling backoff capped at 30 s, all items
@@ -111,7 +113,7 @@ def run_shardline(p: dict[str, Any], out: Out) -> dict[str, Any]:
             def __init__(self, port: int, limit: int) -> None:
                 self.port = port
                 self.inner: httpx.AsyncBaseTransport
-                if p.get("transport") == "lean":
+                if p.get("transport", "lean") == "lean":
                     from shardline._http import DEFAULT_KEEPALIVE_EXPIRY, _no_tls_context
                     from shardline._transport import LeanTransport
 
@@ -144,7 +146,7 @@ def run_shardline(p: dict[str, Any], out: Out) -> dict[str, Any]:
             base_url=urls[0],
             api_key="sk-bench",
             model=p["model"],
-            transport=p.get("transport", "httpx"),
+            **({"transport": p["transport"]} if "transport" in p else {}),
         ),
         shard_count=shards,
         concurrency=p["concurrency"],
@@ -491,6 +493,11 @@ def run_shardline_lean(p: dict[str, Any], out: Out) -> dict[str, Any]:
     return run_shardline({**p, "transport": "lean"}, out)
 
 
+def run_shardline_httpx(p: dict[str, Any], out: Out) -> dict[str, Any]:
+    """shardline on httpx's own transport (``Endpoint(transport="httpx")``)."""
+    return run_shardline({**p, "transport": "httpx"}, out)
+
+
 def run_shardline_nosink(p: dict[str, Any], out: Out) -> dict[str, Any]:
     """shardline with a sink that drops every event (what the JSONL events cost)."""
     return run_shardline({**p, "sink": "null"}, out)
@@ -640,6 +647,7 @@ KINDS = {
     "shardline": run_shardline,
     "shardline-opt": run_shardline_opt,
     "shardline-lean": run_shardline_lean,
+    "shardline-httpx": run_shardline_httpx,
     "shardline-nosink": run_shardline_nosink,
     "semaphore": run_semaphore,
     "httpx": run_httpx,

@@ -14,8 +14,9 @@ token per SSE event, streamed with ``stream_options.include_usage``.
 Clients (see ``_clients.py``):
 
 * ``shardline``: ``open_pipeline`` + ``Pipeline.map``, events written to a JSONL
-  file, TPM from ``compute_report`` on that file;
-* ``shardline-lean``: the same on ``Endpoint(transport="lean")``;
+  file, TPM from ``compute_report`` on that file, on the default (lean) transport;
+* ``shardline-lean``: the same with ``Endpoint(transport="lean")`` named;
+* ``shardline-httpx``: the same on ``Endpoint(transport="httpx")`` (httpcore's pool);
 * ``semaphore``: asyncio + ``openai.AsyncOpenAI`` (one per shard) + one
   ``asyncio.Semaphore`` per shard + doubling backoff capped at 30 s;
 * ``httpx``: one ``httpx.AsyncClient`` + one ``trio.CapacityLimiter``, no pipeline
@@ -61,6 +62,7 @@ from _harness import (
 KINDS = (
     "shardline",
     "shardline-lean",
+    "shardline-httpx",
     "shardline-opt",
     "shardline-nosink",
     "semaphore",
