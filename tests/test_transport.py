@@ -24,8 +24,8 @@ import trustme
 
 from shardline._config import Deadlines, Endpoint
 from shardline._exceptions import ConfigError
-from shardline._http import _no_tls_context, make_client
-from shardline._transport import LeanTransport, LeanTransportStatistics
+from shardline._http import _no_tls_context, consume, make_client
+from shardline._transport import LeanTransport, LeanTransportStatistics, direct_body
 
 
 @attrs.define(eq=False)
@@ -203,6 +203,38 @@ async def test_a_body_closed_early_is_not_reused() -> None:
         assert stats(client).connections_open == 0
         assert (await client.get(server.url)).text == "1"
         assert stats(client).idle == 1
+
+
+async def test_consume_reads_a_lean_body_directly() -> None:
+    """consume reads the lean body without httpx's iterators, once; the socket is reused."""
+    async with numbered_server(chunked=True) as server, lean_client() as client:
+        for expected in (b"0", b"0"):
+            async with client.stream("GET", server.url) as response:
+                chunks: list[bytes] = []
+                await consume(response, chunks.append)
+                assert b"".join(chunks) == expected
+                assert response.is_stream_consumed
+                assert direct_body(response) is None  # read already
+                with pytest.raises(httpx.StreamConsumed):
+                    await response.aread()
+        assert stats(client) == LeanTransportStatistics(
+            connections_open=1, idle=1, in_use=0, opened=1, reused=1, discarded_stale=0
+        )
+
+
+async def test_a_handler_that_raises_leaves_a_lean_body_and_closes_its_socket() -> None:
+    """A handler's exception leaves consume at once; the unread rest closes the socket."""
+
+    def refuse(chunk: bytes) -> None:
+        raise ValueError(f"no thanks: {chunk!r}")
+
+    async with numbered_server(stall_body=True) as server, lean_client() as client:
+        async with client.stream("GET", server.url) as response:
+            with pytest.raises(ValueError, match=r"^no thanks: b'x'$"):
+                await consume(response, refuse)
+        await trio.testing.wait_all_tasks_blocked()
+        assert stats(client).connections_open == 0
+        assert server.open == 0
 
 
 async def test_connection_close_is_honoured() -> None:

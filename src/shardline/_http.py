@@ -38,7 +38,7 @@ from ._exceptions import (
     StallTimeout,
     TTFTTimeout,
 )
-from ._transport import LeanTransport
+from ._transport import LeanTransport, direct_body
 from ._validate import integer
 
 __all__ = [
@@ -291,16 +291,29 @@ class StopReading(Exception):
 async def consume(response: httpx.Response, handle: Callable[[bytes], None]) -> None:
     """Feed each body chunk to ``handle`` until the body ends or ``handle`` raises.
 
-    Why not simply raise out of an ``async for`` loop: httpx's body iterators
-    are a chain of nested async generators (httpx, then httpcore) that nobody
-    can close from the outside; leaving them suspended makes trio warn about
-    each one when it is garbage collected. So a handler's exception is
-    parked, a cancel scope is cancelled, and the loop carries on discarding
-    chunks until the next read, a checkpoint deep inside the chain, raises
-    ``Cancelled`` there and unwinds every generator properly. Then the parked
-    exception is raised. The response is closed by ``client.stream``'s exit,
-    and a connection with unread bytes is not put back into the pool.
+    A lean transport's body is read directly (:func:`~shardline._transport.direct_body`);
+    any other goes through httpx's iterators, as follows. Why not simply raise
+    out of an ``async for`` loop: httpx's body iterators are a chain of nested
+    async generators (httpx, then httpcore) that nobody can close from the
+    outside; leaving them suspended makes trio warn about each one when it is
+    garbage collected. So a handler's exception is parked, a cancel scope is
+    cancelled, and the loop carries on discarding chunks until the next read, a
+    checkpoint deep inside the chain, raises ``Cancelled`` there and unwinds
+    every generator properly. Then the parked exception is raised. The response
+    is closed by ``client.stream``'s exit, and a connection with unread bytes is
+    not put back into the pool.
     """
+    if "content-encoding" not in response.headers:
+        direct = direct_body(response)
+        if direct is not None:
+            # The lean transport's body is an iterator object, not a chain of
+            # generators: a handler's exception can leave the loop at once.
+            try:
+                async for chunk in direct:
+                    handle(chunk)
+            except StopReading:
+                pass
+            return
     failure: Exception | None = None
     # Without a Content-Encoding the raw bytes are the body: ``aiter_raw`` skips
     # ``aiter_bytes``'s identity decoder and one more async generator per read.

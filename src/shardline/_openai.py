@@ -148,8 +148,22 @@ class StreamAccumulator:
     def feed(self, event: SSEEvent) -> bool:
         """Account for one event; return ``True`` when it was progress."""
         self.position += 1
-        where = Where(self.position, partial=self.progress_events > 0)
         data = event.data
+        chunk: dict[str, Any] | None = None
+        if not self.done and data != DONE and event.event != "error":
+            # The usual chunk is parsed and accounted for without building a Where.
+            try:
+                parsed: object = self._loads(data)
+            except (ValueError, RecursionError):
+                parsed = None  # loads_object, below, names the problem
+            if type(parsed) is dict:
+                chunk = parsed
+                plain = self._plain(chunk)
+                if plain is not None:
+                    if plain:
+                        self.progress_events += 1
+                    return plain
+        where = Where(self.position, partial=self.progress_events > 0)
         if self.done:
             where.fail(f"data after [DONE]: {data[:80]!r}")
         if data == DONE:
@@ -161,12 +175,8 @@ class StreamAccumulator:
             except (ValueError, RecursionError):  # `event: error` with a plain-text message
                 payload = data
             raise error_from_payload(payload, partial=where.partial)
-        chunk = loads_object(self._loads, data, where)
-        plain = self._plain(chunk)
-        if plain is not None:
-            if plain:
-                self.progress_events += 1
-            return plain
+        if chunk is None:
+            chunk = loads_object(self._loads, data, where)
         check_error(chunk, where)
         usage = read_usage(chunk, where)
         if usage is not None:

@@ -41,8 +41,9 @@ a free connection, ``connect`` for TCP plus TLS, ``read`` per read and
 from __future__ import annotations
 
 import collections
+import os
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import attrs
@@ -53,7 +54,7 @@ import trio
 from ._transport_body import Body, body_for
 from ._validate import integer, number
 
-__all__ = ["LeanTransport", "LeanTransportStatistics"]
+__all__ = ["LeanTransport", "LeanTransportStatistics", "direct_body"]
 
 #: Bytes asked of the socket per read (httpcore's figure).
 _READ_SIZE = 64 * 1024
@@ -62,6 +63,9 @@ _Origin = tuple[bytes, str, int]
 
 #: What a broken or closed socket raises, through trio's streams or sockets.
 _NETWORK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+#: The key of a response's ``extensions`` that holds its lean body (see :func:`direct_body`).
+_BODY = "shardline.lean_body"
 
 
 @attrs.frozen(kw_only=True)
@@ -99,15 +103,42 @@ class _Connection:
         # A plain socket is read directly: trio's SocketStream adds a conflict
         # detector and an error-translating context manager to every read.
         # (SSLStream.receive_some is typed bytes | bytearray; it returns bytes.)
-        self.receive = cast(
-            "Callable[[int], Awaitable[bytes]]",
-            sock.recv if isinstance(stream, trio.SocketStream) else stream.receive_some,
-        )
+        self.receive: Callable[[int], Awaitable[bytes]]
+        if not isinstance(stream, trio.SocketStream):
+            self.receive = cast("Callable[[int], Awaitable[bytes]]", stream.receive_some)
+        elif os.name == "posix":
+            self.receive = self._receive_posix
+        else:
+            self.receive = sock.recv
         self.send: Callable[[bytes], Awaitable[None]] = stream.send_all
 
     def close(self) -> None:
         """Close the socket now, without blocking (no TLS close_notify: HTTP/1.1 needs none)."""
         self.socket.close()
+
+    async def _receive_posix(self, size: int) -> bytes:
+        """``self.socket.recv(size)``, with the same checkpoints and less per call.
+
+        trio's ``recv`` runs each call through an async context manager, and a
+        read that would block raises ``BlockingIOError`` out through it: on a
+        paced stream, that is every read. Here a read that would block waits
+        for the socket and reads again; one that does not is followed by a
+        checkpoint, as in trio. ``os.read`` on a socket is ``recv`` without
+        flags; the descriptor is asked each time, so a closed socket (-1)
+        fails with ``EBADF`` and never reads a reused descriptor.
+        """
+        sock = self.socket
+        try:
+            data = os.read(sock.fileno(), size)
+        except BlockingIOError:
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    return os.read(sock.fileno(), size)
+                except BlockingIOError:  # pragma: no cover - a spurious wake-up
+                    pass
+        await trio.lowlevel.checkpoint()
+        return data
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
@@ -331,7 +362,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         # h11 parsed and validated the head; the body is decoded without it.
         body, keep_alive = body_for(request.method.encode(), event)
         leftover = state.trailing_data[0]
-        return httpx.Response(
+        response = httpx.Response(
             status_code=event.status_code,
             headers=event.headers.raw_items(),
             stream=_Body(
@@ -348,6 +379,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 "reason_phrase": event.reason,
             },
         )
+        response.extensions[_BODY] = response.stream
+        return response
 
 
 async def _next_event(conn: _Connection, read_timeout: float | None, request: httpx.Request) -> Any:
@@ -383,7 +416,8 @@ class _Body(httpx.AsyncByteStream):
     """A response body: the payload bytes of each read, as they arrive.
 
     One read gives one chunk, however many HTTP chunks (SSE events) it holds:
-    each chunk costs a trip through httpx's iterators. ``aclose`` returns the
+    each chunk costs a trip through httpx's iterators, or none when read
+    through :func:`direct_body`. ``aclose`` returns the
     connection to the stack only when the body was read to its end and the
     connection can be kept; otherwise it closes the socket.
     """
@@ -453,6 +487,23 @@ class _Body(httpx.AsyncByteStream):
             self._transport = None
             reusable = self._complete and self._keep_alive and self._decoder.reusable
             transport._release(self._conn, reusable=reusable)
+
+
+def direct_body(response: httpx.Response) -> AsyncIterator[bytes] | None:
+    """The body of a lean transport's ``response``, to read without httpx's iterators.
+
+    Each chunk is the payload of one socket read, exactly as
+    ``response.aiter_raw()`` gives it, minus two async generators per read.
+    ``None`` for a response of another transport, or one whose body is being
+    or was read already. The caller marks the stream consumed and must not mix
+    the two ways of reading; closing the response (``client.stream``'s exit)
+    still releases the connection.
+    """
+    body = response.extensions.get(_BODY)
+    if body is None or response.is_stream_consumed:
+        return None
+    response.is_stream_consumed = True
+    return cast("_Body", body)
 
 
 def _seconds(timeout: float | None) -> float:
