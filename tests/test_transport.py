@@ -46,6 +46,8 @@ class NumberedServer:
     chunked: bool = False
     #: Answer with ``Connection: close`` (and close).
     close_header: bool = False
+    #: The ALPN protocols a TLS server accepts (``None``: no ALPN).
+    alpn: list[str] | None = None
 
     @property
     def url(self) -> str:
@@ -119,6 +121,8 @@ async def numbered_server(
             server.scheme = "https"
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.issue_cert("127.0.0.1").configure_cert(context)
+            if server.alpn is not None:
+                context.set_alpn_protocols(server.alpn)
 
             async def handler(stream: trio.abc.Stream) -> None:
                 await server.handle(trio.SSLStream(stream, context, server_side=True))
@@ -379,6 +383,42 @@ async def test_request_bodies_are_sent() -> None:
 
         response = await client.post(server.url, content=parts())
         assert response.text == "0"
+
+
+async def test_a_server_that_chooses_h2_by_alpn_is_refused() -> None:
+    """A context that offers h2 (as httpcore's HTTP/2 pools leave it) cannot smuggle h2 in."""
+    ca = trustme.CA()
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    async with numbered_server(tls=ca, alpn=["h2"]) as server, lean_client(context=context) as c:
+        with pytest.raises(
+            httpx.ConnectError,
+            match=r"^the server chose 'h2' by ALPN; the lean transport speaks HTTP/1.1 only$",
+        ):
+            await c.get(server.url)
+        assert stats(c).connections_open == 0
+    async with (
+        numbered_server(tls=ca, alpn=["http/1.1"]) as server,
+        lean_client(context=context) as c,
+    ):
+        assert (await c.get(server.url)).text == "0"
+
+
+async def test_http2_endpoints_do_not_share_the_lean_transports_tls_context() -> None:
+    """httpcore sets ALPN on its context: an HTTP/2 client gets one of its own."""
+    pytest.importorskip("h2")
+    url = "https://a.test/v1"
+    deadlines = Deadlines()
+    async with (
+        make_client(Endpoint(base_url=url), max_connections=1, deadlines=deadlines) as lean,
+        make_client(
+            Endpoint(base_url=url, http2=True), max_connections=1, deadlines=deadlines
+        ) as h2,
+    ):
+        assert isinstance(lean._transport, LeanTransport)
+        h2_context = h2._transport._pool._ssl_context  # type: ignore[attr-defined]
+        assert lean._transport._ssl_context is not h2_context
 
 
 async def test_https_through_ssl_stream() -> None:

@@ -104,7 +104,9 @@ def make_client(
     timeout = httpx.Timeout(
         connect=deadlines.connect, read=None, write=None, pool=deadlines.connect
     )
-    verify = _ssl_context(endpoint.base_url)
+    # httpcore sets ALPN protocols on the context it is given ("h2" too for
+    # HTTP/2): an HTTP/2 endpoint gets a context of its own, not the shared one.
+    verify = _http2_ssl_context() if endpoint.http2 else _ssl_context(endpoint.base_url)
     if endpoint.transport == "lean":
         if not _proxy_in_environment():
             return httpx.AsyncClient(
@@ -185,6 +187,16 @@ def _default_ssl_context() -> ssl.SSLContext:
 
     Building one loads the CA bundle (about 80 ms here); every shard's client
     shares it instead of paying that per client. Contexts are safe to share.
+    """
+    return httpx.create_ssl_context()
+
+
+@functools.cache
+def _http2_ssl_context() -> ssl.SSLContext:
+    """httpx's default verifying context, for HTTP/2 endpoints only.
+
+    httpcore offers ``h2`` by ALPN on the contexts of its HTTP/2 pools; the
+    lean transport, which shares :func:`_default_ssl_context`, must not.
     """
     return httpx.create_ssl_context()
 

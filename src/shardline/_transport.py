@@ -282,6 +282,15 @@ class LeanTransport(httpx.AsyncBaseTransport):
                         tcp, self._ssl_context, server_hostname=host, https_compatible=True
                     )
                     await tls.do_handshake()
+                    protocol = tls.selected_alpn_protocol()
+                    if protocol not in (None, "http/1.1"):
+                        # The context offered more (httpcore sets "h2" on the
+                        # contexts of its HTTP/2 pools): this speaks HTTP/1.1.
+                        raise httpx.ConnectError(
+                            f"the server chose {protocol!r} by ALPN; the lean transport"
+                            " speaks HTTP/1.1 only",
+                            request=request,
+                        )
                     stream = tls
             except BaseException as exc:
                 tcp.socket.close()
