@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import gzip
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -25,7 +26,12 @@ import trustme
 from shardline._config import Deadlines, Endpoint
 from shardline._exceptions import ConfigError
 from shardline._http import _no_tls_context, consume, make_client
-from shardline._transport import LeanTransport, LeanTransportStatistics, direct_body
+from shardline._transport import (
+    LeanTransport,
+    LeanTransportStatistics,
+    _Connection,
+    direct_body,
+)
 
 
 @attrs.define(eq=False)
@@ -239,6 +245,59 @@ async def test_a_handler_that_raises_leaves_a_lean_body_and_closes_its_socket() 
         await trio.testing.wait_all_tasks_blocked()
         assert stats(client).connections_open == 0
         assert server.open == 0
+
+
+class _AnswersBeforeReading(trio.abc.Stream):
+    """A peer that answers (or not) and breaks the pipe before reading the request."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        raise trio.BrokenResourceError from BrokenPipeError(32, "Broken pipe")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        out, self.answer = self.answer, b""
+        return out
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def _send_to_early(answer: bytes) -> tuple[httpx.Response, bytes]:
+    """Send a request to an _AnswersBeforeReading peer; its response and body."""
+    transport = LeanTransport(
+        ssl_context=_no_tls_context(), max_connections=1, keepalive_expiry=None
+    )
+    a, b = socket.socketpair()
+    b.close()
+    with a:
+        sock = trio.socket.from_stdlib_socket(a)
+        conn = _Connection((b"http", "early.test", 80), _AnswersBeforeReading(answer), sock)
+        request = httpx.Request("POST", "http://early.test/v1", content=b"x" * 100)
+        response = await transport._send(conn, request, {})
+        body = b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
+        assert not response.stream._keep_alive  # type: ignore[union-attr]
+        return response, body
+
+
+async def test_an_answer_sent_before_the_request_was_read_beats_the_broken_pipe() -> None:
+    """A 413 sent before the server read the request is the answer (as in httpcore)."""
+    response, body = await _send_to_early(
+        b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\n\r\ntoo large"
+    )
+    assert (response.status_code, body) == (413, b"too large")
+
+
+async def test_a_broken_pipe_without_an_answer_is_a_write_error() -> None:
+    """With nothing to read, the broken pipe is the error, with the OS's words."""
+    with pytest.raises(httpx.WriteError, match=r"^\[Errno 32\] Broken pipe$"):
+        await _send_to_early(b"")
 
 
 async def test_connection_close_is_honoured() -> None:

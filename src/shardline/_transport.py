@@ -347,16 +347,27 @@ class LeanTransport(httpx.AsyncBaseTransport):
         except h11.LocalProtocolError as exc:
             raise httpx.LocalProtocolError(str(exc), request=request) from exc
         write_timeout = timeouts.get("write")
+        write_error: httpx.WriteError | None = None
         with trio.move_on_after(_seconds(write_timeout)) as writing:
             try:
                 await conn.send(b"".join(parts))
             except _NETWORK_ERRORS as exc:
-                raise httpx.WriteError(_describe(exc), request=request) from exc
+                # A server may answer before it has read the whole request (a 413
+                # for a large prompt) and close: its answer is worth more than
+                # the broken pipe, so read it if it came (as httpcore does).
+                write_error = httpx.WriteError(_describe(exc), request=request)
+                write_error.__cause__ = exc
         if writing.cancelled_caught:
             raise httpx.WriteTimeout(f"writing took more than {write_timeout} s", request=request)
         read_timeout = timeouts.get("read")
         while True:
-            event = await _next_event(conn, read_timeout, request)
+            if write_error is None:
+                event = await _next_event(conn, read_timeout, request)
+            else:
+                try:
+                    event = await _next_event(conn, read_timeout, request)
+                except httpx.TransportError:
+                    raise write_error from write_error.__cause__
             if type(event) is h11.Response:
                 break
             if type(event) is h11.InformationalResponse:
@@ -379,7 +390,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 conn,
                 body,
                 leftover,
-                keep_alive=keep_alive and state.our_state is h11.DONE,
+                keep_alive=keep_alive and state.our_state is h11.DONE and write_error is None,
                 request=request,
                 read_timeout=read_timeout,
             ),
