@@ -117,28 +117,27 @@ class _Connection:
         self.socket.close()
 
     async def _receive_posix(self, size: int) -> bytes:
-        """``self.socket.recv(size)``, with the same checkpoints and less per call.
+        """``self.socket.recv(size)``, for less CPU per call.
 
-        trio's ``recv`` runs each call through an async context manager, and a
-        read that would block raises ``BlockingIOError`` out through it: on a
-        paced stream, that is every read. Here a read that would block waits
-        for the socket and reads again; one that does not is followed by a
-        checkpoint, as in trio. ``os.read`` on a socket is ``recv`` without
-        flags; the descriptor is asked each time, so a closed socket (-1)
-        fails with ``EBADF`` and never reads a reused descriptor.
+        trio's ``recv`` tries to read first, inside an async context manager,
+        and on a stream whose bytes arrive one event at a time that first try
+        fails (``BlockingIOError``, raised out through the context manager)
+        nearly every time. Here the socket is waited for first, then read:
+        ``wait_readable`` is the checkpoint, and when bytes are waiting already
+        it returns at the next scheduler tick, as trio's own checkpoint after a
+        read would. Measured side by side, this costs less CPU per event on
+        paced and on burst streams alike (see the performance page).
+        ``os.read`` on a socket is ``recv`` without flags; the descriptor is
+        asked for each time, so a closed socket (-1) fails with ``EBADF`` and
+        never reads a reused descriptor.
         """
         sock = self.socket
-        try:
-            data = os.read(sock.fileno(), size)
-        except BlockingIOError:
-            while True:
-                await trio.lowlevel.wait_readable(sock)
-                try:
-                    return os.read(sock.fileno(), size)
-                except BlockingIOError:  # pragma: no cover - a spurious wake-up
-                    pass
-        await trio.lowlevel.checkpoint()
-        return data
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return os.read(sock.fileno(), size)
+            except BlockingIOError:  # pragma: no cover - a spurious wake-up
+                pass
 
 
 class LeanTransport(httpx.AsyncBaseTransport):

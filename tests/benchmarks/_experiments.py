@@ -9,7 +9,8 @@ There are none at the moment: the earlier candidates (``coarse_deadline``, the
 stall deadline moved only when it falls behind; ``url_cache``, a cached
 ``httpx.URL``; ``orjson_loads``, orjson for stream chunks) were measured here
 and landed in ``src/`` (the performance page gives their numbers), so their
-patches, which replaced functions that have changed since, were removed.
+patches, which replaced functions that have changed since, were removed; so was
+``wait_first`` (the lean transport waits for its socket before reading).
 """
 
 from __future__ import annotations
