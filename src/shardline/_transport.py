@@ -30,7 +30,12 @@ What it does, and what it is not:
   ``ReadError``, ``WriteError``, ``RemoteProtocolError``, ...), with httpcore's
   messages, so code that classifies httpx errors needs no change.
 * Request bodies are buffered and sent with the head in one write (JSON
-  bodies, not uploads).
+  bodies, not uploads). An answer the server sent before it read the whole
+  request (a 413, then a closed socket) is read rather than lost to the
+  broken pipe, as in httpcore.
+* A plain socket is waited for, then read with ``os.read`` (see
+  ``_Connection._receive_posix``); :func:`direct_body` lets the attempt layer
+  read a body without httpx's iterators.
 
 Timeouts come from the request's ``timeout`` extension (the client's
 :class:`httpx.Timeout`), as with httpx's own transport: ``pool`` to wait for
@@ -514,9 +519,9 @@ def direct_body(response: httpx.Response) -> AsyncIterator[bytes] | None:
     Each chunk is the payload of one socket read, exactly as
     ``response.aiter_raw()`` gives it, minus two async generators per read.
     ``None`` for a response of another transport, or one whose body is being
-    or was read already. The caller marks the stream consumed and must not mix
-    the two ways of reading; closing the response (``client.stream``'s exit)
-    still releases the connection.
+    or was read already. It marks the response's stream consumed, so httpx's
+    own reads of it raise ``StreamConsumed``; closing the response
+    (``client.stream``'s exit) still releases the connection.
     """
     body = response.extensions.get(_BODY)
     if body is None or response.is_stream_consumed:
