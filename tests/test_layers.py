@@ -172,7 +172,8 @@ def test_importing_shardline_ray_loads_no_cli_module() -> None:
 
 
 def test_the_help_path_imports_no_http_stack() -> None:
-    """`shardline --help` (and plain `import shardline`) load neither trio nor httpx nor rich.
+    """`shardline --help` (and plain `import shardline`) load neither trio nor httpx nor rich,
+    nor the events, the batch runner's files or Ray's runner.
 
     The package's names are imported on first use (shardline._lazy), and the
     subcommands import the pipeline only to run it; see the performance page
@@ -181,11 +182,67 @@ def test_the_help_path_imports_no_http_stack() -> None:
     code = (
         "import sys, shardline, shardline._cli\n"
         "shardline._cli.build_parser().format_help()\n"
-        "heavy = {'trio', 'httpx', 'httpcore', 'rich', 'pytest', 'shardline._pipeline'}\n"
+        "heavy = {'trio', 'httpx', 'httpcore', 'rich', 'pytest', 'shardline._pipeline',\n"
+        "         'shardline._events', 'shardline._batch_io', 'shardline.ray._run'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+#: Modules a run needs only after its last request, or only when asked for:
+#: the report's rendering and exporters, the HTML report, Ray, the demo's fake
+#: server, hedging (off by default).
+NOT_BEFORE_THE_FIRST_REQUEST = (
+    "shardline.report",
+    "shardline._report_text",
+    "shardline._report_html",
+    "shardline._report_series",
+    "shardline._report_svg",
+    "shardline._otel",
+    "shardline._prometheus",
+    "shardline.ray._run",
+    "shardline.ray._merge",
+    "shardline.ray._batch",
+    "shardline.testing",
+    "shardline._hedge",
+)
+
+
+def test_the_run_path_imports_only_what_the_first_request_needs(tmp_path: Path) -> None:
+    """`shardline run` sends its first request without importing what only the end of a
+    run, or an option it was not given, needs (see the performance page's start-up part)."""
+    (tmp_path / "in.jsonl").write_text(
+        '{"id": "a", "messages": [{"role": "user", "content": "hi"}]}\n'
+    )
+    code = (
+        "import io, sys, httpx\n"
+        "import shardline._cli as cli\n"
+        "from shardline._cli_run import resolve_run_settings\n"
+        "seen = []\n"
+        "def answer(request):\n"
+        "    seen.append({m for m in sys.modules if m.startswith('shardline')})\n"
+        "    return httpx.Response(401, json={'error': {'message': 'no key'}})\n"
+        "args = cli.build_parser().parse_args(\n"
+        "    ['run', sys.argv[1], '--base-url', 'http://127.0.0.1:9/v1', '--model', 'm',\n"
+        "     '--no-progress'])\n"
+        "from shardline._batch import run_batch\n"
+        "mock = lambda _: httpx.MockTransport(answer)\n"
+        "run_batch(resolve_run_settings(args, {}), transport=mock,\n"
+        "          stdout=io.StringIO(), stderr=io.StringIO())\n"
+        f"late = set({NOT_BEFORE_THE_FIRST_REQUEST!r})\n"
+        "assert 'shardline._pipeline' in seen[0], sorted(seen[0])\n"
+        "print(sorted(seen[0] & late))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "in.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -51,20 +51,19 @@ from ._batch_io import (
     file_error,
     finish_report,
     open_output,
-    print_error,
     print_summary,
     report_builder,
 )
 from ._config import PipelineConfig
 from ._endpoint_check import DeadEndpoint, FirstAttemptsWatch
-from ._exit import ExitStatus
+from ._exit import ExitStatus, print_error
 from ._jsonl import InputEntry, read_input
 from ._jsonl_output import OutputWriter, outcome_to_json
+from ._live import LiveMetrics
 from ._models import Outcome, Status
 from ._pipeline import Pipeline, open_pipeline
 from ._progress import ProgressDisplay, ProgressSnapshot, open_progress
 from ._sinks import EventSink, JsonlEventSink, TeeSink
-from .report import LiveMetrics
 
 __all__ = ["OUTCOME_BUFFER", "run_batch"]
 

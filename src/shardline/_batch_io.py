@@ -23,15 +23,16 @@ import attrs
 
 from ._events import Event, EventFileReader, ItemEnd
 from ._exceptions import Cause
-from ._exit import ExitStatus
+from ._exit import ExitStatus, print_error
 from ._jsonl import count_lines
 from ._jsonl_output import OutputWriter, ResumeState, prepare_resume
 from ._models import ItemId, Outcome, Status
+from ._report_builder import ReportBuilder
 from ._sinks import EventSink
-from .report import ReportBuilder, RunReport, render_text
 
 if TYPE_CHECKING:
     from ._config import PipelineConfig
+    from ._report import RunReport
 
 __all__ = [
     "OUTPUT_FSYNC_INTERVAL",
@@ -43,7 +44,6 @@ __all__ = [
     "file_error",
     "finish_report",
     "open_output",
-    "print_error",
     "print_summary",
     "report_builder",
 ]
@@ -160,11 +160,6 @@ class BatchSummary:
         if self.failed or self.cancelled:
             return ExitStatus.FAILED_ITEMS
         return ExitStatus.OK
-
-
-def print_error(stderr: IO[str], title: str, message: str) -> None:
-    """One error line: ``shardline run: error: ...``."""
-    print(f"{title}: error: {message}", file=stderr, flush=True)
 
 
 def file_error(exc: OSError, what: str, path: Path) -> str:
@@ -298,6 +293,9 @@ def finish_report(
         build: Computes the whole events file's report; a ``ValueError`` from it
             (an events file that cannot be read back) is one error line.
     """
+    # Imported at the end: rendering is not on the way to the first request.
+    from ._report_text import render_text
+
     try:
         report = build()
     except ValueError as exc:

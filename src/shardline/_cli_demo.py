@@ -20,9 +20,8 @@ from typing import Any
 import attrs
 
 from ._backoff import Backoff
-from ._batch_io import BatchSettings, print_error
 from ._cli_options import UsageError, add_pipeline_options, build_config
-from ._exit import ExitStatus
+from ._exit import ExitStatus, print_error
 
 __all__ = ["DEFAULT_DEMO_FAULTS", "demo_command", "register", "write_demo_input"]
 
@@ -105,6 +104,9 @@ def write_demo_input(path: Path, items: int, seed: int) -> None:
 
 def demo_command(args: argparse.Namespace) -> int:
     """``shardline demo``: the fake server in-process, generated input, progress, report."""
+    # Here, not at the top: the other subcommands (``run``, ``--help``) do not need them.
+    from ._batch_io import BatchSettings
+
     title = "shardline demo"
     try:
         if args.items < 1:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from ._cli_options import UsageError
-from .ray._run import DEFAULT_RAY_ACTORS, DEFAULT_RAY_NUM_CPUS, RaySettings
+from .ray._settings import DEFAULT_RAY_ACTORS, DEFAULT_RAY_NUM_CPUS, RaySettings
 
 __all__ = ["add_ray_options", "ray_settings"]
 

@@ -19,9 +19,7 @@ from typing import IO, Any
 
 import attrs
 
-from ._events import EventDecodeError, EventFileReader
 from ._exit import ExitStatus
-from .report import ReportError, render_text
 
 __all__ = ["register", "run_report"]
 
@@ -78,7 +76,11 @@ def run_report(
         print(f"shardline report: {message}", file=err)
         return ExitStatus.USAGE
 
-    from ._report_html import render_html, report_and_series  # not for other commands
+    # Here, not at the top: the other subcommands (``run``, ``--help``) do not need them.
+    from ._events import EventDecodeError, EventFileReader
+    from ._report import ReportError
+    from ._report_html import render_html, report_and_series
+    from ._report_text import render_text
 
     try:
         reader = EventFileReader(path)

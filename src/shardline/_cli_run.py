@@ -26,9 +26,8 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from ._batch_io import BatchSettings, default_paths, print_error
 from ._cli_options import (
     UsageError,
     add_deadline_options,
@@ -38,7 +37,10 @@ from ._cli_options import (
 )
 from ._cli_ray import add_ray_options, ray_settings
 from ._config import DEFAULT_BASE_URL, PipelineConfig
-from ._exit import ExitStatus
+from ._exit import ExitStatus, print_error
+
+if TYPE_CHECKING:
+    from ._batch_io import BatchSettings
 
 __all__ = ["check_command", "register", "resolve_run_settings", "run_check", "run_command"]
 
@@ -65,6 +67,9 @@ def resolve_run_settings(args: argparse.Namespace, environ: Mapping[str, str]) -
     Raises:
         UsageError: for an invalid option or environment value, naming it.
     """
+    # Here, not at the top: ``shardline --help`` needs neither events nor output files.
+    from ._batch_io import BatchSettings, default_paths
+
     if args.resume and args.overwrite:
         raise UsageError(
             "--resume and --overwrite cannot be used together: --resume continues the "

@@ -34,6 +34,7 @@ so its digest equals ``sha256sum`` of the file.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 from collections.abc import Iterator
@@ -438,9 +439,12 @@ def encode_event(event: Event) -> bytes:
 
 # --- decoding -------------------------------------------------------------------------
 
-_SPECS: dict[str, tuple[type[Any], tuple[FieldSpec, ...]]] = {
-    kind: (cls, field_specs(cls)) for kind, cls in EVENT_TYPES.items()
-}
+
+@functools.cache
+def _specs() -> dict[str, tuple[type[Any], tuple[FieldSpec, ...]]]:
+    """Each kind's class and decoding specs, built at the first decode, not at import
+    (from the type hints, a few ms; a run decodes no event unless it resumes)."""
+    return {kind: (cls, field_specs(cls)) for kind, cls in EVENT_TYPES.items()}
 
 
 def event_from_json(obj: Any) -> Event:
@@ -464,7 +468,7 @@ def event_from_json(obj: Any) -> Event:
             f"unsupported schema version {version!r} (this shardline reads v={SCHEMA_VERSION})"
         )
     kind = obj.get("kind")
-    entry = _SPECS.get(kind) if isinstance(kind, str) else None
+    entry = _specs().get(kind) if isinstance(kind, str) else None
     if entry is None:
         if "kind" not in obj:
             raise EventDecodeError("missing event 'kind'")

@@ -1,14 +1,16 @@
 """The exit statuses of the ``shardline`` command and of the batch runner, in one place.
 
 Every subcommand and :func:`shardline._batch.run_batch` return one of these;
-the CLI reference documents them from here.
+the CLI reference documents them from here. :func:`print_error` writes the one
+line that goes with a failure.
 """
 
 from __future__ import annotations
 
 import enum
+from typing import IO
 
-__all__ = ["ExitStatus"]
+__all__ = ["ExitStatus", "print_error"]
 
 
 class ExitStatus(enum.IntEnum):
@@ -29,3 +31,8 @@ class ExitStatus(enum.IntEnum):
     """A bug in shardline (sysexits' ``EX_SOFTWARE``); the traceback is in a file."""
     INTERRUPTED = 130
     """Ctrl-C or SIGTERM, after the output, events and report were flushed."""
+
+
+def print_error(stderr: IO[str], title: str, message: str) -> None:
+    """One error line: ``shardline run: error: ...``."""
+    print(f"{title}: error: {message}", file=stderr, flush=True)

@@ -29,7 +29,6 @@ from ._events import EndpointState, Event, ItemEnd, LimitChange, RunEnd, RunStar
 from ._exceptions import ConfigError, ShardlineError
 from ._flow import AdaptiveLimit, LimitStep
 from ._flow_pacer import HeaderPacer
-from ._hedge import Hedger
 from ._http import make_client
 from ._models import REQUEST_TYPES, ItemId, Outcome, Request, Result, Status
 from ._ratelimit import SlidingWindowLimiter
@@ -434,8 +433,13 @@ async def open_pipeline(
                 if transport is None
                 else httpx.AsyncClient(transport=transport(index), timeout=None)
             )
-        # Hedging sees every shard: the list fills as the shards start.
-        hedger = None if config.hedging is None else Hedger(config.hedging, pipeline._shards)
+        # Hedging sees every shard: the list fills as the shards start. Its module
+        # is imported only by a run that hedges (start-up: see the performance page).
+        hedger = None
+        if config.hedging is not None:
+            from ._hedge import Hedger
+
+            hedger = Hedger(config.hedging, pipeline._shards)
         with _unwrap_single():
             async with trio.open_nursery() as nursery:
                 for index, client in enumerate(clients):

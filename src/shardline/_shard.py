@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from typing import TYPE_CHECKING
 
 import attrs
 import httpx
@@ -42,7 +43,6 @@ from ._events import (
 )
 from ._exceptions import AttemptError, ConnectError, InternalError, ItemCancelled, RateLimited
 from ._flow import FlowPermit
-from ._hedge import Hedger, send_hedged
 from ._models import Outcome, Status, Usage, estimate_tokens
 from ._send import defect, not_sent, send_one
 from ._state import (
@@ -54,6 +54,9 @@ from ._state import (
     WorkItem,
     deliver,
 )
+
+if TYPE_CHECKING:
+    from ._hedge import Hedger
 
 __all__ = ["Shard"]
 
@@ -412,6 +415,9 @@ class Shard:
             if hedger is None:
                 result = await send_one(self, item, attempt, charge, estimate_in, permit, ticket)
             else:
+                # Loaded by the pipeline with its Hedger: a run that does not hedge never is.
+                from ._hedge import send_hedged
+
                 result = await send_hedged(
                     hedger, self, item, attempt, charge, estimate_in, estimate, permit, ticket
                 )

@@ -18,6 +18,15 @@ sensitive than wall time to other work on the machine) also as a multiple of
   first byte of an HTTP request arriving on a socket this script listens on
   (then the child is killed). One input line, stderr not a terminal (so no
   progress panel, and no rich).
+
+``--against DIR`` adds the three ``shardline`` rows of another checkout (its
+``DIR/.venv/bin/shardline``, e.g. a clone of the main branch synced with
+``uv sync``), interleaved with this one's, so a change is measured side by
+side under the same load::
+
+    git clone -q . /tmp/before && git -C /tmp/before checkout -q main
+    (cd /tmp/before && uv sync --locked --all-extras)
+    uv run python tests/benchmarks/bench_startup.py --against /tmp/before
 """
 
 from __future__ import annotations
@@ -67,7 +76,7 @@ def timed_command(argv: list[str]) -> Callable[[], tuple[float, float]]:
     return run
 
 
-def timed_first_request(workdir: Path) -> Callable[[], tuple[float, float]]:
+def timed_first_request(workdir: Path, shardline: str) -> Callable[[], tuple[float, float]]:
     """``shardline run`` from spawn to the first request byte on a local socket."""
     path = workdir / "one.jsonl"
     path.write_text('{"id": "a", "messages": [{"role": "user", "content": "hi"}]}\n')
@@ -80,7 +89,7 @@ def timed_first_request(workdir: Path) -> Callable[[], tuple[float, float]]:
             listener.listen()
             port = listener.getsockname()[1]
             argv = [
-                SHARDLINE,
+                shardline,
                 "run",
                 str(path),
                 "--base-url",
@@ -113,18 +122,37 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--runs", type=int, default=15, help="runs of each command (15)")
+    ap.add_argument(
+        "--against",
+        metavar="DIR",
+        type=Path,
+        help="also time DIR/.venv/bin/shardline (another checkout), interleaved",
+    )
     args = ap.parse_args()
+    commands = {"": SHARDLINE}
+    if args.against is not None:
+        other = args.against / ".venv" / "bin" / "shardline"
+        if not other.exists():
+            ap.error(f"{other} does not exist (run `uv sync` in {args.against})")
+        commands = {" (this)": SHARDLINE, f" ({args.against.name})": str(other)}
     print(f"# bench_startup: {machine()}")
     print(f"# {args.runs} interleaved runs of each; wall time of the whole process\n")
     with tempfile.TemporaryDirectory() as tmp:
-        cases: list[tuple[str, Callable[[], float]]] = [
+        cases: list[tuple[str, Callable[[], tuple[float, float]]]] = [
             ("python -c pass", timed_command([PY, "-c", "pass"])),
             ("python -c 'import trio'", timed_command([PY, "-c", "import trio"])),
             ("python -c 'import httpx'", timed_command([PY, "-c", "import httpx"])),
-            ("shardline --help", timed_command([SHARDLINE, "--help"])),
-            ("shardline --version", timed_command([SHARDLINE, "--version"])),
-            ("shardline run: first request", timed_first_request(Path(tmp))),
         ]
+        per_checkout = [
+            [
+                ("shardline --help" + label, timed_command([exe, "--help"])),
+                ("shardline --version" + label, timed_command([exe, "--version"])),
+                ("shardline run: first request" + label, timed_first_request(Path(tmp), exe)),
+            ]
+            for label, exe in commands.items()
+        ]
+        for same_command in zip(*per_checkout, strict=True):  # this, then the other
+            cases += same_command
         for _, run in cases:  # warm the page cache and write the .pyc files
             run()
         walls: dict[str, list[float]] = {name: [] for name, _ in cases}

@@ -29,9 +29,9 @@ _EXPORTS: dict[str, str] = {
     "merge_events": "_merge",
     "COLUMNS": "_rows",
     "batch_identity": "_rows",
-    "DEFAULT_RAY_ACTORS": "_run",
-    "DEFAULT_RAY_NUM_CPUS": "_run",
-    "RaySettings": "_run",
+    "DEFAULT_RAY_ACTORS": "_settings",
+    "DEFAULT_RAY_NUM_CPUS": "_settings",
+    "RaySettings": "_settings",
     "run_on_ray": "_run",
 }
 # Type checkers and the docs see the imports; the runtime imports on first use.
@@ -42,10 +42,10 @@ if TYPE_CHECKING:
     from ._merge import merge_events as merge_events
     from ._rows import COLUMNS as COLUMNS
     from ._rows import batch_identity as batch_identity
-    from ._run import DEFAULT_RAY_ACTORS as DEFAULT_RAY_ACTORS
-    from ._run import DEFAULT_RAY_NUM_CPUS as DEFAULT_RAY_NUM_CPUS
-    from ._run import RaySettings as RaySettings
     from ._run import run_on_ray as run_on_ray
+    from ._settings import DEFAULT_RAY_ACTORS as DEFAULT_RAY_ACTORS
+    from ._settings import DEFAULT_RAY_NUM_CPUS as DEFAULT_RAY_NUM_CPUS
+    from ._settings import RaySettings as RaySettings
 else:
     __getattr__, __dir__ = _lazy.lazy_namespace(__name__, globals(), _EXPORTS)
 

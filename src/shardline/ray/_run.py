@@ -55,17 +55,17 @@ from .._batch_io import (
     BatchSummary,
     finish_report,
     open_output,
-    print_error,
     print_summary,
 )
 from .._config import PipelineConfig
 from .._events import EventFileReader, ItemEnd, event_to_json
-from .._exit import ExitStatus
+from .._exit import ExitStatus, print_error
 from .._jsonl import read_input
 from .._jsonl_output import outcome_to_json
 from .._models import Outcome, Request, Status
 from ..report import RunReport, compute_report
 from ._merge import merge_events, tag_event
+from ._settings import DEFAULT_RAY_ACTORS, DEFAULT_RAY_NUM_CPUS, RaySettings
 
 __all__ = [
     "DEFAULT_RAY_ACTORS",
@@ -74,54 +74,11 @@ __all__ = [
     "run_on_ray",
 ]
 
-#: Actors when ``--ray-actors`` is not given.
-DEFAULT_RAY_ACTORS = 2
-#: CPUs each actor asks Ray for. The work is I/O bound; with a whole CPU per
-#: actor, two actors on a two-CPU machine leave none for Ray Data's own tasks
-#: and the job hangs.
-DEFAULT_RAY_NUM_CPUS = 0.25
 #: Most requests per block put into Ray's object store by the driver (a block
 #: is also at most one batch, so that every actor gets blocks to work on).
 MAX_BLOCK_ROWS = 2048
 #: The driver's name in the tagged events of invalid input lines.
 DRIVER_ACTOR = "driver"
-
-
-def _positive(name: str, *, at_least_one: bool = False) -> Any:
-    def check(_inst: object, _attr: object, value: float | None) -> None:
-        if value is None:
-            return
-        if at_least_one and not value >= 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
-
-    return check
-
-
-@attrs.frozen(kw_only=True)
-class RaySettings:
-    """The Ray part of a run.
-
-    Args:
-        actors: How many :class:`ShardlineBatch` actors, each a full shard group
-            (``shard_count x concurrency`` in flight); ``rpm``/``tpm`` are split
-            evenly between them.
-        num_cpus: CPUs each actor asks Ray for; keep it below 1 (the work is I/O bound).
-        batch_size: Rows per batch handed to an actor (``None``:
-            :func:`default_batch_size`).
-
-    Raises:
-        ValueError: naming the field and the bound (``actors must be >= 1, got 0``).
-    """
-
-    actors: int = attrs.field(
-        default=DEFAULT_RAY_ACTORS, validator=_positive("actors", at_least_one=True)
-    )
-    num_cpus: float = attrs.field(default=DEFAULT_RAY_NUM_CPUS, validator=_positive("num_cpus"))
-    batch_size: int | None = attrs.field(
-        default=None, validator=_positive("batch_size", at_least_one=True)
-    )
 
 
 def actor_config(config: PipelineConfig, actors: int) -> PipelineConfig:
