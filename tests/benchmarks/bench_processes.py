@@ -23,10 +23,11 @@ the instance and the actors, merging the events) is separated: *start* is spawn
 to first request, *tail* is last request to exit. Measured per client:
 
 * client CPU: the whole process tree (driver, Ray's GCS, raylet, workers and
-  actors). The total is ``os.wait4``'s rusage of the driver, which includes
-  every descendant it reaped, plus that of descendants orphaned and reparented
-  to this script (it makes itself a child subreaper); CPU *during the active
-  span* is interpolated from ``/proc`` samples of the live tree every 0.25 s;
+  actors), sampled from ``/proc`` every 0.25 s (each process's own time at its
+  last sample, so processes that exit still count). The total is the larger of
+  that and ``os.wait4``'s rusage of the driver (every descendant it reaped) plus
+  that of descendants orphaned to this script (it makes itself a child
+  subreaper); CPU *during the active span* is interpolated from the samples;
 * server CPU during the run, from ``/proc``;
 * mean requests in flight (sum of attempt durations / active span): shardline's
   adaptive flow control keeps one live limit per endpoint *per process*, so K
@@ -117,14 +118,24 @@ def descendants(root: int, parents: dict[int, int] | None = None) -> list[int]:
     return out
 
 
-def tree_cpu(root: int) -> float:
-    """CPU seconds of ``root`` and its live descendants, their reaped children included."""
-    total = 0
-    for pid in [root, *descendants(root)]:
-        fields = _stat(pid)
-        if fields is not None:  # utime stime cutime cstime
-            total += sum(int(x) for x in fields[11:15])
-    return total / CLK_TCK
+class TreeCPU:
+    """CPU seconds of a process tree, from ``/proc`` samples.
+
+    Each process's own user + system time is remembered at its last sample, so a
+    process that exits (or leaves the tree when orphaned) still counts, up to the
+    time of its last sample; children's times are not added, so nothing counts twice.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[int, float] = {}
+
+    def sample(self, root: int) -> float:
+        for pid in [root, *descendants(root)]:
+            fields = _stat(pid)
+            if fields is not None:
+                own = (int(fields[11]) + int(fields[12])) / CLK_TCK
+                self.seen[pid] = max(own, self.seen.get(pid, 0.0))
+        return sum(self.seen.values())
 
 
 def kill_tree(root: int) -> None:
@@ -216,6 +227,7 @@ def run_one(
     full = [*cmd, "--output", str(output), "--events", str(events), "--no-progress"]
     server0 = [s.cpu() for s in servers]
     samples: list[tuple[float, float]] = []
+    tree = TreeCPU()
     with open(tmp / f"{label}.stderr", "w+b") as err:
         spawned = time.time()
         proc = subprocess.Popen(
@@ -231,7 +243,7 @@ def run_one(
                     kill_tree(proc.pid)
                     pid, status, ru = os.wait4(proc.pid, 0)
                     break
-                samples.append((now, tree_cpu(proc.pid)))
+                samples.append((now, tree.sample(proc.pid)))
                 time.sleep(SAMPLE_S)
         except BaseException:
             kill_tree(proc.pid)
@@ -239,10 +251,12 @@ def run_one(
             raise
         exited = time.time()
         proc.returncode = os.waitstatus_to_exitcode(status)
+        # Reaped descendants (rusage) or sampled ones, whichever saw more: each misses some.
         run.cpu_s = _rusage_cpu(ru)
+        sampled = samples[-1][1] if samples else 0.0
         run.process_s = exited - spawned
         run.server_cpu_s = sum(s.cpu() - c0 for s, c0 in zip(servers, server0, strict=True))
-        run.cpu_s += reap_orphans(run, {s.pid for s in servers})
+        run.cpu_s = max(run.cpu_s + reap_orphans(run, {s.pid for s in servers}), sampled)
         err.seek(0)
         run.stderr_tail = err.read().decode(errors="replace")[-2000:]
     if ray_tmp is not None:
