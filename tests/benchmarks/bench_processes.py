@@ -3,9 +3,10 @@
 Not a timed test: it prints a table of medians and ratios measured in one run.
 Run it from the repository root (it needs the ``ray`` extra)::
 
-    uv run python tests/benchmarks/bench_processes.py            # 3,000 items, 2 rounds, ~4-5 min
-    uv run python tests/benchmarks/bench_processes.py --quick    # 1,200 items, 1 round, < 2 min
-    uv run python tests/benchmarks/bench_processes.py --actors 2,3 --servers 2
+    uv run python tests/benchmarks/bench_processes.py              # 3,000 items, 2 rounds, ~3 min
+    uv run python tests/benchmarks/bench_processes.py --quick      # 1,200 items, 1 round, ~1 min
+    uv run python tests/benchmarks/bench_processes.py --actors 2,3 # ~5 min
+    uv run python tests/benchmarks/bench_processes.py --servers 2  # two fake servers (replicas)
 
 Issue 17's question: when one client core is the ceiling, does spreading the
 client over several local processes help? The workload is paced streams, where
@@ -331,6 +332,10 @@ def median(runs: Sequence[Run], attr: str) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -356,6 +361,7 @@ def main() -> int:
         print("bench_processes needs the ray extra: uv sync --extra ray", file=sys.stderr)
         return 2
     actors = [int(x) for x in args.actors.split(",") if x]
+    signal.signal(signal.SIGTERM, _interrupt)  # a killed benchmark kills its clients and servers
     subreaper = become_subreaper()
     print(f"# bench_processes: {machine()}")
     print(
