@@ -455,6 +455,17 @@ def test_actor_config_splits_rate_limits_and_drops_the_key() -> None:
     assert actor_config(attrs.evolve(config, rpm=None, tpm=None), 3).rpm is None
 
 
+def test_actor_config_drops_the_key_from_every_replica() -> None:
+    """Several --base-url replicas: no endpoint keeps the key (it was a ConfigError)."""
+    endpoint = Endpoint(base_url="http://127.0.0.1:1/v1", api_key="sk-secret")
+    replicas = (endpoint, attrs.evolve(endpoint, base_url="http://127.0.0.1:2/v1"))
+    config = PipelineConfig(endpoint=endpoint, endpoints=replicas, shard_count=2)
+    per_actor = actor_config(config, 2)
+    assert [e.api_key for e in per_actor.all_endpoints()] == [None, None]
+    assert [e.base_url for e in per_actor.endpoints] == [e.base_url for e in replicas]
+    assert "sk-secret" not in repr(per_actor)
+
+
 def test_request_to_json_round_trips() -> None:
     """The driver's request rows parse back into the same request."""
     for obj in (

@@ -90,6 +90,7 @@ def actor_config(config: PipelineConfig, actors: int) -> PipelineConfig:
     return attrs.evolve(
         config,
         endpoint=attrs.evolve(config.endpoint, api_key=None),
+        endpoints=tuple(attrs.evolve(e, api_key=None) for e in config.endpoints),
         rpm=None if config.rpm is None else config.rpm / actors,
         tpm=None if config.tpm is None else config.tpm / actors,
     )
