@@ -106,7 +106,7 @@ def make_client(
     )
     # httpcore sets ALPN protocols on the context it is given ("h2" too for
     # HTTP/2): an HTTP/2 endpoint gets a context of its own, not the shared one.
-    verify = _http2_ssl_context() if endpoint.http2 else _ssl_context(endpoint.base_url)
+    verify = _default_ssl_context(http2=True) if endpoint.http2 else _ssl_context(endpoint.base_url)
     if endpoint.transport == "lean":
         if not _proxy_in_environment():
             return httpx.AsyncClient(
@@ -182,21 +182,14 @@ def _no_tls_context() -> ssl.SSLContext:
 
 
 @functools.cache
-def _default_ssl_context() -> ssl.SSLContext:
-    """httpx's default verifying context, built once per process.
+def _default_ssl_context(*, http2: bool = False) -> ssl.SSLContext:
+    """httpx's default verifying context, built once per process (and kind).
 
     Building one loads the CA bundle (about 80 ms here); every shard's client
-    shares it instead of paying that per client. Contexts are safe to share.
-    """
-    return httpx.create_ssl_context()
-
-
-@functools.cache
-def _http2_ssl_context() -> ssl.SSLContext:
-    """httpx's default verifying context, for HTTP/2 endpoints only.
-
-    httpcore offers ``h2`` by ALPN on the contexts of its HTTP/2 pools; the
-    lean transport, which shares :func:`_default_ssl_context`, must not.
+    shares it instead of paying that per client. Contexts are safe to share,
+    except for their ALPN protocols: httpcore offers ``h2`` on the context of
+    an HTTP/2 pool, which the lean transport must not, so HTTP/2 clients
+    share a context of their own (``http2=True``).
     """
     return httpx.create_ssl_context()
 
