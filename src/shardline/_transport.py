@@ -365,13 +365,12 @@ class LeanTransport(httpx.AsyncBaseTransport):
             raise httpx.WriteTimeout(f"writing took more than {write_timeout} s", request=request)
         read_timeout = timeouts.get("read")
         while True:
-            if write_error is None:
+            try:
                 event = await _next_event(conn, read_timeout, request)
-            else:
-                try:
-                    event = await _next_event(conn, read_timeout, request)
-                except httpx.TransportError:
-                    raise write_error from write_error.__cause__
+            except httpx.TransportError:
+                if write_error is None:
+                    raise
+                raise write_error from write_error.__cause__
             if type(event) is h11.Response:
                 break
             if type(event) is h11.InformationalResponse:
