@@ -55,11 +55,9 @@ def case(
 ) -> tuple[float, int, float, int]:
     async def main() -> tuple[float, int, float, int]:
         rng = random.Random(seed)
-        inner = CapacityServer(capacity=capacity, rng=rng)
-        if stall:
-            inner = CapacityServer(
-                capacity=capacity, rng=rng, prefill=(0.05, 0.05), service=(0.1, 0.3)
-            )
+        # With stalls, shorter answers: the 60 s stalls are what the case is about.
+        timing = {"prefill": (0.05, 0.05), "service": (0.1, 0.3)} if stall else {}
+        inner = CapacityServer(capacity=capacity, rng=rng, **timing)
         noisy = NoisyServer(inner=inner, loss=loss, rng=rng)
         server = _Stalling(noisy, stall, rng) if stall else noisy
         flow = AdaptiveLimit(ceiling=ceiling, latency=None)
